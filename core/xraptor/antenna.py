@@ -1,0 +1,294 @@
+"""The antenna contract: the pub/sub bus that streams and rooms travel over.
+
+An antenna promises, per channel, in-order and at-most-once delivery to every
+process listening at the time of publication. A plugin author implements five
+coroutines, the *driver* side:
+
+* :meth:`Antenna.connect` / :meth:`Antenna.disconnect`: open and release the
+  backend connection(s);
+* :meth:`Antenna.publish`: send one message to a channel;
+* :meth:`Antenna.watch` / :meth:`Antenna.unwatch`: start and stop receiving a
+  channel (called at most once per channel per process: the hub does local
+  fan-out), handing each received message to :meth:`Antenna.deliver`;
+* :meth:`Antenna.is_alive`: whether any process listens to a channel now.
+
+A driver that lost its backend and resubscribed calls :meth:`Antenna.report_gap`
+so that clients learn messages may have been missed, and keeps :attr:`state`
+truthful. Everything else (``post``, ``subscribe``, ``listen``, lifecycle) is
+provided here. The suite in :mod:`xraptor.testing` states the contract as tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Iterable
+from types import TracebackType
+from typing import Any, ClassVar, Literal, Self
+
+from .hub import Hub, Listener
+
+State = Literal["new", "up", "down", "closed"]
+
+
+class AntennaError(Exception):
+    """Base class of antenna errors."""
+
+
+class AntennaUnavailable(AntennaError):
+    """The backend cannot be reached now; the operation was not carried out."""
+
+
+class SubscriptionOverflow(AntennaError):
+    """A :class:`Subscription` consumer fell too far behind and messages were dropped."""
+
+
+class Antenna(ABC):
+    """Base class of every antenna (built-in or from a plugin).
+
+    :param options: backend options (``url``, timeouts, ...); merged over the
+        class-wide ones given to :meth:`set_config`.
+    """
+
+    #: the name applications select the antenna by, e.g. ``"redis"``
+    name: ClassVar[str] = ""
+    _config: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, **options: Any) -> None:
+        self.options: dict[str, Any] = {**type(self)._config, **options}
+        self._hub = Hub(self._hub_watch, self._hub_unwatch)
+        self._state: State = "new"
+        self._start_lock = asyncio.Lock()
+
+    # ----- driver side: what a plugin implements -------------------------------
+
+    @abstractmethod
+    async def connect(self) -> None:
+        """Open the backend connection(s). Called once by :meth:`start`."""
+
+    @abstractmethod
+    async def disconnect(self) -> None:
+        """Release every backend resource. Called once by :meth:`close`."""
+
+    @abstractmethod
+    async def publish(self, channel: str, message: str) -> None:
+        """Send ``message`` to ``channel``.
+
+        :raises AntennaUnavailable: when the backend cannot take it within the
+            antenna's bounded timeout.
+        """
+
+    @abstractmethod
+    async def watch(self, channel: str) -> None:
+        """Start handing ``channel``'s messages to :meth:`deliver`.
+
+        Must not return before a message published after it returns is sure to
+        be delivered.
+        """
+
+    @abstractmethod
+    async def unwatch(self, channel: str) -> None:
+        """Stop receiving ``channel`` and free what watching it held."""
+
+    @abstractmethod
+    async def is_alive(self, channel: str) -> bool:
+        """Whether some process (this one included) listens to ``channel`` now."""
+
+    # ----- helpers for drivers -------------------------------------------------
+
+    def deliver(self, channel: str, message: str) -> None:
+        """Hand a received message to this process's listeners of ``channel``."""
+        self._hub.dispatch(channel, message)
+
+    def report_gap(self, channels: Iterable[str] | None = None) -> None:
+        """Tell listeners that messages on ``channels`` (default: all) may be lost."""
+        self._hub.gap(self._hub.channels() if channels is None else channels)
+
+    def watched_channels(self) -> list[str]:
+        """The channels this process watches (what a driver resubscribes)."""
+        return self._hub.channels()
+
+    @property
+    def state(self) -> State:
+        """``new`` before start, ``up``, ``down`` while the backend is unreachable, ``closed``."""
+        return self._state
+
+    def set_state(self, state: State) -> None:
+        """Drivers report backend reachability here (drives ``/health``)."""
+        self._state = state
+
+    # ----- application side ----------------------------------------------------
+
+    @classmethod
+    def set_config(cls, config: dict[str, Any]) -> None:
+        """Set class-wide default options (the xraptor 0.4 way of configuring)."""
+        if not isinstance(config, dict):
+            raise TypeError(f"{cls.__name__}.set_config expects a dict, got {type(config)!r}")
+        cls._config = dict(config)
+
+    @classmethod
+    def options_from_url(cls, url: str) -> dict[str, Any]:
+        """Options for an antenna selected by URL (``redis://...``); default ``{"url": url}``."""
+        return {"url": url}
+
+    async def start(self) -> None:
+        """Connect, once. Safe to call again."""
+        async with self._start_lock:
+            if self._state in ("up", "down"):
+                return
+            if self._state == "closed":
+                raise AntennaError(f"the {self.name or type(self).__name__} antenna is closed")
+            await self.connect()
+            if self._state == "new":
+                self._state = "up"
+
+    async def close(self) -> None:
+        """Stop every listener and release the backend. Safe to call again."""
+        if self._state == "closed":
+            return
+        await self._hub.clear()
+        try:
+            if self._state != "new":
+                await self.disconnect()
+        finally:
+            self._state = "closed"
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def post(self, channel: str, message: str) -> None:
+        """Publish ``message`` (a str) to ``channel``.
+
+        :raises TypeError: on a non-str channel or message
+        :raises ValueError: on an empty channel
+        :raises AntennaUnavailable: when the backend is unreachable
+        """
+        _check_channel(channel)
+        if not isinstance(message, str):
+            raise TypeError(f"message must be str, got {type(message).__name__}")
+        if self._state == "closed":
+            raise AntennaError(f"the {self.name} antenna is closed")
+        if self._state == "new":
+            await self.start()
+        await self.publish(channel, message)
+
+    async def listen(self, channel: str, listener: Listener) -> None:
+        """Add a local listener; returns once the channel is being received."""
+        _check_channel(channel)
+        if self._state == "new":
+            await self.start()
+        await self._hub.add(channel, listener)
+
+    async def unlisten(self, channel: str, listener: Listener) -> None:
+        """Remove a local listener added with :meth:`listen`."""
+        if self._state == "closed":
+            return
+        await self._hub.remove(channel, listener)
+
+    def is_listening(self, channel: str) -> bool:
+        """Whether this process has a listener on ``channel``."""
+        return self._hub.has_listeners(channel)
+
+    def subscribe(self, channel: str, *, max_pending: int = 10_000) -> Subscription:
+        """An async iterator of the channel's messages.
+
+        Use ``async with antenna.subscribe(ch) as sub: async for msg in sub`` to be
+        sure the subscription is live before publishing; a plain ``async for``
+        (the 0.4 way) subscribes on first iteration.
+        """
+        return Subscription(self, channel, max_pending)
+
+    def describe(self) -> dict[str, Any]:
+        """What ``/health`` reports about this antenna."""
+        return {"name": self.name, "state": self._state, "channels": len(self._hub.channels())}
+
+    async def _hub_watch(self, channel: str) -> None:
+        await self.watch(channel)
+
+    async def _hub_unwatch(self, channel: str) -> None:
+        await self.unwatch(channel)
+
+
+def _check_channel(channel: object) -> None:
+    if not isinstance(channel, str):
+        raise TypeError(f"channel must be str, got {type(channel).__name__}")
+    if not channel:
+        raise ValueError("channel must not be empty")
+
+
+_END = object()
+
+
+class Subscription:
+    """One consumer's view of a channel: an async iterator and context manager."""
+
+    def __init__(self, antenna: Antenna, channel: str, max_pending: int) -> None:
+        self.antenna = antenna
+        self.channel = channel
+        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self._max_pending = max_pending
+        self._open = False
+        self._closed = False
+        self._overflowed = False
+        self.gaps = 0
+
+    # Listener protocol
+    def on_message(self, channel: str, message: str) -> None:
+        if self._queue.qsize() >= self._max_pending:
+            self._overflowed = True
+            return
+        self._queue.put_nowait(message)
+
+    def on_gap(self, channel: str) -> None:
+        self.gaps += 1
+
+    def on_closed(self) -> None:
+        self._closed = True
+        self._queue.put_nowait(_END)
+
+    async def open(self) -> Self:
+        if not self._open and not self._closed:
+            await self.antenna.listen(self.channel, self)
+            self._open = True
+        return self
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._open:
+            await self.antenna.unlisten(self.channel, self)
+        self._queue.put_nowait(_END)
+
+    async def __aenter__(self) -> Self:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self
+
+    async def __anext__(self) -> str:
+        if not self._open and not self._closed:
+            await self.open()
+        if self._overflowed:
+            raise SubscriptionOverflow(
+                f"subscription to {self.channel[:64]!r} fell more than "
+                f"{self._max_pending} messages behind; messages were dropped"
+            )
+        item = await self._queue.get()
+        if item is _END:
+            self._queue.put_nowait(_END)
+            raise StopAsyncIteration
+        assert isinstance(item, str)
+        return item

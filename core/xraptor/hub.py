@@ -1,0 +1,152 @@
+"""Local fan-out: one backend subscription per channel per process.
+
+The hub belongs to an antenna. Every consumer of a channel in this process (a
+stream, a room, a :class:`~xraptor.antenna.Subscription`) is a *listener*; the
+backend is told to watch a channel when its first listener arrives and to stop
+when its last one leaves. Messages are handed to listeners synchronously, with
+no task or queue per listener.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Protocol
+
+logger = logging.getLogger("xraptor.hub")
+
+
+class Listener(Protocol):
+    """A local consumer of one channel."""
+
+    def on_message(self, channel: str, message: str) -> None:
+        """Called once per message, in order; must not block."""
+
+    def on_gap(self, channel: str) -> None:
+        """Called when messages on the channel may have been lost (backend outage)."""
+
+
+class _Channel:
+    __slots__ = ("listeners", "lock", "watched")
+
+    def __init__(self) -> None:
+        self.listeners: list[Listener] = []
+        self.watched = False
+        self.lock = asyncio.Lock()
+
+
+class Hub:
+    """The channel table of one antenna.
+
+    :param watch: coroutine function that subscribes the backend to a channel
+    :param unwatch: coroutine function that unsubscribes it
+    """
+
+    def __init__(
+        self,
+        watch: Callable[[str], Awaitable[None]],
+        unwatch: Callable[[str], Awaitable[None]],
+    ) -> None:
+        self._watch = watch
+        self._unwatch = unwatch
+        self._channels: dict[str, _Channel] = {}
+
+    def channels(self) -> list[str]:
+        """Channels the backend watches now."""
+        return [name for name, entry in self._channels.items() if entry.watched]
+
+    def has_listeners(self, channel: str) -> bool:
+        entry = self._channels.get(channel)
+        return entry is not None and bool(entry.listeners)
+
+    def listener_count(self) -> int:
+        return sum(len(entry.listeners) for entry in self._channels.values())
+
+    async def add(self, channel: str, listener: Listener) -> None:
+        """Add a listener; returns once the backend delivers the channel's messages."""
+        entry = self._channels.get(channel)
+        if entry is None:
+            entry = self._channels[channel] = _Channel()
+        entry.listeners.append(listener)
+        if entry.watched and not entry.lock.locked():
+            return
+        try:
+            async with entry.lock:
+                if not entry.watched and listener in entry.listeners:
+                    await self._watch(channel)
+                    entry.watched = True
+        except BaseException:
+            self._drop(channel, entry, listener)
+            raise
+
+    async def remove(self, channel: str, listener: Listener) -> None:
+        """Remove a listener; the backend stops watching when the last one leaves."""
+        entry = self._channels.get(channel)
+        if entry is None:
+            return
+        self._drop(channel, entry, listener)
+        if entry.listeners:
+            return
+        async with entry.lock:
+            if entry.listeners or not entry.watched:
+                return
+            try:
+                await self._unwatch(channel)
+            finally:
+                entry.watched = False
+                if not entry.listeners and self._channels.get(channel) is entry:
+                    del self._channels[channel]
+
+    def _drop(self, channel: str, entry: _Channel, listener: Listener) -> None:
+        try:
+            entry.listeners.remove(listener)
+        except ValueError:
+            return
+        if not entry.listeners and not entry.watched and not entry.lock.locked():
+            if self._channels.get(channel) is entry:
+                del self._channels[channel]
+
+    def dispatch(self, channel: str, message: str) -> None:
+        """Hand one message to every local listener of ``channel``."""
+        entry = self._channels.get(channel)
+        if entry is None:
+            return
+        listeners = entry.listeners
+        if len(listeners) == 1:
+            self._call(listeners[0], channel, message)
+            return
+        for listener in tuple(listeners):
+            self._call(listener, channel, message)
+
+    @staticmethod
+    def _call(listener: Listener, channel: str, message: str) -> None:
+        try:
+            listener.on_message(channel, message)
+        except Exception:
+            logger.exception("listener of channel %.64r failed", channel)
+
+    def gap(self, channels: Iterable[str]) -> None:
+        """Tell the listeners of ``channels`` that messages may have been lost."""
+        for channel in channels:
+            entry = self._channels.get(channel)
+            if entry is None:
+                continue
+            for listener in tuple(entry.listeners):
+                try:
+                    listener.on_gap(channel)
+                except Exception:
+                    logger.exception("gap notice for channel %.64r failed", channel)
+
+    async def clear(self) -> None:
+        """Forget every listener without talking to the backend (used on close).
+
+        Listeners that have an ``on_closed()`` method are told.
+        """
+        entries = list(self._channels.values())
+        self._channels.clear()
+        for entry in entries:
+            for listener in entry.listeners:
+                closed = getattr(listener, "on_closed", None)
+                if closed is not None:
+                    closed()

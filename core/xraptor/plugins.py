@@ -1,0 +1,309 @@
+"""The plugin manager: built-in plugins, entry-point discovery and lookup by name.
+
+Plugins are distributions that declare ``[project.entry-points.xraptor]``. Each
+entry point is loaded on its own: one that fails is logged with its distribution
+and version and the others still load. ``XRAPTOR_DISABLE_PLUGINS`` (a comma
+separated list of entry-point or distribution names) blocks plugins.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+from . import hookspecs
+
+if TYPE_CHECKING:
+    from .antenna import Antenna
+    from .middleware import MiddlewareFunc
+
+logger = logging.getLogger("xraptor.plugins")
+
+ENTRY_POINT_GROUP = "xraptor"
+BUILTIN = "xraptor (built-in)"
+
+
+@dataclass
+class PluginInfo:
+    """What ``xraptor plugins`` shows about one plugin."""
+
+    name: str
+    distribution: str
+    version: str
+    antennas: list[str] = field(default_factory=list)
+    middlewares: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+class UnknownAntennaError(KeyError):
+    """No installed plugin offers an antenna of that name."""
+
+    def __init__(self, name: str, installed: list[str]) -> None:
+        self.name = name
+        self.installed = installed
+        super().__init__(name)
+
+    def __str__(self) -> str:
+        return (
+            f"unknown antenna {self.name!r}; installed antennas: "
+            f"{', '.join(sorted(self.installed)) or 'none'}. "
+            f"To add it, pip install xraptor-{self.name}"
+        )
+
+
+class UnknownMiddlewareError(KeyError):
+    """No installed plugin offers a middleware of that name."""
+
+    def __init__(self, name: str, installed: list[str]) -> None:
+        self.name = name
+        self.installed = installed
+        super().__init__(name)
+
+    def __str__(self) -> str:
+        return (
+            f"unknown middleware {self.name!r}; installed middlewares: "
+            f"{', '.join(sorted(self.installed)) or 'none'}. "
+            "Install the plugin that offers it (xraptor plugins lists what is found)"
+        )
+
+
+class AntennaRegistry:
+    """Handed to ``xraptor_register_antennas``: ``registry.add(AntennaClass)``."""
+
+    def __init__(self) -> None:
+        self._classes: dict[str, type[Antenna]] = {}
+        self._owner: dict[str, str] = {}
+        self.current_plugin = BUILTIN
+
+    def add(self, antenna_class: type[Antenna]) -> None:
+        from .antenna import Antenna
+
+        if not (isinstance(antenna_class, type) and issubclass(antenna_class, Antenna)):
+            raise TypeError(f"{antenna_class!r} is not a subclass of xraptor.Antenna")
+        name = antenna_class.name
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{antenna_class.__name__} must set a non-empty `name` class attribute")
+        if name in self._classes and self._classes[name] is not antenna_class:
+            logger.warning(
+                "antenna %r from %s replaces the one from %s",
+                name,
+                self.current_plugin,
+                self._owner[name],
+            )
+        self._classes[name] = antenna_class
+        self._owner[name] = self.current_plugin
+
+    def get(self, name: str) -> type[Antenna]:
+        try:
+            return self._classes[name]
+        except KeyError:
+            raise UnknownAntennaError(name, list(self._classes)) from None
+
+    def names(self) -> list[str]:
+        return sorted(self._classes)
+
+    def owned_by(self, plugin: str) -> list[str]:
+        return sorted(n for n, owner in self._owner.items() if owner == plugin)
+
+    def remove_owned(self, plugin: str) -> None:
+        for name in self.owned_by(plugin):
+            del self._classes[name], self._owner[name]
+
+
+MiddlewareFactory = Callable[..., "MiddlewareFunc"]
+
+
+class MiddlewareRegistry:
+    """Handed to ``xraptor_register_middlewares``: ``registry.add(name, factory)``.
+
+    ``factory(**options)`` returns a middleware coroutine function
+    ``(request, connection) -> Response | None``.
+    """
+
+    def __init__(self) -> None:
+        self._factories: dict[str, MiddlewareFactory] = {}
+        self._owner: dict[str, str] = {}
+        self.current_plugin = BUILTIN
+
+    def add(self, name: str, factory: MiddlewareFactory) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValueError("a middleware name must be a non-empty str")
+        if not callable(factory):
+            raise TypeError(f"middleware factory for {name!r} is not callable")
+        self._factories[name] = factory
+        self._owner[name] = self.current_plugin
+
+    def get(self, name: str) -> MiddlewareFactory:
+        try:
+            return self._factories[name]
+        except KeyError:
+            raise UnknownMiddlewareError(name, list(self._factories)) from None
+
+    def names(self) -> list[str]:
+        return sorted(self._factories)
+
+    def owned_by(self, plugin: str) -> list[str]:
+        return sorted(n for n, owner in self._owner.items() if owner == plugin)
+
+    def remove_owned(self, plugin: str) -> None:
+        for name in self.owned_by(plugin):
+            del self._factories[name], self._owner[name]
+
+
+class Plugins:
+    """The loaded plugins of this process and what they offer."""
+
+    def __init__(self, *, discover: bool = True) -> None:
+        self.manager = pluggy.PluginManager(hookspecs.PROJECT)
+        self.manager.add_hookspecs(hookspecs)
+        self.antennas = AntennaRegistry()
+        self.middlewares = MiddlewareRegistry()
+        self.info: dict[str, PluginInfo] = {}
+        from .antennas import memory
+
+        self._add("memory", memory, PluginInfo("memory", BUILTIN, _core_version()))
+        if discover:
+            self._discover()
+        self.manager.check_pending()
+
+    def register(self, plugin: object, name: str, distribution: str = "(in-process)") -> None:
+        """Register a plugin object or module in-process (tests, applications)."""
+        self._add(name, plugin, PluginInfo(name, distribution, ""))
+
+    def unregister(self, name: str) -> None:
+        """Remove an in-process plugin and what it offered."""
+        plugin = self.manager.get_plugin(name)
+        if plugin is not None:
+            self.manager.unregister(plugin, name=name)
+        self.antennas.remove_owned(name)
+        self.middlewares.remove_owned(name)
+        self.info.pop(name, None)
+
+    def _add(self, name: str, plugin: object, info: PluginInfo) -> None:
+        self.manager.register(plugin, name=name)
+        self.antennas.current_plugin = name
+        self.middlewares.current_plugin = name
+        try:
+            for impl in self.manager.hook.xraptor_register_antennas.get_hookimpls():
+                if impl.plugin_name == name:
+                    impl.function(registry=self.antennas)
+            for impl in self.manager.hook.xraptor_register_middlewares.get_hookimpls():
+                if impl.plugin_name == name:
+                    impl.function(registry=self.middlewares)
+        finally:
+            self.antennas.current_plugin = BUILTIN
+            self.middlewares.current_plugin = BUILTIN
+        info.antennas = self.antennas.owned_by(name)
+        info.middlewares = self.middlewares.owned_by(name)
+        self.info[name] = info
+
+    def _discover(self) -> None:
+        disabled = {
+            item.strip()
+            for item in os.environ.get("XRAPTOR_DISABLE_PLUGINS", "").split(",")
+            if item.strip()
+        }
+        for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            dist = entry_point.dist
+            dist_name = dist.name if dist is not None else "(unknown distribution)"
+            version = dist.version if dist is not None else "?"
+            if entry_point.name in disabled or dist_name in disabled:
+                logger.info("plugin %r (%s) disabled by XRAPTOR_DISABLE_PLUGINS", entry_point.name, dist_name)
+                continue
+            if entry_point.name in self.info:
+                continue
+            try:
+                module = entry_point.load()
+                self._add(entry_point.name, module, PluginInfo(entry_point.name, dist_name, version))
+            except Exception as error:
+                logger.error(
+                    "could not load xraptor plugin %r from %s %s: %s: %s",
+                    entry_point.name,
+                    dist_name,
+                    version,
+                    type(error).__name__,
+                    error,
+                )
+                if self.manager.get_plugin(entry_point.name) is not None:
+                    self.manager.unregister(name=entry_point.name)
+                self.info[entry_point.name] = PluginInfo(
+                    entry_point.name, dist_name, version, error=f"{type(error).__name__}: {error}"
+                )
+
+    def antenna_class(self, name: str) -> type[Antenna]:
+        return self.antennas.get(name)
+
+    async def call_lifecycle(self, hook: str, **kwargs: Any) -> None:
+        """Call a lifecycle hook and await any awaitable results."""
+        import inspect
+
+        results = getattr(self.manager.hook, hook)(**kwargs)
+        for result in results:
+            if inspect.isawaitable(result):
+                await result
+
+
+def _core_version() -> str:
+    try:
+        return importlib.metadata.version("xraptor")
+    except importlib.metadata.PackageNotFoundError:
+        return "(source)"
+
+
+_plugins: Plugins | None = None
+
+
+def get_plugins() -> Plugins:
+    """The process-wide plugin set, discovered on first use."""
+    global _plugins
+    if _plugins is None:
+        _plugins = Plugins()
+    return _plugins
+
+
+def reset_plugins() -> None:
+    """Forget discovered plugins (tests); the next ``get_plugins()`` discovers again."""
+    global _plugins
+    _plugins = None
+
+
+def resolve_antenna(spec: object, **options: Any) -> Antenna:
+    """Turn a name, URL, class or instance into an antenna instance.
+
+    :raises UnknownAntennaError: for a name no installed plugin offers
+    :raises TypeError: for anything that is not an antenna (a 0.4-style class is
+        refused with a pointer to the migration notes)
+    """
+    from .antenna import Antenna
+
+    if isinstance(spec, Antenna):
+        if options:
+            raise TypeError("antenna options cannot be applied to an antenna instance")
+        return spec
+    if isinstance(spec, type):
+        if issubclass(spec, Antenna):
+            return spec(**options)
+        if all(hasattr(spec, attr) for attr in ("subscribe", "post", "is_alive")):
+            raise TypeError(
+                f"{spec.__name__} looks like an xraptor 0.4 antenna; the antenna contract "
+                "changed in 0.5 (connect/disconnect/publish/watch/unwatch/is_alive). "
+                "See 'Migrating a 0.4 antenna' in the README."
+            )
+        raise TypeError(f"{spec!r} is not a subclass of xraptor.Antenna")
+    if isinstance(spec, str):
+        if "://" in spec:
+            scheme = spec.split("://", 1)[0].lower()
+            name = scheme.split("+", 1)[0]
+            name = {"rediss": "redis", "tls": "nats", "unix": "redis"}.get(name, name)
+            cls = get_plugins().antenna_class(name)
+            return cls(**{**cls.options_from_url(spec), **options})
+        return get_plugins().antenna_class(spec)(**options)
+    raise TypeError(
+        f"antenna must be a name, a URL, an Antenna subclass or instance; got {type(spec).__name__}"
+    )

@@ -1,0 +1,12 @@
+"""What plugin and application authors import in their tests.
+
+* :class:`AntennaConformance`: the antenna contract as a pytest suite. Subclass
+  it in a ``Test...`` class and provide an ``antenna_factory`` fixture that
+  returns a callable making a new, unstarted antenna; two antennas from the
+  factory must behave like two processes sharing one backend.
+* :func:`eventually`: poll an async condition with a deadline.
+"""
+
+from .conformance import AntennaConformance, eventually
+
+__all__ = ["AntennaConformance", "eventually"]
