@@ -1,0 +1,308 @@
+"""The NATS antenna: one NATS connection per process for every channel.
+
+Subjects (``P`` is the ``subject_prefix`` option, ``T`` the channel's token from
+:func:`xraptor_nats.subjects.channel_token`):
+
+* ``P.ch.T``: the channel's messages (UTF-8 text);
+* ``P.alive.T``: liveness probes. Every process watching the channel answers
+  them (in the queue group ``alive``, so one answer per probe); a probe nobody
+  answers gets the server's "no responders" status, so :meth:`is_alive` is
+  truthful across processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import math
+from typing import Any, ClassVar
+
+import nats
+import nats.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription as NatsSubscription
+from xraptor.antenna import Antenna, AntennaError, AntennaUnavailable
+
+from .subjects import channel_token, check_prefix
+
+logger = logging.getLogger("xraptor_nats")
+
+DEFAULT_SERVERS = "nats://127.0.0.1:4222"
+
+_token = functools.lru_cache(maxsize=8192)(channel_token)
+
+#: nats-py errors that mean "the server cannot take this now"
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.ConnectionDrainingError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.StaleConnectionError,
+    nats.errors.TimeoutError,
+    nats.errors.FlushTimeoutError,
+    TimeoutError,
+    OSError,
+)
+_ANY_NATS: tuple[type[BaseException], ...] = (*_UNAVAILABLE, nats.errors.Error)
+
+
+def split_servers(servers: object) -> list[str]:
+    """``"nats://a:4222,nats://b:4222"`` or a list of URLs -> a list of URLs."""
+    if isinstance(servers, str):
+        items = [item.strip() for item in servers.split(",")]
+    elif isinstance(servers, list | tuple):
+        items = [str(item).strip() for item in servers]
+    else:
+        raise TypeError(f"servers must be a str or a list of str, got {type(servers).__name__}")
+    items = [item for item in items if item]
+    if not items:
+        raise ValueError("servers must name at least one NATS server")
+    return items
+
+
+class NatsAntenna(Antenna):
+    """Pub/sub over NATS core (at-most-once, per-channel order).
+
+    Options (keyword arguments, or class-wide with :meth:`set_config`):
+
+    :param servers: a URL (``nats://host:4222``, ``tls://host:4222``), a
+        comma-separated list or a list of URLs; default ``nats://127.0.0.1:4222``
+    :param publish_timeout: seconds a publish (and a watch) may take before
+        :class:`~xraptor.AntennaUnavailable` is raised; default 2.0
+    :param subject_prefix: first tokens of every subject; default ``"xraptor"``
+    :param alive_timeout: seconds :meth:`is_alive` waits for an answer; default 0.5
+    :param connect_timeout: seconds for the first connection; default 2.0
+    :param reconnect_time_wait: seconds between reconnection attempts; default 0.5
+    :param name: connection name shown in NATS monitoring; default ``"xraptor"``
+    :param connect_options: further keyword arguments for ``nats.connect`` (``user``,
+        ``password``, ``token``, ``tls``, ``user_credentials``, ...)
+    """
+
+    name: ClassVar[str] = "nats"
+    _config: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        opts = self.options
+        if "servers" not in opts and "url" in opts:
+            opts["servers"] = opts["url"]
+        self.servers = split_servers(opts.get("servers", DEFAULT_SERVERS))
+        self.subject_prefix = check_prefix(opts.get("subject_prefix", "xraptor"))
+        self.publish_timeout = _positive(opts, "publish_timeout", 2.0)
+        self.alive_timeout = _positive(opts, "alive_timeout", 0.5)
+        self.connect_timeout = _positive(opts, "connect_timeout", 2.0)
+        self.reconnect_time_wait = _positive(opts, "reconnect_time_wait", 0.5)
+        extra = opts.get("connect_options", {})
+        if not isinstance(extra, dict):
+            raise TypeError("connect_options must be a dict of nats.connect keyword arguments")
+        self._connect_options: dict[str, Any] = dict(extra)
+        self._conn_name = str(opts.get("name", "xraptor"))
+        self._nc: Client | None = None
+        self._subs: dict[str, tuple[NatsSubscription, NatsSubscription]] = {}
+        self._sid_channel: dict[int, str] = {}
+        self._closing = False
+        #: how many times the connection came back after an outage
+        self.reconnects = 0
+
+    @classmethod
+    def options_from_url(cls, url: str) -> dict[str, Any]:
+        return {"servers": url}
+
+    # ----- subjects -------------------------------------------------------------
+
+    def subject(self, channel: str) -> str:
+        """The literal NATS subject carrying ``channel``'s messages."""
+        return f"{self.subject_prefix}.ch.{_token(channel)}"
+
+    def alive_subject(self, channel: str) -> str:
+        """The subject that watchers of ``channel`` answer liveness probes on."""
+        return f"{self.subject_prefix}.alive.{_token(channel)}"
+
+    # ----- connection -----------------------------------------------------------
+
+    async def connect(self) -> None:
+        options: dict[str, Any] = {
+            "name": self._conn_name,
+            "allow_reconnect": True,
+            "max_reconnect_attempts": -1,
+            "reconnect_time_wait": self.reconnect_time_wait,
+            "connect_timeout": self.connect_timeout,
+            "ping_interval": 20,
+            "max_outstanding_pings": 3,
+            **self._connect_options,
+        }
+        options.update(
+            servers=self.servers,
+            error_cb=self._on_error,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
+            closed_cb=self._on_closed,
+        )
+        try:
+            nc = await nats.connect(**options)
+        except Exception as error:
+            raise AntennaUnavailable(
+                f"cannot connect to NATS at {', '.join(self.servers)}: "
+                f"{type(error).__name__}: {error}"
+            ) from error
+        version = nc.connected_server_version
+        if (version.major, version.minor) < (2, 2):
+            await nc.close()
+            raise AntennaError(
+                f"the NATS antenna needs nats-server >= 2.2 (for 'no responders'); "
+                f"connected to {version}"
+            )
+        self._nc = nc
+        self.set_state("up")
+
+    async def disconnect(self) -> None:
+        self._closing = True
+        nc, self._nc = self._nc, None
+        self._subs.clear()
+        self._sid_channel.clear()
+        if nc is None:
+            return
+        if nc.is_connected:
+            try:
+                async with asyncio.timeout(self.publish_timeout):
+                    await nc.flush(timeout=_int_timeout(self.publish_timeout))
+            except _ANY_NATS:
+                pass
+        await nc.close()
+
+    async def _on_error(self, error: Exception) -> None:
+        if isinstance(error, nats.errors.SlowConsumerError):
+            channel = self._sid_channel.get(error.sid)
+            if channel is not None:
+                logger.warning("NATS dropped messages of channel %.64r (slow consumer)", channel)
+                self.report_gap([channel])
+                return
+        logger.warning("NATS: %s: %s", type(error).__name__, error)
+
+    async def _on_disconnected(self) -> None:
+        if self._closing:
+            return
+        logger.warning("lost the NATS connection; reconnecting")
+        self.set_state("down")
+
+    async def _on_reconnected(self) -> None:
+        if self._closing:
+            return
+        self.reconnects += 1
+        logger.warning("NATS connection back; subscriptions restored")
+        self.set_state("up")
+        # nats-py resubscribed every subscription before calling us; messages
+        # published during the outage are lost, so say so.
+        self.report_gap(self.watched_channels())
+
+    async def _on_closed(self) -> None:
+        if not self._closing:
+            self.set_state("down")
+
+    def _connected(self) -> Client:
+        nc = self._nc
+        if nc is None or not nc.is_connected:
+            raise AntennaUnavailable(
+                f"NATS at {', '.join(self.servers)} is unreachable now"
+                if nc is not None
+                else "the NATS antenna is not connected"
+            )
+        return nc
+
+    # ----- driver ---------------------------------------------------------------
+
+    async def publish(self, channel: str, message: str) -> None:
+        nc = self._connected()
+        data = message.encode("utf-8", "surrogatepass")
+        if len(data) > nc.max_payload:
+            raise ValueError(
+                f"message of {len(data)} bytes exceeds the NATS server's max_payload "
+                f"({nc.max_payload} bytes)"
+            )
+        try:
+            async with asyncio.timeout(self.publish_timeout):
+                await nc.publish(self.subject(channel), data)
+        except _UNAVAILABLE as error:
+            raise AntennaUnavailable(
+                f"could not publish to NATS: {type(error).__name__}: {error}"
+            ) from error
+
+    async def watch(self, channel: str) -> None:
+        nc = self._connected()
+
+        async def on_message(msg: Msg) -> None:
+            self.deliver(channel, msg.data.decode("utf-8", "surrogatepass"))
+
+        messages = await nc.subscribe(self.subject(channel), cb=on_message)
+        probes = await nc.subscribe(self.alive_subject(channel), queue="alive", cb=_answer_probe)
+        self._subs[channel] = (messages, probes)
+        self._sid_channel[messages._id] = channel
+        try:
+            # the server has the subscriptions once it answered a PING sent after them
+            async with asyncio.timeout(self.publish_timeout):
+                await nc.flush(timeout=_int_timeout(self.publish_timeout))
+        except _UNAVAILABLE as error:
+            await self.unwatch(channel)
+            raise AntennaUnavailable(
+                f"could not subscribe on NATS: {type(error).__name__}: {error}"
+            ) from error
+
+    async def unwatch(self, channel: str) -> None:
+        subs = self._subs.pop(channel, None)
+        if subs is None:
+            return
+        self._sid_channel.pop(subs[0]._id, None)
+        for sub in subs:
+            try:
+                await sub.unsubscribe()
+            except _ANY_NATS as error:
+                logger.debug("unsubscribe of %.64r: %s", channel, error)
+
+    async def is_alive(self, channel: str) -> bool:
+        if channel in self._subs:
+            return True
+        nc = self._connected()
+        try:
+            await nc.request(self.alive_subject(channel), b"", timeout=self.alive_timeout)
+        except nats.errors.NoRespondersError:
+            return False
+        except nats.errors.TimeoutError:
+            # The server answers "no responders" at once when nobody subscribes to
+            # the probe subject, so silence means a watcher exists but is slow.
+            return nc.is_connected or self._raise_unavailable()
+        except _UNAVAILABLE as error:
+            raise AntennaUnavailable(
+                f"could not probe NATS: {type(error).__name__}: {error}"
+            ) from error
+        return True
+
+    def _raise_unavailable(self) -> bool:
+        raise AntennaUnavailable(f"NATS at {', '.join(self.servers)} is unreachable now")
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        info.update(servers=self.servers, subject_prefix=self.subject_prefix)
+        info["reconnects"] = self.reconnects
+        return info
+
+
+async def _answer_probe(msg: Msg) -> None:
+    if msg.reply:
+        try:
+            await msg.respond(b"1")
+        except _ANY_NATS as error:
+            logger.debug("could not answer a liveness probe: %s", error)
+
+
+def _positive(options: dict[str, Any], key: str, default: float) -> float:
+    value = options.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(f"{key} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _int_timeout(seconds: float) -> int:
+    # nats-py types flush timeouts as int; asyncio.timeout() gives the real bound
+    return max(1, math.ceil(seconds))
