@@ -2,17 +2,32 @@
 
 from . import antennas
 from .antenna import Antenna, AntennaError, AntennaUnavailable, Subscription
+from .broadcast import Broadcast
+from .connection import Connection
 from .hookspecs import hookimpl
+from .metrics import Metrics
 from .plugins import UnknownAntennaError, UnknownMiddlewareError, get_plugins
+from .protocol import ErrorCode, MethodType, Request, RequestError, Response, error_response
+from .server import XRaptor
 
 __all__ = [
     "Antenna",
     "AntennaError",
     "AntennaUnavailable",
+    "Broadcast",
+    "Connection",
+    "ErrorCode",
+    "MethodType",
+    "Metrics",
+    "Request",
+    "RequestError",
+    "Response",
     "Subscription",
     "UnknownAntennaError",
     "UnknownMiddlewareError",
+    "XRaptor",
     "antennas",
+    "error_response",
     "get_plugins",
     "hookimpl",
 ]

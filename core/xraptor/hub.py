@@ -68,7 +68,8 @@ class Hub:
         entry = self._channels.get(channel)
         if entry is None:
             entry = self._channels[channel] = _Channel()
-        entry.listeners.append(listener)
+        if listener not in entry.listeners:
+            entry.listeners.append(listener)
         if entry.watched and not entry.lock.locked():
             return
         try:

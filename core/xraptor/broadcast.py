@@ -1,0 +1,177 @@
+"""Broadcast rooms: many streams receive every message posted to the room's channel.
+
+A room listens to its channel once per process and writes each message to its
+local members directly: one backend delivery per process and one encoding of
+the message per room, whatever the number of members. A member that is not a
+stream of this process (an id another process serves) is forwarded to with a
+post on its own channel, as xraptor 0.4 did, and pruned when no longer alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import ClassVar
+
+from .antenna import Antenna
+from .connection import LOCAL_STREAMS, Stream
+from .protocol import GAP_TAIL, push_tail
+
+logger = logging.getLogger("xraptor.broadcast")
+
+_PRUNE_SECONDS = 7.0
+
+
+class Broadcast:
+    """A room. Get one with :meth:`Broadcast.get`; it lives while it has members."""
+
+    _rooms: ClassVar[dict[str, Broadcast]] = {}
+    _pending: ClassVar[set[asyncio.Task[None]]] = set()
+
+    def __init__(self, broadcast_id: str, antenna: Antenna) -> None:
+        if not isinstance(broadcast_id, str) or not broadcast_id:
+            raise ValueError(f"a room id must be a non-empty str, got {broadcast_id!r}")
+        self.broadcast_id = broadcast_id
+        self.antenna = antenna
+        self._local: dict[str, Stream] = {}
+        self._remote: set[str] = set()
+        self._listening = False
+        self._prune_task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @classmethod
+    def get(cls, broadcast_id: str) -> Broadcast:
+        """The room with this id on the current server's antenna (created on demand)."""
+        from .server import XRaptor
+
+        antenna = XRaptor.get_antenna()
+        room = cls._rooms.get(broadcast_id)
+        if room is None or room.antenna is not antenna or room._closed:
+            room = cls._rooms[broadcast_id] = Broadcast(broadcast_id, antenna)
+        return room
+
+    @property
+    def members(self) -> list[str]:
+        return [*self._local, *self._remote]
+
+    def add_member(self, member: str) -> None:
+        """Add a member (a SUB's request_id); the first member opens the room.
+
+        Safe to call from a SUB handler without awaiting: the server waits for the
+        room to be subscribed before it reads the connection's next request. Use
+        :meth:`join` to await it yourself.
+        """
+        if not isinstance(member, str) or not member:
+            raise ValueError(f"a room member must be a non-empty str, got {member!r}")
+        stream = LOCAL_STREAMS.get(member)
+        if stream is not None:
+            self._local[member] = stream
+            stream.rooms.add(self)
+        else:
+            self._remote.add(member)
+            self._ensure_prune()
+        self._closed = False
+        Broadcast._rooms.setdefault(self.broadcast_id, self)
+        if not self._listening:
+            self._listening = True
+            task = asyncio.get_running_loop().create_task(self._listen())
+            Broadcast._pending.add(task)
+            task.add_done_callback(Broadcast._pending.discard)
+
+    async def join(self, member: str) -> None:
+        """:meth:`add_member`, then wait until the room receives messages."""
+        self.add_member(member)
+        await Broadcast.settle()
+
+    def remove_member(self, member: str) -> None:
+        """Remove a member; the room closes when the last one leaves."""
+        stream = self._local.pop(member, None)
+        if stream is not None:
+            stream.rooms.discard(self)
+        self._remote.discard(member)
+        if not self._local and not self._remote:
+            self._close()
+
+    async def post(self, message: str) -> None:
+        """Publish ``message`` to every member in every process."""
+        await self.antenna.post(self.broadcast_id, message)
+
+    @classmethod
+    async def settle(cls) -> None:
+        """Wait until every room opened so far is subscribed on the antenna."""
+        while cls._pending:
+            await asyncio.gather(*tuple(cls._pending), return_exceptions=True)
+
+    # hub listener ---------------------------------------------------------------
+
+    def on_message(self, channel: str, message: str) -> None:
+        if self._local:
+            tail = push_tail(message)
+            for stream in tuple(self._local.values()):
+                stream.connection.push(stream.prefix + tail)
+        if self._remote:
+            task = asyncio.get_running_loop().create_task(self._forward(message))
+            Broadcast._pending.add(task)
+            task.add_done_callback(Broadcast._pending.discard)
+
+    def on_gap(self, channel: str) -> None:
+        for stream in tuple(self._local.values()):
+            stream.connection.metrics.gap_notices_total += 1
+            stream.connection.push(stream.prefix + GAP_TAIL)
+
+    # internals --------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        try:
+            await self.antenna.listen(self.broadcast_id, self)
+        except Exception:
+            self._listening = False
+            logger.exception("room %.64r could not subscribe", self.broadcast_id)
+            return
+        if self._closed:
+            await self.antenna.unlisten(self.broadcast_id, self)
+
+    async def _forward(self, message: str) -> None:
+        members = tuple(self._remote)
+        results = await asyncio.gather(
+            *(self.antenna.post(member, message) for member in members), return_exceptions=True
+        )
+        for member, result in zip(members, results, strict=True):
+            if isinstance(result, Exception):
+                logger.warning("room %.64r: forward to %.64r failed: %r", self.broadcast_id, member, result)
+
+    def _ensure_prune(self) -> None:
+        if self._prune_task is None or self._prune_task.done():
+            self._prune_task = asyncio.get_running_loop().create_task(self._prune())
+
+    async def _prune(self) -> None:
+        while self._remote and not self._closed:
+            await asyncio.sleep(_PRUNE_SECONDS)
+            for member in tuple(self._remote):
+                try:
+                    alive = await self.antenna.is_alive(member)
+                except Exception as error:
+                    logger.warning("is_alive(%.64r) failed: %r", member, error)
+                    continue
+                if not alive:
+                    self.remove_member(member)
+
+    def _close(self) -> None:
+        self._closed = True
+        if Broadcast._rooms.get(self.broadcast_id) is self:
+            del Broadcast._rooms[self.broadcast_id]
+        if self._prune_task is not None:
+            self._prune_task.cancel()
+            self._prune_task = None
+        if self._listening:
+            self._listening = False
+            task = asyncio.get_running_loop().create_task(
+                self.antenna.unlisten(self.broadcast_id, self)
+            )
+            Broadcast._pending.add(task)
+            task.add_done_callback(Broadcast._pending.discard)
+
+    @classmethod
+    def reset(cls) -> None:
+        """Forget every room (tests)."""
+        cls._rooms.clear()

@@ -1,0 +1,128 @@
+"""One client connection: its streams and its outgoing frames."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
+
+from .protocol import GAP_TAIL, push_prefix, push_tail
+
+if TYPE_CHECKING:
+    from .broadcast import Broadcast
+    from .metrics import Metrics
+
+logger = logging.getLogger("xraptor.connection")
+
+#: close code used for the slow-consumer policy (RFC 6455 "try again later")
+SLOW_CONSUMER_CLOSE = 1013
+
+_background: set[asyncio.Task[None]] = set()
+
+#: every live stream of this process by request_id (a channel name on the antenna)
+LOCAL_STREAMS: dict[str, Stream] = {}
+
+
+class Stream:
+    """A SUB's stream: the hub listener that pushes its channel to its connection."""
+
+    __slots__ = ("connection", "prefix", "request_id", "rooms")
+
+    def __init__(self, connection: Connection, request_id: str) -> None:
+        self.connection = connection
+        self.request_id = request_id
+        self.prefix = push_prefix(request_id)
+        self.rooms: set[Broadcast] = set()
+
+    def on_message(self, channel: str, message: str) -> None:
+        self.connection.push(self.prefix + push_tail(message))
+
+    def on_gap(self, channel: str) -> None:
+        self.connection.metrics.gap_notices_total += 1
+        self.connection.push(self.prefix + GAP_TAIL)
+
+
+class Connection:
+    """What handlers and middlewares see of a client connection.
+
+    :param max_buffer: bytes allowed in the outgoing buffer before the
+        slow-consumer policy closes the connection
+    """
+
+    __slots__ = (
+        "_closing",
+        "connection_id",
+        "max_buffer",
+        "metrics",
+        "path",
+        "remote_ip",
+        "state",
+        "streams",
+        "ws",
+    )
+
+    def __init__(self, ws: ServerConnection, max_buffer: int, metrics: Metrics) -> None:
+        self.ws = ws
+        self.path = ws.request.path if ws.request is not None else "/"
+        remote = ws.remote_address
+        self.remote_ip: str = remote[0] if remote else ""
+        self.connection_id = uuid.uuid4().hex
+        self.streams: dict[str, Stream] = {}
+        self.max_buffer = max_buffer
+        self.metrics = metrics
+        self.state: dict[str, Any] = {}
+        self._closing = False
+
+    @property
+    def ws_server(self) -> ServerConnection:
+        """The websockets connection (the 0.4 name)."""
+        return self.ws
+
+    async def send(self, frame: bytes) -> None:
+        """Send one frame (UTF-8 JSON) as a text message, waiting for buffer room."""
+        try:
+            await self.ws.send(frame, text=True)
+        except ConnectionClosed:
+            pass
+
+    def push(self, frame: bytes) -> None:
+        """Write a push frame now, without waiting (the hub's fan-out path).
+
+        A connection whose outgoing buffer is past ``max_buffer`` is a slow
+        consumer: it is closed with code 1013 and counted, rather than letting
+        memory grow or dropping messages silently.
+        """
+        ws = self.ws
+        if self._closing or ws.protocol.state is not State.OPEN:
+            return
+        transport = ws.transport
+        if transport.get_write_buffer_size() > self.max_buffer:
+            self._slow_consumer()
+            return
+        try:
+            ws.protocol.send_text(frame)
+            ws.send_data()
+        except Exception as error:
+            logger.debug("push failed: %s", error)
+            return
+        self.metrics.pushes_total += 1
+
+    def _slow_consumer(self) -> None:
+        self._closing = True
+        self.metrics.slow_consumer_disconnects_total += 1
+        logger.warning(
+            "closing slow consumer %s (%s): outgoing buffer over %d bytes",
+            self.connection_id,
+            self.remote_ip,
+            self.max_buffer,
+        )
+        task = asyncio.get_running_loop().create_task(
+            self.ws.close(SLOW_CONSUMER_CLOSE, "slow consumer: outgoing buffer full")
+        )
+        _background.add(task)
+        task.add_done_callback(_background.discard)

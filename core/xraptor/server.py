@@ -1,0 +1,492 @@
+"""XRaptor: the websockets server, request dispatch and connection lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Any, ClassVar, Self
+
+import orjson
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request as HttpRequest
+from websockets.http11 import Response as HttpResponse
+
+from .antenna import Antenna, AntennaError, AntennaUnavailable
+from .broadcast import Broadcast
+from .connection import LOCAL_STREAMS, Connection, Stream
+from .metrics import Metrics
+from .middleware import MiddlewareChain, MiddlewareFunc
+from .plugins import get_plugins, resolve_antenna
+from .protocol import (
+    ErrorCode,
+    MethodType,
+    Request,
+    RequestError,
+    Response,
+    parse_request,
+)
+from .routing import Handler, Route, Router
+
+logger = logging.getLogger("xraptor")
+
+_UNSUB_ACK = orjson.dumps({"message": "unsubscribed"}).decode()
+
+
+class XRaptor:
+    """A server. Routes and middlewares are registered on the class (as in 0.4).
+
+    :param ip_address: interface to listen on
+    :param port: TCP port (0 picks a free one; see :attr:`port` after start)
+    :param antenna: antenna name, URL, class or instance (default: memory)
+    :param antenna_options: options for an antenna given by name or class
+    :param max_size: max inbound message size in bytes (``None`` disables)
+    :param max_queue: max buffered inbound messages per connection
+    :param ping_interval: keepalive ping interval in seconds (``None`` disables)
+    :param ping_timeout: keepalive ping timeout in seconds
+    :param health_path: HTTP path of the JSON health check (``None`` disables)
+    :param metrics_path: HTTP path of the Prometheus metrics (``None`` disables)
+    :param max_buffer: outgoing bytes buffered per connection before the
+        slow-consumer policy closes it (code 1013)
+    """
+
+    _routes: ClassVar[list[Route]] = []
+    _middlewares: ClassVar[MiddlewareChain] = MiddlewareChain()
+    _antenna: ClassVar[Antenna | None] = None
+    _current: ClassVar[XRaptor | None] = None
+
+    def __init__(
+        self,
+        ip_address: str = "127.0.0.1",
+        port: int = 8765,
+        *,
+        antenna: object = None,
+        antenna_options: dict[str, Any] | None = None,
+        max_size: int | None = 2**20,
+        max_queue: int | None = 32,
+        ping_interval: float | None = 20,
+        ping_timeout: float | None = 20,
+        health_path: str | None = "/health",
+        metrics_path: str | None = "/metrics",
+        max_buffer: int = 4 * 2**20,
+    ) -> None:
+        if not isinstance(port, int) or not 0 <= port <= 65535:
+            raise ValueError(f"port must be an int from 0 to 65535, got {port!r}")
+        if not isinstance(max_buffer, int) or max_buffer <= 0:
+            raise ValueError(f"max_buffer must be a positive int, got {max_buffer!r}")
+        self._ip = ip_address
+        self.port = port
+        self._health_path = health_path
+        self._metrics_path = metrics_path
+        self._max_buffer = max_buffer
+        self._serve_options: dict[str, Any] = {
+            "max_size": max_size,
+            "max_queue": max_queue,
+            "ping_interval": ping_interval,
+            "ping_timeout": ping_timeout,
+        }
+        self.metrics = Metrics()
+        self._router = Router()
+        self._server: Server | None = None
+        self._stop_event: asyncio.Event | None = None
+        self._connections: set[Connection] = set()
+        self._instance_antenna: Antenna | None = None
+        if antenna is not None:
+            self.set_antenna(antenna, **(antenna_options or {}))
+        elif antenna_options:
+            raise ValueError("antenna_options given without an antenna")
+
+    # ----- configuration ------------------------------------------------------
+
+    def set_antenna(self, antenna: object, **options: Any) -> Self:
+        """Select the antenna: a name (``"redis"``), a URL, an Antenna class or instance."""
+        if self._server is not None:
+            raise RuntimeError("cannot change the antenna of a running server")
+        instance = resolve_antenna(antenna, **options)
+        self._instance_antenna = instance
+        XRaptor._antenna = instance
+        return self
+
+    @classmethod
+    def get_antenna(cls) -> Antenna:
+        """The antenna of the current server (the last one configured or started)."""
+        if cls._antenna is None or cls._antenna.state == "closed":
+            cls._antenna = resolve_antenna("memory")
+        return cls._antenna
+
+    @property
+    def antenna(self) -> Antenna:
+        if self._instance_antenna is None:
+            self._instance_antenna = XRaptor.get_antenna()
+        return self._instance_antenna
+
+    @classmethod
+    def register(cls, name: str) -> Route:
+        """The route ``name``; decorate handlers with its ``as_get`` ... ``as_unsub``."""
+        route = Route(name)
+        if route not in cls._routes:
+            cls._routes.append(route)
+        return route
+
+    @classmethod
+    def middleware(
+        cls, priority: int, pattern: str | None = None
+    ) -> Callable[[MiddlewareFunc], MiddlewareFunc]:
+        """Decorator: run ``func(request, connection)`` before handlers.
+
+        :param priority: unique; lower runs first
+        :param pattern: regex matched against the route (``None``: every route)
+        :raises ValueError: on a taken priority or an invalid pattern
+        """
+
+        def decorator(func: MiddlewareFunc) -> MiddlewareFunc:
+            cls._middlewares.add(func, priority, pattern)
+            return func
+
+        if not isinstance(priority, int) or isinstance(priority, bool):
+            raise TypeError(f"middleware priority must be an int, got {priority!r}")
+        return decorator
+
+    @classmethod
+    def use_middleware(
+        cls, name: str, *, priority: int, pattern: str | None = None, **options: Any
+    ) -> None:
+        """Enable a middleware a plugin offers by name (``xraptor plugins`` lists them)."""
+        factory = get_plugins().middlewares.get(name)
+        cls._middlewares.add(factory(**options), priority, pattern, name=name)
+
+    @classmethod
+    def route_matcher(cls, method: MethodType, name: str) -> Handler | None:
+        """The handler registered for ``method`` on route ``name`` (0.4 API)."""
+        for route in cls._routes:
+            if route.name == name:
+                return route.handlers().get(method)
+        return None
+
+    @classmethod
+    def reset(cls) -> None:
+        """Forget every route, middleware, room and the current antenna (tests)."""
+        cls._routes.clear()
+        Route.forget_all()
+        cls._middlewares.clear()
+        cls._antenna = None
+        cls._current = None
+        Broadcast.reset()
+
+    def load_routes(self) -> Self:
+        """Load the registered routes into this server."""
+        self._router.load(XRaptor._routes)
+        return self
+
+    @classmethod
+    def get_metrics(cls) -> Metrics:
+        """The counters of the current server."""
+        return cls._current.metrics if cls._current is not None else Metrics()
+
+    # ----- lifecycle ------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start listening; returns once the port is bound (see :attr:`port`)."""
+        if self._server is not None:
+            raise RuntimeError("the server is already running")
+        self.load_routes()
+        antenna = self.antenna
+        XRaptor._antenna = antenna
+        XRaptor._current = self
+        self.metrics = Metrics()
+        await antenna.start()
+        self._server = await serve(
+            self._handle_connection,
+            self._ip,
+            self.port,
+            process_request=self._process_request,
+            **self._serve_options,
+        )
+        for sock in self._server.sockets:
+            self.port = sock.getsockname()[1]
+            break
+        await get_plugins().call_lifecycle("xraptor_startup", server=self)
+        logger.info("xraptor serving on %s:%d with the %s antenna", self._ip, self.port, antenna.name)
+
+    async def close(self) -> None:
+        """Stop accepting, close every connection, then close the antenna."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        try:
+            await get_plugins().call_lifecycle("xraptor_shutdown", server=self)
+        finally:
+            server.close()
+            await server.wait_closed()
+            await Broadcast.settle()
+            await self.antenna.close()
+
+    async def serve(self) -> None:
+        """Serve until :meth:`stop` is called or SIGTERM/SIGINT arrives, then shut down."""
+        self._stop_event = asyncio.Event()
+        await self.start()
+        self._install_signal_handlers()
+        try:
+            await self._stop_event.wait()
+        finally:
+            await self.close()
+
+    def stop(self) -> None:
+        """Ask :meth:`serve` to shut down gracefully."""
+        if self._stop_event is not None:
+            self._stop_event.set()
+
+    def run(self) -> None:
+        """Run :meth:`serve` on uvloop when installed, else on asyncio."""
+        try:
+            import uvloop
+        except ImportError:
+            asyncio.run(self.serve())
+        else:
+            uvloop.run(self.serve())
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self.stop)
+            except (NotImplementedError, RuntimeError, ValueError):
+                logger.debug("could not install a handler for %s", sig)
+
+    # ----- HTTP endpoints ---------------------------------------------------------
+
+    def _process_request(self, connection: ServerConnection, request: HttpRequest) -> HttpResponse | None:
+        path = request.path.split("?", 1)[0]
+        if self._health_path is not None and path == self._health_path:
+            antenna = self.antenna.describe()
+            body = self.metrics.health(antenna)
+            status = HTTPStatus.OK if body["status"] == "ok" else HTTPStatus.SERVICE_UNAVAILABLE
+            return _http(status, "application/json", orjson.dumps(body))
+        if self._metrics_path is not None and path == self._metrics_path:
+            text = self.metrics.prometheus(self.antenna.describe())
+            return _http(HTTPStatus.OK, "text/plain; version=0.0.4; charset=utf-8", text.encode())
+        return None
+
+    # ----- connections --------------------------------------------------------------
+
+    async def _handle_connection(self, ws: ServerConnection) -> None:
+        connection = Connection(ws, self._max_buffer, self.metrics)
+        self._connections.add(connection)
+        self.metrics.connections_total += 1
+        self.metrics.connections_active += 1
+        try:
+            while True:
+                data = await ws.recv(decode=False)
+                await self._handle_message(connection, data)
+        except ConnectionClosed:
+            pass
+        except Exception:
+            logger.exception("connection %s failed", connection.connection_id)
+        finally:
+            self.metrics.connections_active -= 1
+            self._connections.discard(connection)
+            await self._release(connection)
+
+    async def _release(self, connection: Connection) -> None:
+        for stream in tuple(connection.streams.values()):
+            await self._end_stream(stream)
+
+    async def _handle_message(self, connection: Connection, data: bytes) -> None:
+        self.metrics.requests_total += 1
+        try:
+            request = parse_request(data)
+        except RequestError as error:
+            await self._refuse(connection, error, data)
+            return
+        try:
+            if self._middlewares:
+                try:
+                    answer = await self._middlewares.run(request, connection)
+                except Exception as error:
+                    logger.exception("middleware failed on route %.64r", request.route)
+                    raise RequestError(
+                        ErrorCode.MIDDLEWARE_ERROR,
+                        f"a middleware failed: {type(error).__name__}",
+                        request.request_id,
+                        request.method.value,
+                    ) from None
+                if answer is not None:
+                    await connection.send(answer.encode(request.method))
+                    return
+            method = request.method
+            if method is MethodType.SUB:
+                await self._subscribe(connection, request)
+                return
+            if method is MethodType.UNSUB:
+                await self._unsubscribe(connection, request)
+                return
+            handler = self._handler_for(request)
+            result = await handler(request)
+            if Broadcast._pending:
+                await Broadcast.settle()
+            await self._answer(connection, request, result)
+        except RequestError as error:
+            await self._refuse(connection, error)
+        except AntennaUnavailable as error:
+            await self._refuse(
+                connection,
+                RequestError(
+                    ErrorCode.BACKEND_UNAVAILABLE,
+                    f"the pub/sub backend is unavailable: {error}",
+                    request.request_id,
+                    request.method.value,
+                ),
+            )
+        except Exception:
+            logger.exception("handler of %s %.64r failed", request.method.value, request.route)
+            await self._refuse(
+                connection,
+                RequestError(
+                    ErrorCode.HANDLER_ERROR,
+                    "the handler failed; see the server log",
+                    request.request_id,
+                    request.method.value,
+                ),
+            )
+
+    def _handler_for(self, request: Request) -> Handler:
+        methods = self._router.table.get(request.route)
+        handler = methods.get(request.method) if methods is not None else None
+        if handler is not None:
+            return handler
+        if methods is None:
+            raise RequestError(
+                ErrorCode.UNKNOWN_ROUTE,
+                f"route {request.route[:128]!r} is not registered",
+                request.request_id,
+                request.method.value,
+            )
+        raise RequestError(
+            ErrorCode.METHOD_NOT_ALLOWED,
+            f"route {request.route[:128]!r} does not accept {request.method.value}; "
+            f"it accepts {', '.join(sorted(m.value for m in methods))}",
+            request.request_id,
+            request.method.value,
+        )
+
+    async def _answer(self, connection: Connection, request: Request, result: object) -> None:
+        if result is None:
+            return
+        if not isinstance(result, Response):
+            logger.error(
+                "handler of %.64r returned %s, not a Response", request.route, type(result).__name__
+            )
+            raise RequestError(
+                ErrorCode.INVALID_RESPONSE,
+                "the handler returned something other than a Response",
+                request.request_id,
+                request.method.value,
+            )
+        await connection.send(result.encode(request.method))
+
+    async def _refuse(self, connection: Connection, error: RequestError, data: bytes = b"") -> None:
+        self.metrics.request_errors_total += 1
+        if data:
+            logger.info("refused request (%s): %s; starts with %.48r", error.code, error.message, data[:48])
+        else:
+            logger.info("refused request %.64r (%s): %s", error.request_id, error.code, error.message)
+        await connection.send(error.frame())
+
+    # ----- streams ------------------------------------------------------------------
+
+    async def _subscribe(self, connection: Connection, request: Request) -> None:
+        handler = self._handler_for(request)
+        request_id = request.request_id
+        if not request_id:
+            raise RequestError(
+                ErrorCode.INVALID_FIELD, "a SUB needs a non-empty request_id", "", "SUB"
+            )
+        if request_id in LOCAL_STREAMS:
+            raise RequestError(
+                ErrorCode.STREAM_IN_USE,
+                "a stream with this request_id is already open; use a new request_id",
+                request_id,
+                "SUB",
+            )
+        stream = Stream(connection, request_id)
+        LOCAL_STREAMS[request_id] = stream
+        connection.streams[request_id] = stream
+        self.metrics.streams_active += 1
+        antenna = self.antenna
+        try:
+            if not antenna.is_listening(request_id) and await antenna.is_alive(request_id):
+                raise RequestError(
+                    ErrorCode.STREAM_IN_USE,
+                    "a stream with this request_id is open in another process; use a new request_id",
+                    request_id,
+                    "SUB",
+                )
+            await antenna.listen(request_id, stream)
+        except AntennaError as error:
+            await self._end_stream(stream)
+            raise AntennaUnavailable(str(error)) from error
+        except BaseException:
+            await self._end_stream(stream)
+            raise
+        try:
+            result = await handler(request)
+            if Broadcast._pending:
+                await Broadcast.settle()
+        except BaseException:
+            await self._end_stream(stream)
+            raise
+        await self._answer(connection, request, result)
+
+    async def _unsubscribe(self, connection: Connection, request: Request) -> None:
+        request_id = request.request_id
+        stream = connection.streams.get(request_id)
+        methods = self._router.table.get(request.route)
+        if methods is None:
+            self._handler_for(request)  # raises unknown_route
+        if stream is None:
+            if request_id in LOCAL_STREAMS:
+                raise RequestError(
+                    ErrorCode.NOT_STREAM_OWNER,
+                    "this request_id is a stream of another connection",
+                    request_id,
+                    "UNSUB",
+                )
+            raise RequestError(
+                ErrorCode.UNKNOWN_STREAM,
+                "no open stream has this request_id on this connection",
+                request_id,
+                "UNSUB",
+            )
+        handler = methods.get(MethodType.UNSUB) if methods is not None else None
+        try:
+            result: object = await handler(request) if handler is not None else None
+        finally:
+            await self._end_stream(stream)
+        if handler is None:
+            result = Response(request_id, _UNSUB_ACK, {}, MethodType.UNSUB)
+        await self._answer(connection, request, result)
+
+    async def _end_stream(self, stream: Stream) -> None:
+        request_id = stream.request_id
+        connection = stream.connection
+        if connection.streams.pop(request_id, None) is None:
+            return
+        if LOCAL_STREAMS.get(request_id) is stream:
+            del LOCAL_STREAMS[request_id]
+        self.metrics.streams_active -= 1
+        for room in tuple(stream.rooms):
+            room.remove_member(request_id)
+        try:
+            await self.antenna.unlisten(request_id, stream)
+        except Exception:
+            logger.exception("could not unsubscribe stream %.64r", request_id)
+
+
+def _http(status: HTTPStatus, content_type: str, body: bytes) -> HttpResponse:
+    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body)))])
+    return HttpResponse(status.value, status.phrase, headers, body)
+

@@ -1,0 +1,121 @@
+"""Test support: a real server factory and a thin real websockets client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from websockets.asyncio.client import ClientConnection, connect
+
+from xraptor import XRaptor
+from xraptor.connection import LOCAL_STREAMS
+
+
+@pytest.fixture(autouse=True)
+def fresh_xraptor() -> Any:
+    XRaptor.reset()
+    yield
+    XRaptor.reset()
+    LOCAL_STREAMS.clear()
+
+
+class Client:
+    """A thin test client over a plain websockets connection."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self._n = 0
+
+    def next_id(self) -> str:
+        self._n += 1
+        return f"{id(self):x}-{self._n}"
+
+    async def send(
+        self,
+        route: str,
+        method: str = "GET",
+        payload: Any = "",
+        header: dict[str, Any] | None = None,
+        request_id: str | None = None,
+    ) -> str:
+        request_id = request_id or self.next_id()
+        if not isinstance(payload, str):
+            payload = json.dumps(payload)
+        await self.ws.send(
+            json.dumps(
+                {
+                    "request_id": request_id,
+                    "payload": payload,
+                    "header": header or {},
+                    "route": route,
+                    "method": method,
+                }
+            )
+        )
+        return request_id
+
+    async def send_raw(self, data: str | bytes) -> None:
+        await self.ws.send(data)
+
+    async def recv(self, timeout: float = 3.0) -> dict[str, Any]:
+        raw = await asyncio.wait_for(self.ws.recv(), timeout)
+        data: dict[str, Any] = json.loads(raw)
+        return data
+
+    async def request(self, route: str, method: str = "GET", payload: Any = "", **kw: Any) -> dict[str, Any]:
+        request_id = await self.send(route, method, payload, **kw)
+        response = await self.recv()
+        assert response["request_id"] == request_id, response
+        return response
+
+    async def nothing(self, seconds: float = 0.3) -> bool:
+        try:
+            message = await asyncio.wait_for(self.ws.recv(), seconds)
+        except TimeoutError:
+            return True
+        raise AssertionError(f"unexpected message: {message!r}")
+
+
+ServerFactory = Callable[..., Awaitable[XRaptor]]
+
+
+@pytest_asyncio.fixture
+async def make_server() -> AsyncIterator[ServerFactory]:
+    servers: list[XRaptor] = []
+
+    async def factory(**kwargs: Any) -> XRaptor:
+        server = XRaptor("127.0.0.1", 0, **kwargs)
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield factory
+    for server in servers:
+        await server.close()
+
+
+ClientFactory = Callable[[XRaptor], Awaitable[Client]]
+
+
+@pytest_asyncio.fixture
+async def make_client() -> AsyncIterator[ClientFactory]:
+    clients: list[ClientConnection] = []
+
+    async def factory(server: XRaptor) -> Client:
+        ws = await connect(f"ws://127.0.0.1:{server.port}")
+        clients.append(ws)
+        return Client(ws)
+
+    yield factory
+    for ws in clients:
+        await ws.close()
+
+
+def error_code(response: dict[str, Any]) -> str:
+    code: str = json.loads(response["payload"])["code"]
+    assert response["header"].get("error") == code
+    return code
