@@ -1,0 +1,405 @@
+"""The Redis antenna: every subscription of the process on one Redis connection.
+
+Layout of the connections a process holds (however many channels it watches):
+
+* one subscriber connection, a redis-py :class:`~redis.asyncio.client.PubSub`
+  read by a single reader task that hands each message to :meth:`Antenna.deliver`;
+* a small bounded pool (``pool_size``, default 4) for ``PUBLISH`` and
+  ``PUBSUB NUMSUB``.
+
+Faults: when the subscriber connection drops (Redis restarted, ``CLIENT KILL``,
+network), the reader reports ``down``, reconnects with capped exponential
+backoff (it never gives up), resubscribes every wanted channel, waits for Redis
+to confirm them, then reports ``up`` and a gap on those channels. redis-py's own
+silent reconnect-and-resubscribe is switched off for the subscriber connection:
+it would hide the gap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import random
+from typing import Any, ClassVar
+
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from xraptor.antenna import Antenna, AntennaError, AntennaUnavailable
+
+logger = logging.getLogger("xraptor_redis")
+
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+#: channels per SUBSCRIBE command when resubscribing after a reconnect
+_SUBSCRIBE_CHUNK = 500
+#: what a lost or unreachable backend raises (OSError: sockets below redis-py)
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
+
+
+def _positive(options: dict[str, Any], key: str, default: float) -> float:
+    value = options.get(key, default)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"redis antenna option {key!r} must be a number, got {value!r}") from None
+    if not number > 0 or math.isinf(number):
+        raise ValueError(f"redis antenna option {key!r} must be a positive number, got {value!r}")
+    return number
+
+
+class RedisAntenna(Antenna):
+    """Pub/sub over Redis ``PUBLISH`` / ``SUBSCRIBE``.
+
+    Options (keyword arguments, merged over :meth:`set_config`):
+
+    * ``url``: Redis URL (``redis://``, ``rediss://``, ``unix://``), default
+      ``redis://127.0.0.1:6379/0``;
+    * ``publish_timeout``: seconds a publish (or ``is_alive``) may take before it
+      raises :class:`~xraptor.AntennaUnavailable`, default 2.0;
+    * ``subscribe_timeout``: seconds a new subscription may wait for Redis to
+      confirm it, default 5.0;
+    * ``reconnect_max_delay``: cap of the reconnect backoff in seconds, default 5.0
+      (``reconnect_min_delay``, default 0.05, is its first step);
+    * ``pool_size``: connections for publishes, default 4.
+    """
+
+    name: ClassVar[str] = "redis"
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        opts = self.options
+        self.url: str = str(opts.get("url") or DEFAULT_URL)
+        self.publish_timeout = _positive(opts, "publish_timeout", 2.0)
+        self.subscribe_timeout = _positive(opts, "subscribe_timeout", 5.0)
+        self.reconnect_min_delay = _positive(opts, "reconnect_min_delay", 0.05)
+        self.reconnect_max_delay = max(
+            _positive(opts, "reconnect_max_delay", 5.0), self.reconnect_min_delay
+        )
+        self.pool_size = int(_positive(opts, "pool_size", 4))
+        self._pool: BlockingConnectionPool | None = None
+        self._client: Redis | None = None
+        self._sub_pool: ConnectionPool | None = None
+        self._pubsub: PubSub | None = None
+        self._reader: asyncio.Task[None] | None = None
+        #: channels that should be subscribed (watched, or being watched)
+        self._wanted: set[str] = set()
+        #: SUBSCRIBE / UNSUBSCRIBE confirmations awaited, per channel
+        self._subscribed: dict[str, asyncio.Future[None]] = {}
+        self._unsubscribed: dict[str, asyncio.Future[None]] = {}
+        #: after a reconnect: channels whose resubscription Redis has not confirmed
+        self._resubscribing: set[str] = set()
+        self._gap_channels: list[str] = []
+        self._closing = False
+        #: reconnections since connect (for tests and /health)
+        self.reconnects = 0
+
+    # ----- lifecycle -----------------------------------------------------------
+
+    async def connect(self) -> None:
+        self._closing = False
+        self._pool = BlockingConnectionPool.from_url(
+            self.url,
+            max_connections=self.pool_size,
+            timeout=self.publish_timeout,
+            decode_responses=True,
+            protocol=2,
+            socket_connect_timeout=self.publish_timeout,
+            socket_timeout=self.publish_timeout,
+            # one immediate retry: a pooled connection may be stale after a restart
+            retry=Retry(NoBackoff(), 1),
+        )
+        self._client = Redis(connection_pool=self._pool)
+        self._sub_pool = ConnectionPool.from_url(
+            self.url,
+            decode_responses=True,
+            protocol=2,
+            socket_connect_timeout=self.subscribe_timeout,
+            # no redis-py retries: we reconnect and resubscribe ourselves, so that
+            # the gap is reported instead of hidden
+            retry=Retry(NoBackoff(), 0, supported_errors=()),
+        )
+        try:
+            await self._open_subscriber()
+        except BaseException as error:
+            await self._release_clients()
+            if isinstance(error, _UNREACHABLE):
+                raise AntennaUnavailable(
+                    f"cannot reach Redis at {self._where()}: {error}"
+                ) from error
+            raise
+        self._reader = asyncio.get_running_loop().create_task(
+            self._read_forever(), name=f"xraptor-redis reader {self._where()}"
+        )
+
+    async def disconnect(self) -> None:
+        self._closing = True
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+        self._wanted.clear()
+        self._resubscribing.clear()
+        for futures in (self._subscribed, self._unsubscribed):
+            for future in futures.values():
+                if not future.done():
+                    future.set_exception(AntennaError("the redis antenna is closed"))
+                    future.exception()  # retrieved: no "never retrieved" warning
+            futures.clear()
+        await self._close_pubsub()
+        await self._release_clients()
+
+    async def _release_clients(self) -> None:
+        client, self._client = self._client, None
+        pool, self._pool = self._pool, None
+        sub_pool, self._sub_pool = self._sub_pool, None
+        if client is not None:
+            await client.aclose()
+        if pool is not None:
+            await pool.disconnect()
+        if sub_pool is not None:
+            await sub_pool.disconnect()
+
+    # ----- driver side -----------------------------------------------------------
+
+    async def publish(self, channel: str, message: str) -> None:
+        client = self._live_client()
+        try:
+            async with asyncio.timeout(self.publish_timeout):
+                await client.publish(channel, message)
+        except _UNREACHABLE as error:
+            raise AntennaUnavailable(
+                f"redis publish failed ({self._where()}): {type(error).__name__}: {error}"
+            ) from error
+        except RedisError as error:
+            raise AntennaError(f"redis refused the publish: {error}") from error
+
+    async def is_alive(self, channel: str) -> bool:
+        client = self._live_client()
+        try:
+            async with asyncio.timeout(self.publish_timeout):
+                counts = await client.pubsub_numsub(channel)
+        except _UNREACHABLE as error:
+            raise AntennaUnavailable(
+                f"redis PUBSUB NUMSUB failed ({self._where()}): {type(error).__name__}: {error}"
+            ) from error
+        return any(int(count) > 0 for _, count in counts)
+
+    async def watch(self, channel: str) -> None:
+        if self._closing:
+            raise AntennaError("the redis antenna is closed")
+        self._wanted.add(channel)
+        loop = asyncio.get_running_loop()
+        future = self._subscribed.get(channel)
+        if future is None or future.done():
+            future = self._subscribed[channel] = loop.create_future()
+        pubsub = self._usable_pubsub()
+        if pubsub is not None:
+            # on a loss the reader reconnects; its resubscription confirms this channel
+            with contextlib.suppress(*_UNREACHABLE):
+                await pubsub.subscribe(channel)
+        try:
+            async with asyncio.timeout(self.subscribe_timeout):
+                await asyncio.shield(future)
+        except BaseException as error:
+            self._forget(channel)
+            if isinstance(error, TimeoutError):
+                await self._send_unsubscribe(channel)
+                raise AntennaUnavailable(
+                    f"Redis did not confirm SUBSCRIBE within {self.subscribe_timeout} s "
+                    f"({self._where()})"
+                ) from None
+            raise
+
+    async def unwatch(self, channel: str) -> None:
+        self._forget(channel)
+        await self._send_unsubscribe(channel, wait=True)
+
+    # ----- internals -----------------------------------------------------------
+
+    def _where(self) -> str:
+        # the URL without credentials
+        url = self.url
+        scheme, sep, rest = url.partition("://")
+        if sep and "@" in rest:
+            rest = rest.rsplit("@", 1)[1]
+        return f"{scheme}{sep}{rest}"
+
+    def _live_client(self) -> Redis:
+        client = self._client
+        if client is None:
+            raise AntennaError("the redis antenna is not connected (start() it first)")
+        return client
+
+    def _usable_pubsub(self) -> PubSub | None:
+        """The subscriber, when it is connected now (sending on it cannot reconnect it)."""
+        pubsub = self._pubsub
+        if pubsub is None:
+            return None
+        connection = _connection_of(pubsub)
+        if connection is None or not connection.is_connected:
+            return None
+        return pubsub
+
+    def _forget(self, channel: str) -> None:
+        self._wanted.discard(channel)
+        future = self._subscribed.pop(channel, None)
+        if future is not None and not future.done():
+            future.cancel()
+        if channel in self._resubscribing:
+            self._resubscribing.discard(channel)
+            self._maybe_recovered()
+
+    async def _send_unsubscribe(self, channel: str, *, wait: bool = False) -> None:
+        pubsub = self._usable_pubsub()
+        if pubsub is None:
+            return  # not subscribed on any live connection
+        future: asyncio.Future[None] | None = None
+        if wait:
+            future = asyncio.get_running_loop().create_future()
+            self._unsubscribed[channel] = future
+        try:
+            await pubsub.unsubscribe(channel)
+            if future is not None:
+                async with asyncio.timeout(self.subscribe_timeout):
+                    await future
+        except (*_UNREACHABLE, asyncio.CancelledError) as error:
+            # the connection is going away, and its subscriptions with it
+            if isinstance(error, asyncio.CancelledError):
+                raise
+        finally:
+            if future is not None and self._unsubscribed.get(channel) is future:
+                del self._unsubscribed[channel]
+
+    async def _open_subscriber(self) -> None:
+        """Open a new subscriber connection and (re)send SUBSCRIBE for every wanted channel."""
+        assert self._sub_pool is not None
+        pubsub = PubSub(self._sub_pool, ignore_subscribe_messages=False)
+        try:
+            async with asyncio.timeout(self.subscribe_timeout):
+                await pubsub.connect()  # type: ignore[no-untyped-call]
+                connection = _connection_of(pubsub)
+                assert connection is not None
+                # never let redis-py resubscribe silently on a reconnect of its own
+                connection.deregister_connect_callback(  # type: ignore[no-untyped-call]
+                    pubsub.on_connect
+                )
+                channels = list(self._wanted)
+                self._resubscribing = set(channels)
+                for start in range(0, len(channels), _SUBSCRIBE_CHUNK):
+                    await pubsub.subscribe(*channels[start : start + _SUBSCRIBE_CHUNK])
+        except BaseException:
+            self._resubscribing = set()
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            raise
+        self._pubsub = pubsub
+
+    async def _close_pubsub(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            try:
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+            except Exception:  # closing a broken connection must not stop recovery
+                logger.debug("closing the redis subscriber failed", exc_info=True)
+
+    async def _read_forever(self) -> None:
+        """The reader task: read, and on a loss reconnect with capped backoff, forever."""
+        delay = self.reconnect_min_delay
+        while True:
+            if self._pubsub is None:
+                try:
+                    await self._open_subscriber()
+                except Exception as error:
+                    sleep = delay * random.uniform(0.5, 1.0)
+                    logger.info(
+                        "redis antenna: reconnect to %s failed (%s: %s); next try in %.2f s",
+                        self._where(),
+                        type(error).__name__,
+                        error,
+                        sleep,
+                    )
+                    await asyncio.sleep(sleep)
+                    delay = min(delay * 2, self.reconnect_max_delay)
+                    continue
+                self.reconnects += 1
+                logger.warning(
+                    "redis antenna: reconnected to %s, resubscribing %d channels",
+                    self._where(),
+                    len(self._resubscribing),
+                )
+                self._maybe_recovered()
+            pubsub = self._pubsub
+            assert pubsub is not None
+            try:
+                await self._read(pubsub)
+            except Exception as error:
+                if self.state == "up":
+                    logger.warning(
+                        "redis antenna: lost the subscriber connection to %s (%s: %s)",
+                        self._where(),
+                        type(error).__name__,
+                        error,
+                    )
+                if not isinstance(error, _UNREACHABLE):
+                    logger.exception("redis antenna: unexpected error in the reader")
+                self.set_state("down")
+                self._gap_channels = self.watched_channels()
+                self._resubscribing = set()
+                await self._close_pubsub()
+                # a healthy connection was had: start the backoff from the bottom again
+                delay = self.reconnect_min_delay
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+
+    async def _read(self, pubsub: PubSub) -> None:
+        connection = _connection_of(pubsub)
+        deliver = self.deliver
+        while True:
+            # parse_response would reconnect a closed connection silently: refuse that
+            if connection is None or not connection.is_connected:
+                raise RedisConnectionError("the subscriber connection was closed")
+            response = await pubsub.parse_response(block=True)
+            if not response:
+                continue
+            kind = response[0]
+            if kind == "message":
+                deliver(response[1], response[2])
+            elif kind == "subscribe":
+                self._on_subscribed(response[1])
+            elif kind == "unsubscribe":
+                future = self._unsubscribed.pop(response[1], None)
+                if future is not None and not future.done():
+                    future.set_result(None)
+
+    def _on_subscribed(self, channel: str) -> None:
+        if channel not in self._wanted:
+            return  # unwatched meanwhile; its UNSUBSCRIBE is on the way
+        future = self._subscribed.pop(channel, None)
+        if future is not None and not future.done():
+            future.set_result(None)
+        if channel in self._resubscribing:
+            self._resubscribing.discard(channel)
+            self._maybe_recovered()
+
+    def _maybe_recovered(self) -> None:
+        """After a reconnect: once every resubscription is confirmed, report up and the gap."""
+        if self._resubscribing or self._pubsub is None or self.state != "down":
+            return
+        channels, self._gap_channels = self._gap_channels, []
+        self.set_state("up")
+        logger.warning(
+            "redis antenna: back up; messages may have been missed on %d channels", len(channels)
+        )
+        self.report_gap([channel for channel in channels if channel in self._wanted])
+
+
+def _connection_of(pubsub: PubSub) -> AbstractConnection | None:
+    """The PubSub's connection (redis-py's annotations say it is always None)."""
+    connection: AbstractConnection | None = getattr(pubsub, "connection", None)
+    return connection
