@@ -15,7 +15,7 @@ from typing import ClassVar
 
 from .antenna import Antenna
 from .connection import LOCAL_STREAMS, Stream
-from .protocol import GAP_TAIL, push_tail
+from .protocol import push_tail
 
 logger = logging.getLogger("xraptor.broadcast")
 
@@ -116,8 +116,7 @@ class Broadcast:
 
     def on_gap(self, channel: str) -> None:
         for stream in tuple(self._local.values()):
-            stream.connection.metrics.gap_notices_total += 1
-            stream.connection.push(stream.prefix + GAP_TAIL)
+            stream.notify_gap()
 
     # internals --------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
+from .hub import gap_round
 from .protocol import GAP_TAIL, push_prefix, push_tail
 
 if TYPE_CHECKING:
@@ -31,18 +32,27 @@ LOCAL_STREAMS: dict[str, Stream] = {}
 class Stream:
     """A SUB's stream: the hub listener that pushes its channel to its connection."""
 
-    __slots__ = ("connection", "prefix", "request_id", "rooms")
+    __slots__ = ("_gap_round", "connection", "prefix", "request_id", "rooms")
 
     def __init__(self, connection: Connection, request_id: str) -> None:
         self.connection = connection
         self.request_id = request_id
         self.prefix = push_prefix(request_id)
         self.rooms: set[Broadcast] = set()
+        self._gap_round = -1
 
     def on_message(self, channel: str, message: str) -> None:
         self.connection.push(self.prefix + push_tail(message))
 
     def on_gap(self, channel: str) -> None:
+        self.notify_gap()
+
+    def notify_gap(self) -> None:
+        """Push the gap notice, once per reported gap even if several channels feed it."""
+        current = gap_round()
+        if self._gap_round == current:
+            return
+        self._gap_round = current
         self.connection.metrics.gap_notices_total += 1
         self.connection.push(self.prefix + GAP_TAIL)
 

@@ -17,6 +17,14 @@ from typing import Protocol
 logger = logging.getLogger("xraptor.hub")
 
 
+_gap_round = 0
+
+
+def gap_round() -> int:
+    """A number that changes with each reported gap (so a client hears of a gap once)."""
+    return _gap_round
+
+
 class Listener(Protocol):
     """A local consumer of one channel."""
 
@@ -129,6 +137,8 @@ class Hub:
 
     def gap(self, channels: Iterable[str]) -> None:
         """Tell the listeners of ``channels`` that messages may have been lost."""
+        global _gap_round
+        _gap_round += 1
         for channel in channels:
             entry = self._channels.get(channel)
             if entry is None:
