@@ -126,7 +126,9 @@ class NatsAntenna(Antenna):
         options: dict[str, Any] = {
             "name": self._conn_name,
             "allow_reconnect": True,
-            "max_reconnect_attempts": -1,
+            # nats-py retries the *first* connection too, forever when this is -1:
+            # try each server twice at start, then reconnect forever (set below)
+            "max_reconnect_attempts": 1,
             "reconnect_time_wait": self.reconnect_time_wait,
             "connect_timeout": self.connect_timeout,
             "ping_interval": 20,
@@ -147,6 +149,10 @@ class NatsAntenna(Antenna):
                 f"cannot connect to NATS at {', '.join(self.servers)}: "
                 f"{type(error).__name__}: {error}"
             ) from error
+        # read by nats-py at each reconnection
+        nc.options["max_reconnect_attempts"] = self._connect_options.get(
+            "max_reconnect_attempts", -1
+        )
         version = nc.connected_server_version
         if (version.major, version.minor) < (2, 2):
             await nc.close()

@@ -89,13 +89,14 @@ class NatsForward:
             if nc is None or nc.is_closed:
                 options: dict[str, Any] = {
                     "name": "xraptor-forward",
-                    "max_reconnect_attempts": -1,
+                    "max_reconnect_attempts": 1,
                     "reconnect_time_wait": 0.5,
                     "connect_timeout": self.connect_timeout,
                     **self._connect_options,
                 }
                 options.update(servers=self.servers, error_cb=_log_error)
                 nc = self._nc = await nats.connect(**options)
+                nc.options["max_reconnect_attempts"] = -1  # after the first connection
             return nc
 
     async def __call__(self, request: Request, connection: object) -> Response:
