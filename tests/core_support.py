@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from websockets.asyncio.client import ClientConnection, connect
-
 from xraptor import XRaptor
 from xraptor.connection import LOCAL_STREAMS
 
@@ -66,7 +65,9 @@ class Client:
         data: dict[str, Any] = json.loads(raw)
         return data
 
-    async def request(self, route: str, method: str = "GET", payload: Any = "", **kw: Any) -> dict[str, Any]:
+    async def request(
+        self, route: str, method: str = "GET", payload: Any = "", **kw: Any
+    ) -> dict[str, Any]:
         request_id = await self.send(route, method, payload, **kw)
         response = await self.recv()
         assert response["request_id"] == request_id, response

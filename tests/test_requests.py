@@ -6,11 +6,9 @@ import json
 import logging
 
 import pytest
-
 import xraptor
-from xraptor import MethodType, Request, Response, XRaptor
-
 from core_support import ClientFactory, ServerFactory, error_code
+from xraptor import MethodType, Request, Response, XRaptor
 
 
 def _echo_routes() -> None:
@@ -20,7 +18,9 @@ def _echo_routes() -> None:
 
     @XRaptor.register("/echo").as_post
     async def post(request: Request) -> Response:
-        return Response.create(request.request_id, {"seen": "post"}, request.payload.upper(), request.method)
+        return Response.create(
+            request.request_id, {"seen": "post"}, request.payload.upper(), request.method
+        )
 
     @XRaptor.register("/echo").as_put
     async def put(request: Request) -> Response:
@@ -39,7 +39,9 @@ def _echo_routes() -> None:
         return None
 
 
-async def test_get_post_put_round_trips(make_server: ServerFactory, make_client: ClientFactory) -> None:
+async def test_get_post_put_round_trips(
+    make_server: ServerFactory, make_client: ClientFactory
+) -> None:
     _echo_routes()
     client = await make_client(await make_server())
     got = await client.request("/echo", "GET", "hello")
@@ -48,7 +50,12 @@ async def test_get_post_put_round_trips(make_server: ServerFactory, make_client:
     assert posted["payload"] == "HELLO" and posted["method"] == "POST"
     put = await client.request("/echo", "PUT", "x", header={"k": "v"})
     # a Response created without a method answers with the request's method
-    assert put == {"request_id": put["request_id"], "payload": "put:x", "header": {"k": "v"}, "method": "PUT"}
+    assert put == {
+        "request_id": put["request_id"],
+        "payload": "put:x",
+        "header": {"k": "v"},
+        "method": "PUT",
+    }
 
 
 async def test_decorators_return_the_function() -> None:
@@ -60,7 +67,9 @@ async def test_decorators_return_the_function() -> None:
     assert XRaptor.route_matcher(MethodType.GET, "/r") is handler
 
 
-async def test_handler_returning_none_sends_nothing(make_server: ServerFactory, make_client: ClientFactory) -> None:
+async def test_handler_returning_none_sends_nothing(
+    make_server: ServerFactory, make_client: ClientFactory
+) -> None:
     _echo_routes()
     client = await make_client(await make_server())
     await client.send("/silent", "POST")
@@ -74,16 +83,66 @@ async def test_handler_returning_none_sends_nothing(make_server: ServerFactory, 
         (b"\xff\xfe", "invalid_json", "", "ERROR"),
         ("[1, 2]", "invalid_request", "", "ERROR"),
         ('"a string"', "invalid_request", "", "ERROR"),
-        ('{"request_id": "r1", "payload": "", "header": {}, "method": "GET"}', "missing_field", "r1", "GET"),
-        ('{"request_id": 7, "payload": "", "header": {}, "route": "/echo", "method": "GET"}', "invalid_field", "", "GET"),
-        ('{"request_id": "r2", "payload": {}, "header": {}, "route": "/echo", "method": "GET"}', "invalid_field", "r2", "GET"),
-        ('{"request_id": "r3", "payload": "", "header": [], "route": "/echo", "method": "GET"}', "invalid_field", "r3", "GET"),
-        ('{"request_id": "r4", "payload": "", "header": {}, "route": "/echo", "method": "DELETE"}', "unknown_method", "r4", "ERROR"),
-        ('{"request_id": "r5", "payload": "", "header": {}, "route": "/nowhere", "method": "GET"}', "unknown_route", "r5", "GET"),
-        ('{"request_id": "r6", "payload": "", "header": {}, "route": "/silent", "method": "GET"}', "method_not_allowed", "r6", "GET"),
-        ('{"request_id": "r7", "payload": "", "header": {}, "route": "/boom", "method": "GET"}', "handler_error", "r7", "GET"),
-        ('{"request_id": "r8", "payload": "", "header": {}, "route": "/bad-return", "method": "GET"}', "invalid_response", "r8", "GET"),
-        ('{"request_id": "r9", "payload": "", "header": {}, "route": "/echo", "method": "UNSUB"}', "unknown_stream", "r9", "UNSUB"),
+        (
+            '{"request_id": "r1", "payload": "", "header": {}, "method": "GET"}',
+            "missing_field",
+            "r1",
+            "GET",
+        ),
+        (
+            '{"request_id": 7, "payload": "", "header": {}, "route": "/echo", "method": "GET"}',
+            "invalid_field",
+            "",
+            "GET",
+        ),
+        (
+            '{"request_id": "r2", "payload": {}, "header": {}, "route": "/echo", "method": "GET"}',
+            "invalid_field",
+            "r2",
+            "GET",
+        ),
+        (
+            '{"request_id": "r3", "payload": "", "header": [], "route": "/echo", "method": "GET"}',
+            "invalid_field",
+            "r3",
+            "GET",
+        ),
+        (
+            '{"request_id": "r4", "payload": "", "header": {}, "route": "/echo", "method": "DELETE"}',
+            "unknown_method",
+            "r4",
+            "ERROR",
+        ),
+        (
+            '{"request_id": "r5", "payload": "", "header": {}, "route": "/nowhere", "method": "GET"}',
+            "unknown_route",
+            "r5",
+            "GET",
+        ),
+        (
+            '{"request_id": "r6", "payload": "", "header": {}, "route": "/silent", "method": "GET"}',
+            "method_not_allowed",
+            "r6",
+            "GET",
+        ),
+        (
+            '{"request_id": "r7", "payload": "", "header": {}, "route": "/boom", "method": "GET"}',
+            "handler_error",
+            "r7",
+            "GET",
+        ),
+        (
+            '{"request_id": "r8", "payload": "", "header": {}, "route": "/bad-return", "method": "GET"}',
+            "invalid_response",
+            "r8",
+            "GET",
+        ),
+        (
+            '{"request_id": "r9", "payload": "", "header": {}, "route": "/echo", "method": "UNSUB"}',
+            "unknown_stream",
+            "r9",
+            "UNSUB",
+        ),
     ],
 )
 async def test_bad_input_gets_an_error_and_the_connection_stays_usable(

@@ -9,11 +9,10 @@ import os
 import socket
 
 import pytest
+import xraptor
 from core_support import ClientFactory, ServerFactory, error_code
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
-
-import xraptor
 from xraptor import Broadcast, Request, Response, XRaptor
 from xraptor.connection import LOCAL_STREAMS
 
@@ -50,7 +49,9 @@ def _chat_routes() -> None:
     XRaptor.register("/send_message_to_chat_room").as_post(demo.send_message)
 
 
-async def test_push_posted_by_the_sub_handler_arrives(make_server: ServerFactory, make_client: ClientFactory) -> None:
+async def test_push_posted_by_the_sub_handler_arrives(
+    make_server: ServerFactory, make_client: ClientFactory
+) -> None:
     _stream_routes()
     client = await make_client(await make_server())
     sub = await client.send("/ticks", "SUB")
@@ -60,7 +61,9 @@ async def test_push_posted_by_the_sub_handler_arrives(make_server: ServerFactory
     assert ack["payload"] == '{"subscribed": true}' and ack["method"] == "SUB"
 
 
-async def test_unsub_ends_the_stream(make_server: ServerFactory, make_client: ClientFactory) -> None:
+async def test_unsub_ends_the_stream(
+    make_server: ServerFactory, make_client: ClientFactory
+) -> None:
     _stream_routes()
     server = await make_server()
     client = await make_client(server)
@@ -77,7 +80,9 @@ async def test_unsub_ends_the_stream(make_server: ServerFactory, make_client: Cl
     assert error_code(await client.request("/ticks", "UNSUB", request_id=sub)) == "unknown_stream"
 
 
-async def test_sub_handler_failure_frees_the_stream(make_server: ServerFactory, make_client: ClientFactory) -> None:
+async def test_sub_handler_failure_frees_the_stream(
+    make_server: ServerFactory, make_client: ClientFactory
+) -> None:
     _stream_routes()
     server = await make_server()
     client = await make_client(server)
@@ -95,8 +100,13 @@ async def test_foreign_sub_and_unsub_of_a_live_request_id_are_refused(
     owner, intruder = await make_client(server), await make_client(server)
     await owner.send("/ticks", "SUB", request_id="victim")
     await owner.recv(), await owner.recv()
-    assert error_code(await intruder.request("/ticks", "SUB", request_id="victim")) == "stream_in_use"
-    assert error_code(await intruder.request("/ticks", "UNSUB", request_id="victim")) == "not_stream_owner"
+    assert (
+        error_code(await intruder.request("/ticks", "SUB", request_id="victim")) == "stream_in_use"
+    )
+    assert (
+        error_code(await intruder.request("/ticks", "UNSUB", request_id="victim"))
+        == "not_stream_owner"
+    )
     # the owner's stream still works and the intruder received nothing of it
     await intruder.send("/push", "POST", {"to": "victim", "message": "private"})
     assert (await intruder.recv())["payload"] == "ok"
@@ -106,7 +116,9 @@ async def test_foreign_sub_and_unsub_of_a_live_request_id_are_refused(
     assert error_code(await owner.request("/ticks", "SUB", request_id="victim")) == "stream_in_use"
 
 
-async def test_room_with_several_members_the_04_chat(make_server: ServerFactory, make_client: ClientFactory) -> None:
+async def test_room_with_several_members_the_04_chat(
+    make_server: ServerFactory, make_client: ClientFactory
+) -> None:
     _chat_routes()
     server = await make_server()
     alice, bob, carol = [await make_client(server) for _ in range(3)]
@@ -114,20 +126,30 @@ async def test_room_with_several_members_the_04_chat(make_server: ServerFactory,
     for name, client in (("alice", alice), ("bob", bob), ("carol", carol)):
         subs[name] = await client.send("/chat_messages", "SUB", {"chat_id": "room-1"})
     post_id = await bob.send(
-        "/send_message_to_chat_room", "POST", {"chat_id": "room-1", "client_id": "bob", "message": "olá 🦖"}
+        "/send_message_to_chat_room",
+        "POST",
+        {"chat_id": "room-1", "client_id": "bob", "message": "olá 🦖"},
     )
     for name, client in (("alice", alice), ("bob", bob), ("carol", carol)):
         push = await client.recv()
         if client is bob:  # the room push is written before the POST's own answer
             sent = await bob.recv()
-            assert sent["request_id"] == post_id and sent["payload"] == '{"message": "Message sent"}'
+            assert (
+                sent["request_id"] == post_id and sent["payload"] == '{"message": "Message sent"}'
+            )
         assert push["request_id"] == subs[name] and push["method"] == "SUB"
         assert json.loads(push["payload"]) == {"origin": "bob", "message": "olá 🦖"}
         assert await client.nothing(0.1)
     # carol leaves: she gets the UNSUB answer and no further messages
-    bye = await carol.request("/chat_messages", "UNSUB", {"chat_id": "room-1"}, request_id=subs["carol"])
+    bye = await carol.request(
+        "/chat_messages", "UNSUB", {"chat_id": "room-1"}, request_id=subs["carol"]
+    )
     assert bye["payload"] == '{"message": "tchau!"}'
-    await alice.send("/send_message_to_chat_room", "POST", {"chat_id": "room-1", "client_id": "alice", "message": "2"})
+    await alice.send(
+        "/send_message_to_chat_room",
+        "POST",
+        {"chat_id": "room-1", "client_id": "alice", "message": "2"},
+    )
     assert json.loads((await alice.recv())["payload"])["message"] == "2"
     assert (await alice.recv())["payload"] == '{"message": "Message sent"}'
     assert json.loads((await bob.recv())["payload"])["message"] == "2"
@@ -135,7 +157,9 @@ async def test_room_with_several_members_the_04_chat(make_server: ServerFactory,
     assert set(Broadcast.get("room-1").members) == {subs["alice"], subs["bob"]}
 
 
-async def test_room_message_is_one_antenna_delivery(make_server: ServerFactory, make_client: ClientFactory) -> None:
+async def test_room_message_is_one_antenna_delivery(
+    make_server: ServerFactory, make_client: ClientFactory
+) -> None:
     _chat_routes()
     server = await make_server()
     clients = [await make_client(server) for _ in range(20)]
@@ -150,7 +174,9 @@ async def test_room_message_is_one_antenna_delivery(make_server: ServerFactory, 
         original(channel, message)
 
     antenna.deliver = counting  # type: ignore[method-assign]
-    await clients[0].send("/send_message_to_chat_room", "POST", {"chat_id": "big", "client_id": "x", "message": "m"})
+    await clients[0].send(
+        "/send_message_to_chat_room", "POST", {"chat_id": "big", "client_id": "x", "message": "m"}
+    )
     for client in clients:
         assert json.loads((await client.recv())["payload"])["message"] == "m"
     assert delivered == ["big"]
@@ -167,8 +193,28 @@ async def test_disconnect_frees_every_stream_task_and_subscription(
     tasks_before = len(asyncio.all_tasks())
     ws = await connect(f"ws://127.0.0.1:{server.port}")
     for i in range(50):
-        await ws.send(json.dumps({"request_id": f"t{i}", "payload": "", "header": {}, "route": "/ticks", "method": "SUB"}))
-        await ws.send(json.dumps({"request_id": f"c{i}", "payload": json.dumps({"chat_id": f"room{i % 5}"}), "header": {}, "route": "/chat_messages", "method": "SUB"}))
+        await ws.send(
+            json.dumps(
+                {
+                    "request_id": f"t{i}",
+                    "payload": "",
+                    "header": {},
+                    "route": "/ticks",
+                    "method": "SUB",
+                }
+            )
+        )
+        await ws.send(
+            json.dumps(
+                {
+                    "request_id": f"c{i}",
+                    "payload": json.dumps({"chat_id": f"room{i % 5}"}),
+                    "header": {},
+                    "route": "/chat_messages",
+                    "method": "SUB",
+                }
+            )
+        )
     for _ in range(100):
         await ws.recv()
     await asyncio.sleep(0.1)
@@ -196,7 +242,11 @@ async def test_slow_consumer_is_closed_and_counted(make_server: ServerFactory) -
     sock.connect(("127.0.0.1", server.port))
     sock.setblocking(False)
     ws = await connect(f"ws://127.0.0.1:{server.port}", max_queue=1, sock=sock)
-    await ws.send(json.dumps({"request_id": "slow", "payload": "", "header": {}, "route": "/ticks", "method": "SUB"}))
+    await ws.send(
+        json.dumps(
+            {"request_id": "slow", "payload": "", "header": {}, "route": "/ticks", "method": "SUB"}
+        )
+    )
     while "slow" not in LOCAL_STREAMS:
         await asyncio.sleep(0.01)
     antenna = server.antenna
@@ -245,7 +295,9 @@ async def test_antenna_selection_by_name_url_and_04_way() -> None:
     server = XRaptor("127.0.0.1", 0, antenna="memory")
     assert isinstance(server.antenna, xraptor.antennas.MemoryAntenna)
     assert XRaptor.get_antenna() is server.antenna
-    assert isinstance(XRaptor("127.0.0.1", 0, antenna="memory://").antenna, xraptor.antennas.MemoryAntenna)
+    assert isinstance(
+        XRaptor("127.0.0.1", 0, antenna="memory://").antenna, xraptor.antennas.MemoryAntenna
+    )
     legacy = XRaptor("localhost", 8765)
     legacy.set_antenna(xraptor.antennas.MemoryAntenna)
     assert isinstance(XRaptor.get_antenna(), xraptor.antennas.MemoryAntenna)
@@ -258,5 +310,5 @@ async def test_antenna_selection_by_name_url_and_04_way() -> None:
         async def post(self, antenna_id: str, message: str) -> None: ...
         async def is_alive(self, antenna_id: str) -> bool: ...
 
-    with pytest.raises(TypeError, match="Migrating a 0.4 antenna"):
+    with pytest.raises(TypeError, match=r"Migrating a 0\.4 antenna"):
         legacy.set_antenna(Old04Antenna)

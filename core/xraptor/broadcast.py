@@ -137,7 +137,9 @@ class Broadcast:
         )
         for member, result in zip(members, results, strict=True):
             if isinstance(result, Exception):
-                logger.warning("room %.64r: forward to %.64r failed: %r", self.broadcast_id, member, result)
+                logger.warning(
+                    "room %.64r: forward to %.64r failed: %r", self.broadcast_id, member, result
+                )
 
     def _ensure_prune(self) -> None:
         if self._prune_task is None or self._prune_task.done():

@@ -33,17 +33,23 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="xraptor", description="xraptor: fast as a websocket, easy as HTTP")
+    parser = argparse.ArgumentParser(
+        prog="xraptor", description="xraptor: fast as a websocket, easy as HTTP"
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="serve the 0.4 chat example on the memory antenna")
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=8765)
     demo.set_defaults(func=_demo)
-    plugins = sub.add_parser("plugins", help="list the plugins found, with their antennas and middlewares")
+    plugins = sub.add_parser(
+        "plugins", help="list the plugins found, with their antennas and middlewares"
+    )
     plugins.set_defaults(func=_plugins)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     result: int = args.func(args)
     return result
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -95,10 +96,8 @@ class Connection:
 
     async def send(self, frame: bytes) -> None:
         """Send one frame (UTF-8 JSON) as a text message, waiting for buffer room."""
-        try:
+        with contextlib.suppress(ConnectionClosed):
             await self.ws.send(frame, text=True)
-        except ConnectionClosed:
-            pass
 
     def push(self, frame: bytes) -> None:
         """Write a push frame now, without waiting (the hub's fan-out path).

@@ -112,9 +112,9 @@ class Hub:
             entry.listeners.remove(listener)
         except ValueError:
             return
-        if not entry.listeners and not entry.watched and not entry.lock.locked():
-            if self._channels.get(channel) is entry:
-                del self._channels[channel]
+        idle = not entry.listeners and not entry.watched and not entry.lock.locked()
+        if idle and self._channels.get(channel) is entry:
+            del self._channels[channel]
 
     def dispatch(self, channel: str, message: str) -> None:
         """Hand one message to every local listener of ``channel``."""

@@ -88,7 +88,9 @@ class AntennaRegistry:
             raise TypeError(f"{antenna_class!r} is not a subclass of xraptor.Antenna")
         name = antenna_class.name
         if not isinstance(name, str) or not name:
-            raise ValueError(f"{antenna_class.__name__} must set a non-empty `name` class attribute")
+            raise ValueError(
+                f"{antenna_class.__name__} must set a non-empty `name` class attribute"
+            )
         if name in self._classes and self._classes[name] is not antenna_class:
             logger.warning(
                 "antenna %r from %s replaces the one from %s",
@@ -214,13 +216,19 @@ class Plugins:
             dist_name = dist.name if dist is not None else "(unknown distribution)"
             version = dist.version if dist is not None else "?"
             if entry_point.name in disabled or dist_name in disabled:
-                logger.info("plugin %r (%s) disabled by XRAPTOR_DISABLE_PLUGINS", entry_point.name, dist_name)
+                logger.info(
+                    "plugin %r (%s) disabled by XRAPTOR_DISABLE_PLUGINS",
+                    entry_point.name,
+                    dist_name,
+                )
                 continue
             if entry_point.name in self.info:
                 continue
             try:
                 module = entry_point.load()
-                self._add(entry_point.name, module, PluginInfo(entry_point.name, dist_name, version))
+                self._add(
+                    entry_point.name, module, PluginInfo(entry_point.name, dist_name, version)
+                )
             except Exception as error:
                 logger.error(
                     "could not load xraptor plugin %r from %s %s: %s: %s",

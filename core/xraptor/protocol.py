@@ -117,7 +117,9 @@ def parse_request(message: str | bytes) -> Request:
     try:
         data = orjson.loads(message)
     except orjson.JSONDecodeError as error:
-        raise _ParseError(ErrorCode.INVALID_JSON, f"the message is not valid JSON: {error}") from None
+        raise _ParseError(
+            ErrorCode.INVALID_JSON, f"the message is not valid JSON: {error}"
+        ) from None
     if type(data) is not dict:
         raise _ParseError(
             ErrorCode.INVALID_REQUEST,
@@ -145,14 +147,14 @@ def parse_request(message: str | bytes) -> Request:
     if method is None:
         raise _ParseError(
             ErrorCode.UNKNOWN_METHOD,
-            f"unknown method {raw_method[:32]!r}; expected one of GET, POST, PUT, SUB, UNSUB",
+            f"unknown method {str(raw_method)[:32]!r}; expected one of GET, POST, PUT, SUB, UNSUB",
             rid,
         )
     return Request(rid, data["payload"], data["header"], data["route"], method)
 
 
 def _json_name(kind: type) -> str:
-    return {str: "string", dict: "object"}.get(kind, kind.__name__)
+    return "string" if kind is str else "object"
 
 
 def _json_type(value: object) -> str:

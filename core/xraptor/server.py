@@ -210,7 +210,9 @@ class XRaptor:
             self.port = sock.getsockname()[1]
             break
         await get_plugins().call_lifecycle("xraptor_startup", server=self)
-        logger.info("xraptor serving on %s:%d with the %s antenna", self._ip, self.port, antenna.name)
+        logger.info(
+            "xraptor serving on %s:%d with the %s antenna", self._ip, self.port, antenna.name
+        )
 
     async def close(self) -> None:
         """Stop accepting, close every connection, then close the antenna."""
@@ -243,7 +245,7 @@ class XRaptor:
     def run(self) -> None:
         """Run :meth:`serve` on uvloop when installed, else on asyncio."""
         try:
-            import uvloop
+            import uvloop  # type: ignore[import-not-found,unused-ignore]
         except ImportError:
             asyncio.run(self.serve())
         else:
@@ -259,7 +261,9 @@ class XRaptor:
 
     # ----- HTTP endpoints ---------------------------------------------------------
 
-    def _process_request(self, connection: ServerConnection, request: HttpRequest) -> HttpResponse | None:
+    def _process_request(
+        self, connection: ServerConnection, request: HttpRequest
+    ) -> HttpResponse | None:
         path = request.path.split("?", 1)[0]
         if self._health_path is not None and path == self._health_path:
             antenna = self.antenna.describe()
@@ -391,9 +395,13 @@ class XRaptor:
     async def _refuse(self, connection: Connection, error: RequestError, data: bytes = b"") -> None:
         self.metrics.request_errors_total += 1
         if data:
-            logger.info("refused request (%s): %s; starts with %.48r", error.code, error.message, data[:48])
+            logger.info(
+                "refused request (%s): %s; starts with %.48r", error.code, error.message, data[:48]
+            )
         else:
-            logger.info("refused request %.64r (%s): %s", error.request_id, error.code, error.message)
+            logger.info(
+                "refused request %.64r (%s): %s", error.request_id, error.code, error.message
+            )
         await connection.send(error.frame())
 
     # ----- streams ------------------------------------------------------------------
@@ -421,7 +429,8 @@ class XRaptor:
             if not antenna.is_listening(request_id) and await antenna.is_alive(request_id):
                 raise RequestError(
                     ErrorCode.STREAM_IN_USE,
-                    "a stream with this request_id is open in another process; use a new request_id",
+                    "a stream with this request_id is open in another process; "
+                    "use a new request_id",
                     request_id,
                     "SUB",
                 )
@@ -489,4 +498,3 @@ class XRaptor:
 def _http(status: HTTPStatus, content_type: str, body: bytes) -> HttpResponse:
     headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body)))])
     return HttpResponse(status.value, status.phrase, headers, body)
-

@@ -14,7 +14,14 @@ from .memory import MemoryAntenna
 
 IAntenna = Antenna
 
-__all__ = ["Antenna", "IAntenna", "MemoryAntenna", "MissingPluginError", "NatsAntenna", "RedisAntenna"]
+__all__ = [
+    "Antenna",
+    "IAntenna",
+    "MemoryAntenna",
+    "MissingPluginError",
+    "NatsAntenna",
+    "RedisAntenna",
+]
 
 _PLUGIN_CLASSES = {"RedisAntenna": "redis", "NatsAntenna": "nats"}
 

@@ -180,7 +180,7 @@ class AntennaConformance:
     @pytest.mark.asyncio
     async def test_large_and_non_ascii_messages(self, antenna: Antenna, other: Antenna) -> None:
         large = "x" * 512_000
-        text = "olá 🦖 — 中文 \u0000 \"quoted\" \\ end"
+        text = 'olá 🦖 — 中文 \u0000 "quoted" \\ end'
         async with antenna.subscribe("big") as sub:
             await other.post("big", large)
             await other.post("big", text)
