@@ -15,14 +15,11 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from xraptor import get_plugins
 from xraptor.protocol import MethodType, Request
-
 from xraptor_nats.forward import NatsForward, close_all, route_subject
 
 
 def _request(route: str = "/svc/echo", method: MethodType = MethodType.GET) -> Request:
-    return Request(
-        request_id="r-1", payload="hello", header={"k": "v"}, route=route, method=method
-    )
+    return Request(request_id="r-1", payload="hello", header={"k": "v"}, route=route, method=method)
 
 
 @pytest_asyncio.fixture
@@ -74,9 +71,7 @@ async def test_forwards_and_returns_the_reply(service: Client, forward: NatsForw
     ]
 
 
-async def test_reply_headers_become_response_header(
-    service: Client, forward: NatsForward
-) -> None:
+async def test_reply_headers_become_response_header(service: Client, forward: NatsForward) -> None:
     async def respond(msg: Msg) -> None:
         await service.publish(msg.reply, "olá".encode(), headers={"x-served-by": "py"})
 
