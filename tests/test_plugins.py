@@ -19,7 +19,6 @@ import orjson
 import pluggy
 import pytest
 import websockets
-
 import xraptor
 from xraptor import XRaptor
 from xraptor.plugins import Plugins, get_plugins
@@ -41,7 +40,17 @@ def deps_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _pip_install(target: Path, project: Path) -> None:
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(project)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--target",
+            str(target),
+            str(project),
+        ],
         check=True,
         timeout=300,
     )
@@ -61,7 +70,9 @@ def broken_plugin_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return target
 
 
-def run_isolated(code: str, *path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_isolated(
+    code: str, *path: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run ``code`` with no site-packages: only the core and ``path`` are importable."""
     environment = {
         "PATH": os.environ.get("PATH", ""),
@@ -113,7 +124,9 @@ def serve_once(antenna: str, routes: list[str], middleware: str = "") -> str:
     )
 
 
-def test_a_third_party_plugin_is_found_listed_and_selected_by_name(deps_dir: Path, fake_plugin_dir: Path) -> None:
+def test_a_third_party_plugin_is_found_listed_and_selected_by_name(
+    deps_dir: Path, fake_plugin_dir: Path
+) -> None:
     listed = run_isolated(LIST_PLUGINS, deps_dir, fake_plugin_dir)
     assert listed.returncode == 0, listed.stderr
     assert "fake: xraptor-fake 0.1.0" in listed.stdout
@@ -133,7 +146,9 @@ def test_a_third_party_plugin_is_found_listed_and_selected_by_name(deps_dir: Pat
     assert ping["header"] == {"started": "fake"}  # the startup hook's awaitable was awaited
 
 
-def test_installing_a_plugin_changes_nothing_by_itself(deps_dir: Path, fake_plugin_dir: Path) -> None:
+def test_installing_a_plugin_changes_nothing_by_itself(
+    deps_dir: Path, fake_plugin_dir: Path
+) -> None:
     result = run_isolated(serve_once("memory", ["/fake-ping"]), deps_dir, fake_plugin_dir)
     assert result.returncode == 0, result.stderr
     (answer,) = json.loads(result.stdout)
@@ -151,14 +166,23 @@ def test_a_broken_plugin_is_logged_and_does_not_stop_others(
     assert "broken: xraptor-broken 0.2.0" in listed.stdout and "failed to load" in listed.stdout
 
 
-def test_disabled_plugins_are_not_loaded(deps_dir: Path, fake_plugin_dir: Path, broken_plugin_dir: Path) -> None:
+def test_disabled_plugins_are_not_loaded(
+    deps_dir: Path, fake_plugin_dir: Path, broken_plugin_dir: Path
+) -> None:
     env = {"XRAPTOR_DISABLE_PLUGINS": "fake, xraptor-broken"}
     listed = run_isolated(LIST_PLUGINS, deps_dir, fake_plugin_dir, broken_plugin_dir, env=env)
     assert listed.returncode == 0, listed.stderr
-    assert "fake" not in listed.stdout and "broken" not in listed.stdout and "could not load" not in listed.stderr
+    assert (
+        "fake" not in listed.stdout
+        and "broken" not in listed.stdout
+        and "could not load" not in listed.stderr
+    )
     selected = run_isolated(serve_once("fake", ["/hello"]), deps_dir, fake_plugin_dir, env=env)
     assert selected.returncode != 0
-    assert "unknown antenna 'fake'; installed antennas: memory. To add it, pip install xraptor-fake" in selected.stderr
+    assert (
+        "unknown antenna 'fake'; installed antennas: memory. To add it, pip install xraptor-fake"
+        in selected.stderr
+    )
 
 
 def test_the_core_works_with_no_plugin_installed(deps_dir: Path) -> None:
@@ -174,8 +198,14 @@ def test_the_core_works_with_no_plugin_installed(deps_dir: Path) -> None:
         assert missing.returncode != 0
         assert f"needs the {package} plugin: pip install {package}" in missing.stderr
     unknown = run_isolated(serve_once("redis", ["/hello"]), deps_dir)
-    assert "unknown antenna 'redis'; installed antennas: memory. To add it, pip install xraptor-redis" in unknown.stderr
-    no_driver = run_isolated("import sys, xraptor; print(sorted(m for m in sys.modules if m.split('.')[0] in ('redis', 'nats')))", deps_dir)
+    assert (
+        "unknown antenna 'redis'; installed antennas: memory. To add it, pip install xraptor-redis"
+        in unknown.stderr
+    )
+    no_driver = run_isolated(
+        "import sys, xraptor; print(sorted(m for m in sys.modules if m.split('.')[0] in ('redis', 'nats')))",
+        deps_dir,
+    )
     assert no_driver.stdout.strip() == "[]"
 
 

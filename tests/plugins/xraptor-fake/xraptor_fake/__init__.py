@@ -25,7 +25,9 @@ def xraptor_register_middlewares(registry: Any) -> None:
         async def ping(request: xraptor.Request, connection: Any) -> xraptor.Response | None:
             if request.route != "/fake-ping":
                 return None
-            return xraptor.Response.create(request.request_id, {"started": ",".join(started)}, answer)
+            return xraptor.Response.create(
+                request.request_id, {"started": ",".join(started)}, answer
+            )
 
         return ping
 

@@ -1,0 +1,73 @@
+"""Sessions: the core tests, each plugin's tests, lint, types and benchmarks.
+
+``nox`` runs the default sessions (everything but ``bench`` and ``demo``);
+``nox -s tests`` runs one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nox
+
+nox.options.sessions = ["tests", "redis", "nats", "lint", "types"]
+nox.options.error_on_missing_interpreters = True
+
+ROOT = Path(__file__).parent
+PYTHON = "3.11"
+PLUGINS = {"redis": "plugins/xraptor-redis", "nats": "plugins/xraptor-nats"}
+TOOLS = ["ruff>=0.6", "mypy>=1.11"]
+
+
+def _pytest(session: nox.Session, *paths: str) -> None:
+    session.run("python", "-m", "pytest", *paths, *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The core's tests, with no backend plugin installed."""
+    session.install("-e", ".[test]")
+    _pytest(session, "tests")
+
+
+def _plugin_session(session: nox.Session, name: str) -> None:
+    session.install("-e", ".[test]", "-e", PLUGINS[name])
+    _pytest(session, f"{PLUGINS[name]}/tests")
+
+
+@nox.session(python=PYTHON)
+def redis(session: nox.Session) -> None:
+    """The xraptor-redis plugin's tests against a real redis-server."""
+    _plugin_session(session, "redis")
+
+
+@nox.session(python=PYTHON)
+def nats(session: nox.Session) -> None:
+    """The xraptor-nats plugin's tests against a real nats-server."""
+    _plugin_session(session, "nats")
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff: lint and formatting."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=PYTHON)
+def types(session: nox.Session) -> None:
+    """mypy --strict on the core, the plugins and this noxfile."""
+    session.install("-e", ".[test]", *(f"-e{path}" for path in PLUGINS.values()), *TOOLS, "nox")
+    session.run("mypy")
+    for path in PLUGINS.values():
+        package = next(p.name for p in (ROOT / path).iterdir() if p.name.startswith("xraptor_"))
+        session.run("mypy", "--strict", f"{path}/{package}")
+    session.run("mypy", "--strict", "noxfile.py")
+
+
+@nox.session(python=PYTHON)
+def demo(session: nox.Session) -> None:
+    """Serve the chat demo on the in-memory antenna."""
+    session.install("-e", ".")
+    session.run("xraptor", "demo", *session.posargs)
