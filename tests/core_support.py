@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from websockets.asyncio.client import ClientConnection, connect
+
 from xraptor import XRaptor
 from xraptor.connection import LOCAL_STREAMS
 

@@ -1,6 +1,7 @@
 """The antenna conformance suite against the built-in memory antenna."""
 
 import pytest
+
 from xraptor.antennas import MemoryAntenna
 from xraptor.testing import AntennaConformance
 

@@ -19,6 +19,7 @@ import orjson
 import pluggy
 import pytest
 import websockets
+
 import xraptor
 from xraptor import XRaptor
 from xraptor.plugins import Plugins, get_plugins

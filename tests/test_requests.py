@@ -6,6 +6,7 @@ import json
 import logging
 
 import pytest
+
 import xraptor
 from core_support import ClientFactory, ServerFactory, error_code
 from xraptor import MethodType, Request, Response, XRaptor

@@ -9,10 +9,11 @@ import os
 import socket
 
 import pytest
-import xraptor
-from core_support import ClientFactory, ServerFactory, error_code
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
+
+import xraptor
+from core_support import ClientFactory, ServerFactory, error_code
 from xraptor import Broadcast, Request, Response, XRaptor
 from xraptor.connection import LOCAL_STREAMS
 
