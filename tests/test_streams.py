@@ -158,8 +158,8 @@ async def test_room_with_several_members_the_04_chat(
     assert set(Broadcast.get("room-1").members) == {subs["alice"], subs["bob"]}
 
 
-async def test_room_message_is_one_antenna_delivery(
-    make_server: ServerFactory, make_client: ClientFactory
+async def test_room_message_is_one_antenna_delivery_and_one_encoding(
+    make_server: ServerFactory, make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _chat_routes()
     server = await make_server()
@@ -175,12 +175,21 @@ async def test_room_message_is_one_antenna_delivery(
         original(channel, message)
 
     antenna.deliver = counting  # type: ignore[method-assign]
+    encodings: list[str] = []
+    real_tail = xraptor.broadcast.push_tail
+
+    def counting_tail(message: str) -> bytes:
+        encodings.append(message)
+        return real_tail(message)
+
+    monkeypatch.setattr(xraptor.broadcast, "push_tail", counting_tail)
     await clients[0].send(
         "/send_message_to_chat_room", "POST", {"chat_id": "big", "client_id": "x", "message": "m"}
     )
     for client in clients:
         assert json.loads((await client.recv())["payload"])["message"] == "m"
     assert delivered == ["big"]
+    assert len(encodings) == 1  # the frame tail is built once for 20 members
     assert antenna.watched_channels().count("big") == 1
 
 
