@@ -95,6 +95,7 @@ class XRaptor:
         self._stop_event: asyncio.Event | None = None
         self._connections: set[Connection] = set()
         self._instance_antenna: Antenna | None = None
+        self._http_routes: dict[str, tuple[str, bytes]] = {}
         if antenna is not None:
             self.set_antenna(antenna, **(antenna_options or {}))
         elif antenna_options:
@@ -110,6 +111,15 @@ class XRaptor:
         self._instance_antenna = instance
         XRaptor._antenna = instance
         return self
+
+    def add_http_route(self, path: str, content_type: str, body: bytes) -> None:
+        """Serve ``body`` to plain HTTP GETs of ``path`` on the WebSocket port.
+
+        WebSocket upgrade requests to the same path still open a WebSocket.
+        """
+        if not path.startswith("/"):
+            raise ValueError(f"an HTTP path must start with '/', got {path!r}")
+        self._http_routes[path] = (content_type, bytes(body))
 
     @classmethod
     def get_antenna(cls) -> Antenna:
@@ -273,6 +283,9 @@ class XRaptor:
         if self._metrics_path is not None and path == self._metrics_path:
             text = self.metrics.prometheus(self.antenna.describe())
             return _http(HTTPStatus.OK, "text/plain; version=0.0.4; charset=utf-8", text.encode())
+        static = self._http_routes.get(path)
+        if static is not None and "websocket" not in request.headers.get("Upgrade", "").lower():
+            return _http(HTTPStatus.OK, static[0], static[1])
         return None
 
     # ----- connections --------------------------------------------------------------
