@@ -378,13 +378,13 @@ class XRaptor:
         if methods is None:
             raise RequestError(
                 ErrorCode.UNKNOWN_ROUTE,
-                f"route {request.route[:128]!r} is not registered",
+                f"route {request.route[:64]!r} is not registered",
                 request.request_id,
                 request.method.value,
             )
         raise RequestError(
             ErrorCode.METHOD_NOT_ALLOWED,
-            f"route {request.route[:128]!r} does not accept {request.method.value}; "
+            f"route {request.route[:64]!r} does not accept {request.method.value}; "
             f"it accepts {', '.join(sorted(m.value for m in methods))}",
             request.request_id,
             request.method.value,
