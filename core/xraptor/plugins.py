@@ -13,7 +13,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import pluggy
 
@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from .middleware import MiddlewareFunc
 
 logger = logging.getLogger("xraptor.plugins")
+
+T = TypeVar("T")
 
 ENTRY_POINT_GROUP = "xraptor"
 BUILTIN = "xraptor (built-in)"
@@ -73,13 +75,43 @@ class UnknownMiddlewareError(KeyError):
         )
 
 
-class AntennaRegistry:
-    """Handed to ``xraptor_register_antennas``: ``registry.add(AntennaClass)``."""
+class _Registry(Generic[T]):
+    """Named entries, each remembered with the plugin that offered it."""
+
+    kind = "entry"
 
     def __init__(self) -> None:
-        self._classes: dict[str, type[Antenna]] = {}
+        self._entries: dict[str, T] = {}
         self._owner: dict[str, str] = {}
         self.current_plugin = BUILTIN
+
+    def _put(self, name: str, entry: T) -> None:
+        if name in self._entries and self._entries[name] is not entry:
+            logger.warning(
+                "%s %r from %s replaces the one from %s",
+                self.kind,
+                name,
+                self.current_plugin,
+                self._owner[name],
+            )
+        self._entries[name] = entry
+        self._owner[name] = self.current_plugin
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def owned_by(self, plugin: str) -> list[str]:
+        return sorted(n for n, owner in self._owner.items() if owner == plugin)
+
+    def remove_owned(self, plugin: str) -> None:
+        for name in self.owned_by(plugin):
+            del self._entries[name], self._owner[name]
+
+
+class AntennaRegistry(_Registry[type["Antenna"]]):
+    """Handed to ``xraptor_register_antennas``: ``registry.add(AntennaClass)``."""
+
+    kind = "antenna"
 
     def add(self, antenna_class: type[Antenna]) -> None:
         from .antenna import Antenna
@@ -91,71 +123,39 @@ class AntennaRegistry:
             raise ValueError(
                 f"{antenna_class.__name__} must set a non-empty `name` class attribute"
             )
-        if name in self._classes and self._classes[name] is not antenna_class:
-            logger.warning(
-                "antenna %r from %s replaces the one from %s",
-                name,
-                self.current_plugin,
-                self._owner[name],
-            )
-        self._classes[name] = antenna_class
-        self._owner[name] = self.current_plugin
+        self._put(name, antenna_class)
 
     def get(self, name: str) -> type[Antenna]:
         try:
-            return self._classes[name]
+            return self._entries[name]
         except KeyError:
-            raise UnknownAntennaError(name, list(self._classes)) from None
-
-    def names(self) -> list[str]:
-        return sorted(self._classes)
-
-    def owned_by(self, plugin: str) -> list[str]:
-        return sorted(n for n, owner in self._owner.items() if owner == plugin)
-
-    def remove_owned(self, plugin: str) -> None:
-        for name in self.owned_by(plugin):
-            del self._classes[name], self._owner[name]
+            raise UnknownAntennaError(name, list(self._entries)) from None
 
 
 MiddlewareFactory = Callable[..., "MiddlewareFunc"]
 
 
-class MiddlewareRegistry:
+class MiddlewareRegistry(_Registry[MiddlewareFactory]):
     """Handed to ``xraptor_register_middlewares``: ``registry.add(name, factory)``.
 
     ``factory(**options)`` returns a middleware coroutine function
     ``(request, connection) -> Response | None``.
     """
 
-    def __init__(self) -> None:
-        self._factories: dict[str, MiddlewareFactory] = {}
-        self._owner: dict[str, str] = {}
-        self.current_plugin = BUILTIN
+    kind = "middleware"
 
     def add(self, name: str, factory: MiddlewareFactory) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError("a middleware name must be a non-empty str")
         if not callable(factory):
             raise TypeError(f"middleware factory for {name!r} is not callable")
-        self._factories[name] = factory
-        self._owner[name] = self.current_plugin
+        self._put(name, factory)
 
     def get(self, name: str) -> MiddlewareFactory:
         try:
-            return self._factories[name]
+            return self._entries[name]
         except KeyError:
-            raise UnknownMiddlewareError(name, list(self._factories)) from None
-
-    def names(self) -> list[str]:
-        return sorted(self._factories)
-
-    def owned_by(self, plugin: str) -> list[str]:
-        return sorted(n for n, owner in self._owner.items() if owner == plugin)
-
-    def remove_owned(self, plugin: str) -> None:
-        for name in self.owned_by(plugin):
-            del self._factories[name], self._owner[name]
+            raise UnknownMiddlewareError(name, list(self._entries)) from None
 
 
 class Plugins:

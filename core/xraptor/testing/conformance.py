@@ -58,22 +58,14 @@ class AntennaConformance:
 
     @pytest_asyncio.fixture
     async def antenna(self, antenna_factory: AntennaFactory) -> AsyncIterator[Antenna]:
-        antenna = antenna_factory()
-        await antenna.start()
-        try:
+        async with antenna_factory() as antenna:
             yield antenna
-        finally:
-            await antenna.close()
 
     @pytest_asyncio.fixture
     async def other(self, antenna_factory: AntennaFactory) -> AsyncIterator[Antenna]:
         """A second antenna on the same backend: another process, as far as the contract goes."""
-        antenna = antenna_factory()
-        await antenna.start()
-        try:
+        async with antenna_factory() as antenna:
             yield antenna
-        finally:
-            await antenna.close()
 
     @pytest.mark.asyncio
     async def test_names_itself(self, antenna: Antenna) -> None:
