@@ -12,6 +12,7 @@ import nats
 import pytest
 import pytest_asyncio
 from nats.aio.msg import Msg
+
 from xraptor import AntennaUnavailable
 from xraptor.antenna import Subscription
 from xraptor.testing.conformance import eventually

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from xraptor.testing import AntennaConformance
 from xraptor_nats.antenna import NatsAntenna
 

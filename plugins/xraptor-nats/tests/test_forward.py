@@ -13,6 +13,7 @@ import pytest
 import pytest_asyncio
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+
 from xraptor import get_plugins
 from xraptor.protocol import MethodType, Request
 from xraptor_nats.forward import NatsForward, close_all, route_subject

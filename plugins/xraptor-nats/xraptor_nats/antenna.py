@@ -23,6 +23,7 @@ import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
+
 from xraptor.antenna import Antenna, AntennaError, AntennaUnavailable
 
 from .subjects import channel_token, check_prefix
@@ -246,9 +247,7 @@ class NatsAntenna(Antenna):
         self._subs[channel] = (messages, probes)
         self._sid_channel[messages._id] = channel
         try:
-            # the server has the subscriptions once it answered a PING sent after them
-            async with asyncio.timeout(self.publish_timeout):
-                await nc.flush(timeout=_int_timeout(self.publish_timeout))
+            await self._sync(nc)
         except _UNAVAILABLE as error:
             await self.unwatch(channel)
             raise AntennaUnavailable(
@@ -265,6 +264,26 @@ class NatsAntenna(Antenna):
                 await sub.unsubscribe()
             except _ANY_NATS as error:
                 logger.debug("unsubscribe of %.64r: %s", channel, error)
+        nc = self._nc
+        if nc is not None and nc.is_connected:
+            # once this returns, no other process sees this one as alive
+            try:
+                await self._sync(nc)
+            except _ANY_NATS as error:
+                logger.debug("flush after unsubscribe of %.64r: %s", channel, error)
+
+    async def _sync(self, nc: Client) -> None:
+        """Return once the server has processed every command sent so far.
+
+        The server has them once it answered a PING sent after them. nats-py
+        writes a flush's PING straight to the socket, ahead of commands still
+        queued for its flusher task (a SUB just sent may be), so one ``flush()``
+        can return too early; by the time its PONG is read the flusher has
+        written the queue, so the second PING comes after every command.
+        """
+        async with asyncio.timeout(self.publish_timeout):
+            await nc.flush(timeout=_int_timeout(self.publish_timeout))
+            await nc.flush(timeout=_int_timeout(self.publish_timeout))
 
     async def is_alive(self, channel: str) -> bool:
         if channel in self._subs:

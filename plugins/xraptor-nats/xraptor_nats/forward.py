@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import nats
 import nats.errors
 from nats.aio.client import Client
+
 from xraptor.protocol import Response
 
 from .antenna import DEFAULT_SERVERS, split_servers
