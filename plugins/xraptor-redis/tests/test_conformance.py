@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+
 from xraptor.testing import AntennaConformance
 from xraptor_redis.antenna import RedisAntenna
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 
 import pytest
+
 import xraptor
 from xraptor.plugins import Plugins, resolve_antenna
 from xraptor_redis.antenna import RedisAntenna

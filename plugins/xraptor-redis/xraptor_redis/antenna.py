@@ -5,7 +5,9 @@ Layout of the connections a process holds (however many channels it watches):
 * one subscriber connection, a redis-py :class:`~redis.asyncio.client.PubSub`
   read by a single reader task that hands each message to :meth:`Antenna.deliver`;
 * a small bounded pool (``pool_size``, default 4) for ``PUBLISH`` and
-  ``PUBSUB NUMSUB``.
+  ``PUBSUB NUMSUB``. Publishes go through one publisher task that pipelines
+  whatever is queued, in order, so per-channel order holds and many concurrent
+  publishes cost few round trips.
 
 Faults: when the subscriber connection drops (Redis restarted, ``CLIENT KILL``,
 network), the reader reports ``down``, reconnects with capped exponential
@@ -22,6 +24,7 @@ import contextlib
 import logging
 import math
 import random
+from collections import deque
 from typing import Any, ClassVar
 
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
@@ -32,13 +35,18 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
 from xraptor.antenna import Antenna, AntennaError, AntennaUnavailable
+
+from ._bounded import bounded
 
 logger = logging.getLogger("xraptor_redis")
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 #: channels per SUBSCRIBE command when resubscribing after a reconnect
 _SUBSCRIBE_CHUNK = 500
+#: publishes per pipeline
+_PUBLISH_BATCH = 256
 #: what a lost or unreachable backend raises (OSError: sockets below redis-py)
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
 
@@ -67,7 +75,9 @@ class RedisAntenna(Antenna):
       confirm it, default 5.0;
     * ``reconnect_max_delay``: cap of the reconnect backoff in seconds, default 5.0
       (``reconnect_min_delay``, default 0.05, is its first step);
-    * ``pool_size``: connections for publishes, default 4.
+    * ``pool_size``: connections for publishes and ``is_alive``, default 4;
+    * ``max_pending_publishes``: publishes that may wait for Redis before new ones
+      fail at once with :class:`~xraptor.AntennaUnavailable`, default 10000.
     """
 
     name: ClassVar[str] = "redis"
@@ -83,11 +93,15 @@ class RedisAntenna(Antenna):
             _positive(opts, "reconnect_max_delay", 5.0), self.reconnect_min_delay
         )
         self.pool_size = int(_positive(opts, "pool_size", 4))
+        self.max_pending_publishes = int(_positive(opts, "max_pending_publishes", 10_000))
         self._pool: BlockingConnectionPool | None = None
         self._client: Redis | None = None
         self._sub_pool: ConnectionPool | None = None
         self._pubsub: PubSub | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._publisher: asyncio.Task[None] | None = None
+        self._outbox: deque[tuple[str, str, asyncio.Future[None]]] = deque()
+        self._wake = asyncio.Event()
         #: channels that should be subscribed (watched, or being watched)
         self._wanted: set[str] = set()
         #: SUBSCRIBE / UNSUBSCRIBE confirmations awaited, per channel
@@ -107,11 +121,14 @@ class RedisAntenna(Antenna):
         self._pool = BlockingConnectionPool.from_url(
             self.url,
             max_connections=self.pool_size,
-            timeout=self.publish_timeout,
+            timeout=self.publish_timeout + 1,
             decode_responses=True,
             protocol=2,
-            socket_connect_timeout=self.publish_timeout,
-            socket_timeout=self.publish_timeout,
+            # publish_timeout (asyncio.timeout in publish) is the bound; redis-py's own
+            # socket timeouts stay longer, so that they never expire together with it
+            # (a nested timeout expiring at the same moment can swallow the cancellation)
+            socket_connect_timeout=self.publish_timeout + 1,
+            socket_timeout=self.publish_timeout + 1,
             # one immediate retry: a pooled connection may be stale after a restart
             retry=Retry(NoBackoff(), 1),
         )
@@ -120,7 +137,7 @@ class RedisAntenna(Antenna):
             self.url,
             decode_responses=True,
             protocol=2,
-            socket_connect_timeout=self.subscribe_timeout,
+            socket_connect_timeout=self.subscribe_timeout + 1,
             # no redis-py retries: we reconnect and resubscribe ourselves, so that
             # the gap is reported instead of hidden
             retry=Retry(NoBackoff(), 0, supported_errors=()),
@@ -134,17 +151,28 @@ class RedisAntenna(Antenna):
                     f"cannot reach Redis at {self._where()}: {error}"
                 ) from error
             raise
-        self._reader = asyncio.get_running_loop().create_task(
+        loop = asyncio.get_running_loop()
+        self._reader = loop.create_task(
             self._read_forever(), name=f"xraptor-redis reader {self._where()}"
+        )
+        self._publisher = loop.create_task(
+            self._publish_forever(), name=f"xraptor-redis publisher {self._where()}"
         )
 
     async def disconnect(self) -> None:
         self._closing = True
-        reader, self._reader = self._reader, None
-        if reader is not None:
-            reader.cancel()
+        tasks = [task for task in (self._reader, self._publisher) if task is not None]
+        self._reader = self._publisher = None
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await reader
+                await task
+        while self._outbox:
+            _, _, future = self._outbox.popleft()
+            if not future.done():
+                future.set_exception(AntennaError("the redis antenna is closed"))
+                future.exception()
         self._wanted.clear()
         self._resubscribing.clear()
         for futures in (self._subscribed, self._unsubscribed):
@@ -170,27 +198,84 @@ class RedisAntenna(Antenna):
     # ----- driver side -----------------------------------------------------------
 
     async def publish(self, channel: str, message: str) -> None:
-        client = self._live_client()
+        # The publisher task sends; this coroutine only waits on a plain future, so
+        # publish_timeout is a hard bound whatever redis-py does inside (a cancelled
+        # redis-py read can be held up by its own socket timeouts).
+        if self._publisher is None:
+            raise AntennaError("the redis antenna is not connected")
+        if len(self._outbox) >= self.max_pending_publishes:
+            raise AntennaUnavailable(
+                f"{len(self._outbox)} publishes already wait for Redis ({self._where()})"
+            )
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._outbox.append((channel, message, future))
+        wake = self._wake
+        if not wake.is_set():
+            wake.set()
         try:
             async with asyncio.timeout(self.publish_timeout):
-                await client.publish(channel, message)
-        except _UNREACHABLE as error:
+                await future
+        except TimeoutError:
             raise AntennaUnavailable(
-                f"redis publish failed ({self._where()}): {type(error).__name__}: {error}"
-            ) from error
-        except RedisError as error:
-            raise AntennaError(f"redis refused the publish: {error}") from error
+                f"Redis did not take the publish within {self.publish_timeout} s "
+                f"({self._where()})"
+            ) from None
 
     async def is_alive(self, channel: str) -> bool:
         client = self._live_client()
         try:
-            async with asyncio.timeout(self.publish_timeout):
-                counts = await client.pubsub_numsub(channel)
+            counts = await bounded(client.pubsub_numsub(channel), self.publish_timeout)
         except _UNREACHABLE as error:
             raise AntennaUnavailable(
                 f"redis PUBSUB NUMSUB failed ({self._where()}): {type(error).__name__}: {error}"
             ) from error
         return any(int(count) > 0 for _, count in counts)
+
+    async def _publish_forever(self) -> None:
+        """The publisher task: sends queued publishes in order, pipelined in batches."""
+        outbox = self._outbox
+        wake = self._wake
+        while True:
+            await wake.wait()
+            wake.clear()
+            while outbox:
+                batch: list[tuple[str, str, asyncio.Future[None]]] = []
+                while outbox and len(batch) < _PUBLISH_BATCH:
+                    item = outbox.popleft()
+                    if not item[2].done():  # its caller gave up: do not send it late
+                        batch.append(item)
+                if batch:
+                    await self._send_batch(batch)
+
+    async def _send_batch(self, batch: list[tuple[str, str, asyncio.Future[None]]]) -> None:
+        client = self._client
+        error: Exception | None = None
+        try:
+            if client is None:
+                raise AntennaError("the redis antenna is closed")
+            if len(batch) == 1:
+                channel, message, _ = batch[0]
+                await client.publish(channel, message)
+            else:
+                pipe = client.pipeline(transaction=False)
+                for channel, message, _ in batch:
+                    pipe.publish(channel, message)
+                await pipe.execute()
+        except _UNREACHABLE as failure:
+            error = AntennaUnavailable(
+                f"redis publish failed ({self._where()}): {type(failure).__name__}: {failure}"
+            )
+        except RedisError as failure:
+            error = AntennaError(f"redis refused the publish: {failure}")
+        except AntennaError as failure:
+            error = failure
+        for _, _, future in batch:
+            if future.done():
+                continue
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
 
     async def watch(self, channel: str) -> None:
         if self._closing:

@@ -23,8 +23,10 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+
 from xraptor.protocol import Request, Response
 
+from ._bounded import bounded
 from .antenna import DEFAULT_URL
 
 logger = logging.getLogger("xraptor_redis.ratelimit")
@@ -97,11 +99,12 @@ class RedisRateLimit:
         self._pool = BlockingConnectionPool.from_url(
             url,
             max_connections=pool_size,
-            timeout=self.timeout,
+            timeout=self.timeout + 1,
             decode_responses=True,
             protocol=2,
-            socket_connect_timeout=self.timeout,
-            socket_timeout=self.timeout,
+            # the check's own asyncio.timeout is the bound (see RedisAntenna.connect)
+            socket_connect_timeout=self.timeout + 1,
+            socket_timeout=self.timeout + 1,
             retry=Retry(NoBackoff(), 1),
         )
         self._client = Redis(connection_pool=self._pool)
@@ -123,8 +126,10 @@ class RedisRateLimit:
 
     async def __call__(self, request: Request, connection: Any) -> Response | None:
         try:
-            count, ttl_ms = await self.hit(self.client_id(request, connection))
-        except (RedisError, OSError) as error:
+            count, ttl_ms = await bounded(
+                self.hit(self.client_id(request, connection)), self.timeout
+            )
+        except (RedisError, OSError, TimeoutError) as error:
             if self.fail_open:
                 logger.warning("redis-rate-limit: Redis unavailable, request allowed: %s", error)
                 return None
