@@ -3,6 +3,7 @@
 from . import antennas
 from .antenna import Antenna, AntennaError, AntennaUnavailable, Subscription
 from .broadcast import Broadcast
+from .client import Client, ClientError
 from .connection import Connection
 from .hookspecs import hookimpl
 from .metrics import Metrics
@@ -15,6 +16,8 @@ __all__ = [
     "AntennaError",
     "AntennaUnavailable",
     "Broadcast",
+    "Client",
+    "ClientError",
     "Connection",
     "ErrorCode",
     "MethodType",

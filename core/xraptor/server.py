@@ -16,6 +16,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request as HttpRequest
 from websockets.http11 import Response as HttpResponse
 
+from . import static
 from .antenna import Antenna, AntennaError, AntennaUnavailable
 from .broadcast import Broadcast
 from .connection import LOCAL_STREAMS, Connection, Stream
@@ -52,6 +53,10 @@ class XRaptor:
     :param metrics_path: HTTP path of the Prometheus metrics (``None`` disables)
     :param max_buffer: outgoing bytes buffered per connection before the
         slow-consumer policy closes it (code 1013)
+    :param reuse_port: bind with SO_REUSEPORT so several processes share the port
+        (``xraptor run --workers N``)
+
+    Every server also serves the browser client at ``/_xraptor/client.js``.
     """
 
     _routes: ClassVar[list[Route]] = []
@@ -73,12 +78,14 @@ class XRaptor:
         health_path: str | None = "/health",
         metrics_path: str | None = "/metrics",
         max_buffer: int = 4 * 2**20,
+        reuse_port: bool = False,
     ) -> None:
         if not isinstance(port, int) or not 0 <= port <= 65535:
             raise ValueError(f"port must be an int from 0 to 65535, got {port!r}")
         if not isinstance(max_buffer, int) or max_buffer <= 0:
             raise ValueError(f"max_buffer must be a positive int, got {max_buffer!r}")
-        self._ip = ip_address
+        self.host = ip_address
+        self.reuse_port = reuse_port
         self.port = port
         self._health_path = health_path
         self._metrics_path = metrics_path
@@ -96,6 +103,7 @@ class XRaptor:
         self._connections: set[Connection] = set()
         self._instance_antenna: Antenna | None = None
         self._http_routes: dict[str, tuple[str, bytes]] = {}
+        self.add_http_route(static.CLIENT_JS_PATH, static.CLIENT_JS_TYPE, static.read("xraptor.js"))
         if antenna is not None:
             self.set_antenna(antenna, **(antenna_options or {}))
         elif antenna_options:
@@ -211,9 +219,10 @@ class XRaptor:
         await antenna.start()
         self._server = await serve(
             self._handle_connection,
-            self._ip,
+            self.host,
             self.port,
             process_request=self._process_request,
+            reuse_port=self.reuse_port or None,
             **self._serve_options,
         )
         for sock in self._server.sockets:
@@ -221,7 +230,7 @@ class XRaptor:
             break
         await get_plugins().call_lifecycle("xraptor_startup", server=self)
         logger.info(
-            "xraptor serving on %s:%d with the %s antenna", self._ip, self.port, antenna.name
+            "xraptor serving on %s:%d with the %s antenna", self.host, self.port, antenna.name
         )
 
     async def close(self) -> None:
