@@ -11,12 +11,11 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
+from redis_support import RedisServer
 
 from xraptor import AntennaUnavailable
 from xraptor.testing import eventually
 from xraptor_redis.antenna import RedisAntenna
-
-from .conftest import RedisServer
 
 FAST = {"publish_timeout": 0.5, "subscribe_timeout": 2.0, "reconnect_max_delay": 0.2}
 

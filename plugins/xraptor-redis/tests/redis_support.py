@@ -1,0 +1,144 @@
+"""A private redis-server for the tests, and the fixtures built on it.
+
+DESIGN §7: when ``redis-server`` is on PATH the tests start their own instance on a
+free loopback port, so they can kill and restart it. Otherwise they use
+``XRAPTOR_REDIS_URL`` (fault-injection tests skip then). With neither, the tests
+skip with the reason, except under ``CI=true``, where a missing backend fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+REDIS_BINARY = shutil.which("redis-server")
+EXTERNAL_URL = os.environ.get("XRAPTOR_REDIS_URL")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@dataclass
+class RedisServer:
+    """A private ``redis-server`` the test owns: it may kill and restart it."""
+
+    port: int = field(default_factory=_free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        assert REDIS_BINARY is not None
+        self.process = subprocess.Popen(
+            [
+                REDIS_BINARY,
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--save", "",
+                "--appendonly", "no",
+                "--daemonize", "no",
+                "--loglevel", "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while not _ping(self.port):
+            if self.process.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.process.returncode}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("redis-server did not answer PING within 10 s")
+            time.sleep(0.02)
+
+    def kill(self) -> None:
+        """kill -9: the server vanishes without closing anything cleanly."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(5)
+        self.process = None
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def command(self, *args: str) -> bytes:
+        """Run one command with redis-cli-like plain RESP and return the raw reply."""
+        payload = f"*{len(args)}\r\n".encode()
+        for arg in args:
+            data = arg.encode()
+            payload += b"$%d\r\n%s\r\n" % (len(data), data)
+        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
+            sock.sendall(payload)
+            chunks = b""
+            sock.settimeout(0.3)
+            try:
+                while True:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        break
+                    chunks += chunk
+            except TimeoutError:
+                pass
+            return chunks
+
+
+def _no_backend(reason: str) -> None:
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: a missing Redis backend fails the run)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    """A Redis URL shared by the tests of one module (private server when possible)."""
+    if REDIS_BINARY is not None:
+        server = RedisServer()
+        server.start()
+        try:
+            yield server.url
+        finally:
+            server.kill()
+    elif EXTERNAL_URL:
+        yield EXTERNAL_URL
+    else:
+        _no_backend("no redis-server on PATH and XRAPTOR_REDIS_URL is not set")
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A private server for one test, which it may kill (-9) and restart on the same port."""
+    if REDIS_BINARY is None:
+        if EXTERNAL_URL:
+            pytest.skip(
+                "fault injection needs redis-server on PATH "
+                "(the server at XRAPTOR_REDIS_URL cannot be restarted)"
+            )
+        _no_backend("no redis-server on PATH and XRAPTOR_REDIS_URL is not set")
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
