@@ -95,9 +95,22 @@ class Connection:
         return self.ws
 
     async def send(self, frame: bytes) -> None:
-        """Send one frame (UTF-8 JSON) as a text message, waiting for buffer room."""
+        """Send one frame (UTF-8 JSON) as a text message, waiting for buffer room.
+
+        While the connection is open and its transport is not paused, the frame is
+        written at once, as ``websockets.broadcast`` does; otherwise ``send()``
+        waits for the buffer to drain (flow control) or for the close to finish.
+        """
+        ws = self.ws
+        if ws.protocol.state is State.OPEN and not ws.paused:
+            try:
+                ws.protocol.send_text(frame)
+                ws.send_data()
+                return
+            except Exception as error:
+                logger.debug("direct write failed, falling back to send(): %s", error)
         with contextlib.suppress(ConnectionClosed):
-            await self.ws.send(frame, text=True)
+            await ws.send(frame, text=True)
 
     def push(self, frame: bytes) -> None:
         """Write a push frame now, without waiting (the hub's fan-out path).
