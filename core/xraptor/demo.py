@@ -5,12 +5,18 @@ Routes:
 * ``/chat_messages`` SUB with payload ``{"chat_id": ...}`` joins a room; UNSUB leaves it;
 * ``/send_message_to_chat_room`` POST with ``{"chat_id", "client_id", "message"}``
   posts ``{"origin": client_id, "message": message}`` to the room.
+
+:func:`make_server` also serves the chat web page (``static/chat.html``, built on
+the browser client) at ``GET /`` on the WebSocket port.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 
+from . import static
 from .broadcast import Broadcast
 from .protocol import ErrorCode, Request, RequestError, Response
 from .server import XRaptor
@@ -51,3 +57,11 @@ async def send_message(request: Request) -> Response:
     antenna = XRaptor.get_antenna()
     await antenna.post(chat_id, orjson.dumps({"origin": client_id, "message": message}).decode())
     return Response.create(request.request_id, {}, '{"message": "Message sent"}', request.method)
+
+
+def make_server(host: str = "127.0.0.1", port: int = 8765, **options: Any) -> XRaptor:
+    """The demo server: the chat routes, the memory antenna and the page at ``/``."""
+    options.setdefault("antenna", "memory")
+    server = XRaptor(host, port, **options)
+    server.add_http_route("/", "text/html; charset=utf-8", static.read("chat.html"))
+    return server.load_routes()

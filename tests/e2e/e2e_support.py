@@ -1,0 +1,101 @@
+"""End-to-end helpers: real processes on free ports, and CI's no-skip rule.
+
+Under ``CI=true`` a missing tool (chromium, redis-server, playwright) fails the
+test; elsewhere it skips with the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+
+
+def under_ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def missing(reason: str) -> None:
+    """Skip, or fail under CI=true."""
+    if under_ci():
+        pytest.fail(f"{reason} (required under CI=true)", pytrace=False)
+    pytest.skip(reason)
+
+
+def require_binary(name: str, path: str | None = None) -> str:
+    found = path if path is not None and os.access(path, os.X_OK) else shutil.which(name)
+    if found is None:
+        missing(f"{name} is not installed (apt-get install -y {name})")
+    assert found is not None
+    return found
+
+
+def require_module(name: str) -> Any:
+    try:
+        return __import__(name)
+    except ImportError:
+        missing(f"the Python package {name!r} is not installed (pip install {name})")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            output = process.stdout.read().decode(errors="replace") if process.stdout else ""
+            raise AssertionError(f"process exited with {process.returncode}: {output}")
+        with contextlib.suppress(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        time.sleep(0.05)
+    process.kill()
+    raise AssertionError(f"nothing listens on port {port} after {timeout} s")
+
+
+def xraptor_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "xraptor.cli", *args]
+
+
+@contextlib.contextmanager
+def running(
+    command: list[str], port: int, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Start ``command``, wait until ``port`` accepts, SIGTERM it afterwards."""
+    process = subprocess.Popen(
+        command,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for_port(port, process)
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
