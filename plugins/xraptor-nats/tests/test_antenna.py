@@ -20,7 +20,7 @@ from xraptor_nats.antenna import NatsAntenna
 from xraptor_nats.subjects import MAX_ENCODED, channel_token
 
 if TYPE_CHECKING:
-    from conftest import NatsServer
+    from nats_support import NatsServer
 
 HOSTILE = [">", "*", "a.>", "a.*", "a.b", "a b", " ", "\t", "a\r\nPUB x 1\r\n", "x" * 10_000]
 

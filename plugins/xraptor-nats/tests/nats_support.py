@@ -1,0 +1,71 @@
+"""Test support: a private nats-server on a free loopback port, which tests may kill and restart.
+
+Per the project's test policy: with ``nats-server`` on PATH each test module gets
+its own server (started with mirakuru); without it ``XRAPTOR_NATS_URL`` is used
+(fault-injection tests then skip); with neither the tests skip, except under
+``CI=true`` where a missing backend fails the run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+
+import pytest
+from mirakuru import TCPExecutor
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class NatsServer:
+    """A NATS server for the tests: ``url``, and ``kill()`` / ``restart()`` when private."""
+
+    def __init__(self, url: str, binary: str | None) -> None:
+        self.url = url
+        self.binary = binary
+        self._executor: TCPExecutor | None = None
+        if binary is not None:
+            self.port = int(url.rsplit(":", 1)[1])
+
+    @property
+    def private(self) -> bool:
+        return self.binary is not None
+
+    def start(self) -> None:
+        assert self.binary is not None
+        self._executor = TCPExecutor(
+            [self.binary, "-a", "127.0.0.1", "-p", str(self.port)],
+            host="127.0.0.1",
+            port=self.port,
+            timeout=10,
+        )
+        self._executor.start()
+
+    def kill(self) -> None:
+        """kill -9 the server: clients see the connection drop without a goodbye."""
+        if not self.private:
+            pytest.skip("fault injection needs a private nats-server (nats-server not on PATH)")
+        assert self._executor is not None
+        self._executor.kill(wait=True, sig=signal.SIGKILL)
+
+    def restart(self) -> None:
+        """Start the server again on the same port."""
+        if self._executor is not None and self._executor.running():
+            self.kill()
+        self.start()
+
+    def stop(self) -> None:
+        if self._executor is not None and self._executor.running():
+            self._executor.kill(wait=True, sig=signal.SIGKILL)
+
+
+def nats_binary() -> str | None:
+    return shutil.which("nats-server") or (
+        "/usr/sbin/nats-server" if os.path.exists("/usr/sbin/nats-server") else None
+    )
