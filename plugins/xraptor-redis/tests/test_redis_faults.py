@@ -209,7 +209,7 @@ async def test_no_task_or_connection_leak_across_outages(
     for sub in subs:
         await sub.open()
     tasks_up = len(asyncio.all_tasks())
-    assert tasks_up == tasks_before + 2  # the reader and the publisher
+    assert tasks_up == tasks_before + 3  # the reader, the publisher, the health check
     for round_ in range(4):
         if round_ % 2:
             redis_server.restart()
@@ -247,3 +247,29 @@ async def test_close_while_down_is_prompt(redis_server: RedisServer) -> None:
     assert antenna.state == "closed"
     with pytest.raises(StopAsyncIteration):
         await _next(sub)
+
+
+async def test_frozen_server_is_detected_by_the_health_check(redis_server: RedisServer) -> None:
+    antenna = RedisAntenna(url=redis_server.url, **FAST, health_check_interval=0.3)
+    await antenna.start()
+    try:
+        async with antenna.subscribe("frozen-sub") as sub:
+            assert redis_server.process is not None
+            pid = redis_server.process.pid
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                assert await _state(antenna, "down", 5)
+                assert time.monotonic() - started < 2.0
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            assert await _state(antenna, "up")
+            assert sub.gaps == 1
+            await antenna.post("frozen-sub", "thawed")
+            assert await _next(sub) == "thawed"
+        # an idle but healthy connection is not dropped
+        reconnects = antenna.reconnects
+        await asyncio.sleep(1.0)
+        assert antenna.reconnects == reconnects and antenna.state == "up"
+    finally:
+        await antenna.close()

@@ -76,6 +76,9 @@ class RedisAntenna(Antenna):
     * ``reconnect_max_delay``: cap of the reconnect backoff in seconds, default 5.0
       (``reconnect_min_delay``, default 0.05, is its first step);
     * ``pool_size``: connections for publishes and ``is_alive``, default 4;
+    * ``health_check_interval``: seconds of silence on the subscriber connection
+      after which it is PINGed, and dropped and reconnected when the PING gets no
+      answer within as long again; default 5.0, 0 disables;
     * ``max_pending_publishes``: publishes that may wait for Redis before new ones
       fail at once with :class:`~xraptor.AntennaUnavailable`, default 10000.
     """
@@ -94,12 +97,18 @@ class RedisAntenna(Antenna):
         )
         self.pool_size = int(_positive(opts, "pool_size", 4))
         self.max_pending_publishes = int(_positive(opts, "max_pending_publishes", 10_000))
+        self.health_check_interval = float(opts.get("health_check_interval", 5.0) or 0)
+        if self.health_check_interval < 0:
+            raise ValueError("redis antenna option 'health_check_interval' must be >= 0")
         self._pool: BlockingConnectionPool | None = None
         self._client: Redis | None = None
         self._sub_pool: ConnectionPool | None = None
         self._pubsub: PubSub | None = None
         self._reader: asyncio.Task[None] | None = None
         self._publisher: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+        #: loop time of the last thing read on the subscriber connection
+        self._last_read = 0.0
         self._outbox: deque[tuple[str, str, asyncio.Future[None]]] = deque()
         self._wake = asyncio.Event()
         #: channels that should be subscribed (watched, or being watched)
@@ -158,11 +167,17 @@ class RedisAntenna(Antenna):
         self._publisher = loop.create_task(
             self._publish_forever(), name=f"xraptor-redis publisher {self._where()}"
         )
+        if self.health_check_interval:
+            self._watchdog = loop.create_task(
+                self._watch_health(), name=f"xraptor-redis health check {self._where()}"
+            )
 
     async def disconnect(self) -> None:
         self._closing = True
-        tasks = [task for task in (self._reader, self._publisher) if task is not None]
-        self._reader = self._publisher = None
+        tasks = [
+            task for task in (self._reader, self._publisher, self._watchdog) if task is not None
+        ]
+        self._reader = self._publisher = self._watchdog = None
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -385,6 +400,7 @@ class RedisAntenna(Antenna):
             await pubsub.aclose()  # type: ignore[no-untyped-call]
             raise
         self._pubsub = pubsub
+        self._last_read = asyncio.get_running_loop().time()
 
     async def _close_pubsub(self) -> None:
         pubsub, self._pubsub = self._pubsub, None
@@ -445,11 +461,13 @@ class RedisAntenna(Antenna):
     async def _read(self, pubsub: PubSub) -> None:
         connection = _connection_of(pubsub)
         deliver = self.deliver
+        loop = asyncio.get_running_loop()
         while True:
             # parse_response would reconnect a closed connection silently: refuse that
             if connection is None or not connection.is_connected:
                 raise RedisConnectionError("the subscriber connection was closed")
             response = await pubsub.parse_response(block=True)
+            self._last_read = loop.time()
             if not response:
                 continue
             kind = response[0]
@@ -461,6 +479,40 @@ class RedisAntenna(Antenna):
                 future = self._unsubscribed.pop(response[1], None)
                 if future is not None and not future.done():
                     future.set_result(None)
+
+    async def _watch_health(self) -> None:
+        """Detect a subscriber connection that went silent (frozen server, half-open TCP).
+
+        When nothing was read for ``health_check_interval`` seconds, send PING; when
+        nothing comes back within another interval, drop the connection, which sends
+        the reader into its reconnect-resubscribe-gap path.
+        """
+        interval = self.health_check_interval
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            pubsub = self._usable_pubsub()
+            if pubsub is None or loop.time() - self._last_read < interval:
+                continue
+            sent = loop.time()
+            try:
+                await bounded(pubsub.ping(), interval)
+            except (*_UNREACHABLE, RedisError):
+                pass
+            remaining = interval - (loop.time() - sent)
+            if remaining > 0:
+                await asyncio.sleep(remaining)
+            if self._last_read >= sent or self._pubsub is not pubsub:
+                continue
+            logger.warning(
+                "redis antenna: no answer from %s to PING within %.1f s; reconnecting",
+                self._where(),
+                interval,
+            )
+            connection = _connection_of(pubsub)
+            if connection is not None:
+                with contextlib.suppress(Exception):
+                    await bounded(connection.disconnect(nowait=True), interval)
 
     def _on_subscribed(self, channel: str) -> None:
         if channel not in self._wanted:
