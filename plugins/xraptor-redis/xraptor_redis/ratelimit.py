@@ -24,7 +24,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from xraptor.protocol import Request, Response
+from xraptor import Request, Response
 
 from ._bounded import bounded
 from .antenna import DEFAULT_URL
