@@ -1,4 +1,4 @@
-"""Sessions: the core tests, each plugin's tests, lint, types and benchmarks.
+"""Sessions: the core tests, each plugin's tests, end-to-end tests, lint, types and benchmarks.
 
 ``nox`` runs the default sessions (everything but ``bench`` and ``demo``);
 ``nox -s tests`` runs one.
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import nox
 
-nox.options.sessions = ["tests", "redis", "nats", "lint", "types"]
+nox.options.sessions = ["tests", "redis", "nats", "e2e", "lint", "types"]
 nox.options.error_on_missing_interpreters = True
 
 ROOT = Path(__file__).parent
@@ -27,7 +27,7 @@ def _pytest(session: nox.Session, *paths: str) -> None:
 def tests(session: nox.Session) -> None:
     """The core's tests, with no backend plugin installed."""
     session.install("-e", ".[test]")
-    _pytest(session, "tests")
+    _pytest(session, "tests", "--ignore=tests/e2e")
 
 
 def _plugin_session(session: nox.Session, name: str) -> None:
@@ -45,6 +45,17 @@ def redis(session: nox.Session) -> None:
 def nats(session: nox.Session) -> None:
     """The xraptor-nats plugin's tests against a real nats-server."""
     _plugin_session(session, "nats")
+
+
+@nox.session(python=PYTHON)
+def e2e(session: nox.Session) -> None:
+    """End to end: the demo page in headless Chromium, `xraptor run --workers` over Redis.
+
+    Needs Debian's chromium (/usr/bin/chromium) and redis-server; Playwright drives
+    that chromium, so `playwright install` is never run.
+    """
+    session.install("-e", ".[test]", *(f"-e{path}" for path in PLUGINS.values()), "playwright")
+    _pytest(session, "tests/e2e")
 
 
 @nox.session(python=PYTHON)
