@@ -242,3 +242,50 @@ async def test_invalid_arguments() -> None:
         client.subscribe("/x", 3)  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         await client.request("SUB", "/x")
+
+
+async def _http_get(port: int, path: str) -> tuple[str, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+    body = await reader.readexactly(length)
+    writer.close()
+    await writer.wait_closed()
+    return head.decode(), body
+
+
+async def test_every_server_serves_the_browser_client(make_server: ServerFactory) -> None:
+    server = await make_server()
+    head, body = await _http_get(server.port, "/_xraptor/client.js")
+    assert head.startswith("HTTP/1.1 200")
+    assert "content-type: text/javascript" in head.lower()
+    assert b"export class XRaptorClient" in body
+
+
+async def test_demo_serves_the_chat_page_and_websocket_on_slash() -> None:
+    from xraptor import demo
+
+    for route in ("/chat_messages", "/send_message_to_chat_room"):
+        XRaptor.register(route)
+    XRaptor.register("/chat_messages").as_sub(demo.join_chat)
+    XRaptor.register("/send_message_to_chat_room").as_post(demo.send_message)
+    server = demo.make_server("127.0.0.1", 0)
+    await server.start()
+    try:
+        head, body = await _http_get(server.port, "/")
+        assert "content-type: text/html" in head.lower()
+        assert b'from "/_xraptor/client.js"' in body
+        # a WebSocket on "/" still opens
+        async with (
+            Client(_url(server) + "/") as client,
+            client.subscribe("/chat_messages", {"chat_id": "r"}) as stream,
+        ):
+            await client.post(
+                "/send_message_to_chat_room",
+                {"chat_id": "r", "client_id": "me", "message": "x"},
+            )
+            push = await asyncio.wait_for(anext(stream), 3)
+            assert json.loads(push.payload) == {"origin": "me", "message": "x"}
+    finally:
+        await server.close()
