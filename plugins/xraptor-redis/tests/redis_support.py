@@ -4,6 +4,11 @@ DESIGN §7: when ``redis-server`` is on PATH the tests start their own instance 
 free loopback port, so they can kill and restart it. Otherwise they use
 ``XRAPTOR_REDIS_URL`` (fault-injection tests skip then). With neither, the tests
 skip with the reason, except under ``CI=true``, where a missing backend fails.
+
+Written with the standard library rather than pytest-redis / mirakuru: the fault
+tests need kill -9, SIGSTOP/SIGCONT and a restart on the same port, readiness
+means answering PING, and the nox session then needs no test-only dependency
+beyond the core's ``[test]`` extra.
 """
 
 from __future__ import annotations
@@ -54,12 +59,18 @@ class RedisServer:
         self.process = subprocess.Popen(
             [
                 REDIS_BINARY,
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--save", "",
-                "--appendonly", "no",
-                "--daemonize", "no",
-                "--loglevel", "warning",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--loglevel",
+                "warning",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -82,26 +93,6 @@ class RedisServer:
     def restart(self) -> None:
         self.kill()
         self.start()
-
-    def command(self, *args: str) -> bytes:
-        """Run one command with redis-cli-like plain RESP and return the raw reply."""
-        payload = f"*{len(args)}\r\n".encode()
-        for arg in args:
-            data = arg.encode()
-            payload += b"$%d\r\n%s\r\n" % (len(data), data)
-        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
-            sock.sendall(payload)
-            chunks = b""
-            sock.settimeout(0.3)
-            try:
-                while True:
-                    chunk = sock.recv(65536)
-                    if not chunk:
-                        break
-                    chunks += chunk
-            except TimeoutError:
-                pass
-            return chunks
 
 
 def _no_backend(reason: str) -> None:

@@ -71,10 +71,7 @@ async def test_concurrent_requests_never_exceed_the_limit(
 ) -> None:
     first, second = limiters
     results = await asyncio.gather(
-        *(
-            (first if i % 2 else second)(_request(f"c{i}"), _conn("10.9.9.9"))
-            for i in range(40)
-        )
+        *((first if i % 2 else second)(_request(f"c{i}"), _conn("10.9.9.9")) for i in range(40))
     )
     assert sum(result is None for result in results) == 5
 
@@ -99,7 +96,9 @@ async def test_header_key(redis_url: str) -> None:
     try:
         assert await limiter(_request(header={"user": "ann"}), _conn("1.1.1.1")) is None
         # same user from another address: same budget
-        assert isinstance(await limiter(_request(header={"user": "ann"}), _conn("2.2.2.2")), Response)
+        assert isinstance(
+            await limiter(_request(header={"user": "ann"}), _conn("2.2.2.2")), Response
+        )
         assert await limiter(_request(header={"user": "bob"}), _conn("1.1.1.1")) is None
         # no header: counted by address
         assert await limiter(_request(), _conn("3.3.3.3")) is None

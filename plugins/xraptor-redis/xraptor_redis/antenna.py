@@ -232,8 +232,7 @@ class RedisAntenna(Antenna):
                 await future
         except TimeoutError:
             raise AntennaUnavailable(
-                f"Redis did not take the publish within {self.publish_timeout} s "
-                f"({self._where()})"
+                f"Redis did not take the publish within {self.publish_timeout} s ({self._where()})"
             ) from None
 
     async def is_alive(self, channel: str) -> bool:
