@@ -54,6 +54,15 @@ class NatsServer:
         assert self._executor is not None
         self._executor.kill(wait=True, sig=signal.SIGKILL)
 
+    def pause(self) -> None:
+        """SIGSTOP the server: connections stay open but nothing is read or answered."""
+        assert self._executor is not None and self._executor.process is not None
+        os.kill(self._executor.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._executor is not None and self._executor.process is not None
+        os.kill(self._executor.process.pid, signal.SIGCONT)
+
     def restart(self) -> None:
         """Start the server again on the same port."""
         if self._executor is not None and self._executor.running():
@@ -62,6 +71,7 @@ class NatsServer:
 
     def stop(self) -> None:
         if self._executor is not None and self._executor.running():
+            self.resume()
             self._executor.kill(wait=True, sig=signal.SIGKILL)
 
 

@@ -224,3 +224,39 @@ async def test_close_during_outage_releases_everything(private_nats: NatsServer)
     assert antenna.state == "closed" and nc is not None and nc.is_closed
     with pytest.raises(StopAsyncIteration):
         await _next(sub)
+
+
+async def test_publish_to_a_hung_server_is_bounded(private_nats: NatsServer) -> None:
+    """A server that stops reading (SIGSTOP): once nats-py's buffer is full, publishes
+    fail with AntennaUnavailable within publish_timeout instead of waiting forever."""
+    antenna = NatsAntenna(servers=private_nats.url, publish_timeout=0.5)
+    async with antenna:
+        private_nats.pause()
+        try:
+            chunk = "x" * 900_000
+            slowest = 0.0
+            with pytest.raises(AntennaUnavailable):
+                for _ in range(200):
+                    started = time.monotonic()
+                    try:
+                        await antenna.post("ch", chunk)
+                    finally:
+                        slowest = max(slowest, time.monotonic() - started)
+            assert slowest < 1.5
+        finally:
+            private_nats.resume()
+        async with antenna.subscribe("ch2") as sub:
+            await antenna.post("ch2", "after")
+            assert await _next(sub, 10) == "after"
+
+
+async def test_failed_start_and_close_leave_no_tasks(nats_url: str) -> None:
+    before = set(asyncio.all_tasks())
+    antenna = NatsAntenna(servers="nats://127.0.0.1:1", connect_timeout=0.3)
+    with pytest.raises(AntennaUnavailable):
+        await antenna.start()
+    async with NatsAntenna(servers=nats_url) as other, other.subscribe("x"):
+        await other.post("x", "y")
+    await asyncio.sleep(0.05)
+    leftover = [t for t in asyncio.all_tasks() - before if not t.done()]
+    assert leftover == []

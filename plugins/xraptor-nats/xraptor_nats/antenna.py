@@ -32,6 +32,9 @@ logger = logging.getLogger("xraptor_nats")
 
 DEFAULT_SERVERS = "nats://127.0.0.1:4222"
 
+#: nats-py's outgoing buffer (bytes); past it a publish waits for the socket
+PENDING_SIZE = 2 * 1024 * 1024
+
 _token = functools.lru_cache(maxsize=8192)(channel_token)
 
 #: nats-py errors that mean "the server cannot take this now"
@@ -100,6 +103,7 @@ class NatsAntenna(Antenna):
             raise TypeError("connect_options must be a dict of nats.connect keyword arguments")
         self._connect_options: dict[str, Any] = dict(extra)
         self._conn_name = str(opts.get("name", "xraptor"))
+        self._pending_size = PENDING_SIZE
         self._nc: Client | None = None
         self._subs: dict[str, tuple[NatsSubscription, NatsSubscription]] = {}
         self._sid_channel: dict[int, str] = {}
@@ -132,10 +136,12 @@ class NatsAntenna(Antenna):
             "max_reconnect_attempts": 1,
             "reconnect_time_wait": self.reconnect_time_wait,
             "connect_timeout": self.connect_timeout,
-            "ping_interval": 20,
-            "max_outstanding_pings": 3,
+            "ping_interval": 10,
+            "max_outstanding_pings": 2,
+            "pending_size": PENDING_SIZE,
             **self._connect_options,
         }
+        self._pending_size = int(options["pending_size"])
         options.update(
             servers=self.servers,
             error_cb=self._on_error,
@@ -228,13 +234,35 @@ class NatsAntenna(Antenna):
                 f"message of {len(data)} bytes exceeds the NATS server's max_payload "
                 f"({nc.max_payload} bytes)"
             )
+        subject = self.subject(channel)
+        need = len(data) + len(subject) + 32
+        if nc.pending_data_size + need > self._pending_size:
+            await self._wait_for_room(nc, need)
         try:
-            async with asyncio.timeout(self.publish_timeout):
-                await nc.publish(self.subject(channel), data)
+            # with room in the buffer nats-py only queues the message: no suspension
+            await nc.publish(subject, data)
         except _UNAVAILABLE as error:
             raise AntennaUnavailable(
                 f"could not publish to NATS: {type(error).__name__}: {error}"
             ) from error
+
+    async def _wait_for_room(self, nc: Client, need: int) -> None:
+        """Wait, at most ``publish_timeout``, until nats-py's outgoing buffer has room.
+
+        nats-py itself would wait for its flusher without bound when the buffer is
+        full (and swallows the cancellation a timeout sends), so a server that
+        stopped reading would make publishes pile up in memory. Polling is crude,
+        but this path runs only while the socket cannot keep up.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.publish_timeout
+        while nc.pending_data_size + need > self._pending_size:
+            if not nc.is_connected or loop.time() >= deadline:
+                raise AntennaUnavailable(
+                    f"NATS at {', '.join(self.servers)} is not taking messages: "
+                    f"{nc.pending_data_size} bytes still waiting after {self.publish_timeout} s"
+                )
+            await asyncio.sleep(0.005)
 
     async def watch(self, channel: str) -> None:
         nc = self._connected()

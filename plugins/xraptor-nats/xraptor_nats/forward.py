@@ -26,7 +26,7 @@ from nats.aio.client import Client
 
 from xraptor.protocol import Response
 
-from .antenna import DEFAULT_SERVERS, split_servers
+from .antenna import DEFAULT_SERVERS, PENDING_SIZE, split_servers
 from .subjects import channel_token, check_prefix
 
 if TYPE_CHECKING:
@@ -94,6 +94,7 @@ class NatsForward:
                     "reconnect_time_wait": 0.5,
                     "connect_timeout": self.connect_timeout,
                     **self._connect_options,
+                    "pending_size": PENDING_SIZE,
                 }
                 options.update(servers=self.servers, error_cb=_log_error)
                 nc = self._nc = await nats.connect(**options)
@@ -105,9 +106,11 @@ class NatsForward:
             nc = await self._client()
             if not nc.is_connected:
                 raise nats.errors.ConnectionReconnectingError
-            reply = await nc.request(
-                self.subject(request.route), request.json().encode(), timeout=self.timeout
-            )
+            body = request.json().encode()
+            if nc.pending_data_size + len(body) + 512 > PENDING_SIZE:
+                # nats-py would wait without bound for a server that stopped reading
+                raise nats.errors.OutboundBufferLimitError
+            reply = await nc.request(self.subject(request.route), body, timeout=self.timeout)
         except nats.errors.NoRespondersError:
             return _error(request, NO_RESPONDERS, f"no service answers route {request.route!r}")
         except nats.errors.TimeoutError:
