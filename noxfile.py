@@ -82,3 +82,15 @@ def demo(session: nox.Session) -> None:
     """Serve the chat demo on the in-memory antenna."""
     session.install("-e", ".")
     session.run("xraptor", "demo", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Benchmarks against raw websockets and xraptor 0.4.1 (bench/run.py; not run by default).
+
+    Creates bench/.venv-041 for 0.4.1 on first use. ``nox -s bench -- --quick`` for a smoke
+    run, ``-- --only rr --pairs 5`` for one case.
+    """
+    session.install("-e", ".", *(f"-e{path}" for path in PLUGINS.values()))
+    session.install("picows", "uvloop", "psutil", "redis", "nats-py")
+    session.run("python", "bench/run.py", *session.posargs)

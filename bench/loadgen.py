@@ -1,0 +1,490 @@
+"""The load generator: one process, picows on uvloop (or the websockets client as a fallback).
+
+``python bench/loadgen.py rr|fanout|idle --url ws://127.0.0.1:P --wire framework|raw ...``
+
+It talks to the orchestrator (``bench/run.py``) over stdin/stdout, one line each:
+it prints ``READY`` once connected and warmed up, waits for ``GO``, measures,
+prints ``RESULT {json}``, then waits for ``STOP`` (or end of input) and closes.
+Every phase is bounded in count and in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import sys
+import time
+from array import array
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from common import MARK, PROBE_BASE, ROOM, fanout_text, raise_nofile, run_loop
+
+Handler = Callable[[bytes], None]
+
+
+def _ignore(data: bytes) -> None:
+    return None
+
+
+class Conn(Protocol):
+    handler: Handler
+
+    def send(self, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+# ----- clients --------------------------------------------------------------------
+
+
+async def connect_picows(url: str) -> Conn:
+    from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+
+    class PicowsConn(WSListener):
+        def __init__(self) -> None:
+            self.handler: Handler = _ignore
+            self.transport: WSTransport | None = None
+
+        def on_ws_connected(self, transport: WSTransport) -> None:
+            self.transport = transport
+
+        def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+            kind = frame.msg_type
+            if kind == WSMsgType.TEXT or kind == WSMsgType.BINARY:
+                self.handler(frame.get_payload_as_bytes())
+            elif kind == WSMsgType.CLOSE:
+                transport.send_close(frame.get_close_code())
+                transport.disconnect()
+
+        def send(self, data: bytes) -> None:
+            assert self.transport is not None
+            self.transport.send(WSMsgType.TEXT, data)
+
+        def close(self) -> None:
+            if self.transport is not None and not self.transport.is_disconnected:
+                self.transport.send_close(WSCloseCode.OK)
+                self.transport.disconnect()
+
+    _, listener = await ws_connect(PicowsConn, url, websocket_handshake_timeout=20)
+    assert isinstance(listener, PicowsConn)
+    return listener
+
+
+class WebsocketsConn:
+    """The fallback client (the ``websockets`` package): slower, always installed."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        self.handler: Handler = _ignore
+        self._task = asyncio.get_running_loop().create_task(self._read())
+
+    async def _read(self) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                data = await self.ws.recv(decode=False)
+                self.handler(data)
+
+    def send(self, data: bytes) -> None:
+        import websockets
+
+        websockets.broadcast([self.ws], data.decode())
+
+    def close(self) -> None:
+        self._task.cancel()
+        asyncio.get_running_loop().create_task(self.ws.close())
+
+
+async def connect_websockets(url: str) -> Conn:
+    from websockets.asyncio.client import connect
+
+    ws = await connect(url, compression=None, max_size=None, ping_interval=None, open_timeout=20)
+    return WebsocketsConn(ws)
+
+
+Connector = Callable[[str], Awaitable[Conn]]
+
+
+def pick_client(name: str) -> tuple[str, Connector]:
+    if name in ("auto", "picows"):
+        try:
+            import picows  # noqa: F401
+        except ImportError:
+            if name == "picows":
+                raise
+        else:
+            return "picows", connect_picows
+    return "websockets", connect_websockets
+
+
+# ----- wire frames ------------------------------------------------------------------
+
+
+def request(request_id: str, route: str, method: str, payload: str) -> bytes:
+    body = {"request_id": request_id, "payload": payload, "header": {}, "route": route}
+    body["method"] = method
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def echo_frame(i: int) -> bytes:
+    """A GET /echo request of about 100 bytes (the raw server echoes the same bytes)."""
+    return request(f"e{i:06d}", "/echo", "GET", "p" * 24)
+
+
+def join_frames(wire: str, kind: str, i: int) -> list[bytes]:
+    """What a connection sends after connecting; the server answers exactly one frame."""
+    if wire == "raw":
+        return [echo_frame(i)] if kind == "plain" else [b"join"]
+    if kind == "member":
+        return [
+            request(f"m{i:06d}", "/chat_messages", "SUB", json.dumps({"chat_id": ROOM})),
+            echo_frame(i),
+        ]
+    if kind == "sub":
+        return [request(f"s{i:06d}", "/stream", "SUB", ""), echo_frame(i)]
+    return [echo_frame(i)]
+
+
+def path_for(wire: str, kind: str) -> str:
+    if wire != "raw":
+        return "/"
+    return {"member": "/member", "sub": "/sub", "pub": "/pub"}.get(kind, "/echo")
+
+
+def publish_frame(wire: str, seq: int) -> bytes:
+    text = fanout_text(seq, time.monotonic_ns())
+    if wire == "raw":
+        return text.encode()
+    payload = json.dumps({"chat_id": ROOM, "client_id": "pub", "message": text})
+    return request(f"p{seq}", "/send_message_to_chat_room", "POST", payload)
+
+
+async def open_joined(
+    connect: Connector, url: str, wire: str, kind: str, count: int, first: int, timeout: float
+) -> tuple[list[Conn], int]:
+    """Open ``count`` connections, each joined (one answer awaited); return them and failures."""
+    loop = asyncio.get_running_loop()
+    gate = asyncio.Semaphore(100)
+    conns: list[Conn] = []
+    failures = 0
+
+    async def one(i: int) -> None:
+        nonlocal failures
+        async with gate:
+            try:
+                conn = await asyncio.wait_for(connect(url), timeout)
+                answered: asyncio.Future[None] = loop.create_future()
+
+                def on_answer(data: bytes) -> None:
+                    if not answered.done():
+                        answered.set_result(None)
+
+                conn.handler = on_answer
+                for frame in join_frames(wire, kind, i):
+                    conn.send(frame)
+                await asyncio.wait_for(answered, timeout)
+                conn.handler = _ignore
+                conns.append(conn)
+            except Exception as error:
+                failures += 1
+                if failures <= 3:
+                    print(f"connection {i} failed: {error!r}", file=sys.stderr)
+
+    await asyncio.gather(*(one(first + i) for i in range(count)))
+    return conns, failures
+
+
+def percentile(sorted_values: list[int], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    return float(sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))])
+
+
+class Control:
+    """The stdin/stdout conversation with the orchestrator."""
+
+    async def line(self, timeout: float) -> str:
+        loop = asyncio.get_running_loop()
+        text = await asyncio.wait_for(loop.run_in_executor(None, sys.stdin.readline), timeout)
+        return str(text).strip()
+
+    def say(self, word: str, data: dict[str, Any] | None = None) -> None:
+        print(word if data is None else f"{word} {json.dumps(data)}", flush=True)
+
+
+# ----- scenarios ----------------------------------------------------------------------
+
+
+class RoundTrips:
+    __slots__ = ("active", "deadline", "finished", "limit", "outstanding", "started")
+
+    def __init__(self) -> None:
+        self.active = False
+        self.deadline = 0
+        self.limit = 0
+        self.started = 0
+        self.outstanding = 0
+        self.finished = asyncio.Event()
+
+
+async def scenario_rr(args: argparse.Namespace, connect: Connector, control: Control) -> None:
+    n = args.conns
+    conns, failures = await open_joined(
+        connect, args.url + path_for(args.wire, "plain"), args.wire, "plain", n, 0, 20
+    )
+    if failures:
+        raise SystemExit(f"{failures} of {n} connections failed")
+    frames = [echo_frame(i) for i in range(n)]
+    sent_at = [0] * n
+    latencies: array[int] = array("q")
+    st = RoundTrips()
+
+    def make_handler(i: int) -> Handler:
+        conn = conns[i]
+        frame = frames[i]
+
+        def on_message(data: bytes) -> None:
+            now = time.perf_counter_ns()
+            latencies.append(now - sent_at[i])
+            if st.started < st.limit and now < st.deadline:
+                st.started += 1
+                sent_at[i] = time.perf_counter_ns()
+                conn.send(frame)
+            else:
+                st.outstanding -= 1
+                if st.outstanding == 0:
+                    st.finished.set()
+
+        return on_message
+
+    for i, conn in enumerate(conns):
+        conn.handler = make_handler(i)
+
+    async def phase(limit: int, seconds: float) -> tuple[int, float]:
+        latencies[:] = array("q")
+        st.finished.clear()
+        st.limit = limit
+        st.deadline = time.perf_counter_ns() + int(seconds * 1e9)
+        st.started = min(n, limit)
+        st.outstanding = st.started
+        start = time.perf_counter()
+        for i in range(st.started):
+            sent_at[i] = time.perf_counter_ns()
+            conns[i].send(frames[i])
+        await asyncio.wait_for(st.finished.wait(), seconds + 20)
+        return len(latencies), time.perf_counter() - start
+
+    await phase(max(n * 5, args.round_trips // 20), min(0.5, args.seconds))
+    control.say("READY")
+    if await control.line(120) != "GO":
+        return
+    cpu0 = time.process_time()
+    done, elapsed = await phase(args.round_trips, args.seconds)
+    cpu = time.process_time() - cpu0
+    values = sorted(latencies)
+    control.say(
+        "RESULT",
+        {
+            "round_trips": done,
+            "elapsed_s": elapsed,
+            "rate": done / elapsed,
+            "p50_us": percentile(values, 0.50) / 1e3,
+            "p99_us": percentile(values, 0.99) / 1e3,
+            "client_cpu_s": cpu,
+            "client_cpu_us_per_op": cpu / done * 1e6 if done else None,
+            "ops": done,
+        },
+    )
+    await control.line(60)
+    for conn in conns:
+        conn.close()
+
+
+class FanOut:
+    __slots__ = (
+        "deadline",
+        "delivered",
+        "finished",
+        "inflight",
+        "last_ns",
+        "limit",
+        "seen",
+        "sent",
+    )
+
+    def __init__(self) -> None:
+        self.deadline = 0
+        self.limit = 0
+        self.sent = 0
+        self.inflight = 0
+        self.delivered = 0
+        self.seen = 0
+        self.last_ns = 0
+        self.finished = asyncio.Event()
+
+
+async def scenario_fanout(args: argparse.Namespace, connect: Connector, control: Control) -> None:
+    m = args.members
+    members, failures = await open_joined(
+        connect, args.url + path_for(args.wire, "member"), args.wire, "member", m, 0, 30
+    )
+    if failures:
+        raise SystemExit(f"{failures} of {m} members failed to join")
+    publisher = await connect(args.url + path_for(args.wire, "pub"))
+    st = FanOut()
+    counts = [0] * args.messages
+    seen = bytearray(m)
+    latencies: array[int] = array("q")
+    probes_done = asyncio.Event()
+    window = args.window
+
+    def pump() -> None:
+        while st.inflight < window and st.sent < st.limit and time.monotonic_ns() < st.deadline:
+            publisher.send(publish_frame(args.wire, st.sent))
+            st.sent += 1
+            st.inflight += 1
+        if st.inflight == 0:
+            st.finished.set()
+
+    def make_handler(i: int) -> Handler:
+        def on_message(data: bytes) -> None:
+            match = MARK.search(data)
+            if match is None:
+                return
+            seq = int(match.group(2))
+            if seq >= PROBE_BASE:
+                if not seen[i]:
+                    seen[i] = 1
+                    st.seen += 1
+                    if st.seen == m:
+                        probes_done.set()
+                return
+            now = time.monotonic_ns()
+            latencies.append(now - int(match.group(1)))
+            st.delivered += 1
+            st.last_ns = now
+            count = counts[seq] + 1
+            counts[seq] = count
+            if count == m:
+                st.inflight -= 1
+                pump()
+
+        return on_message
+
+    for i, conn in enumerate(members):
+        conn.handler = make_handler(i)
+
+    # warm-up: probes until every member has received one (rooms open asynchronously)
+    probe_deadline = time.monotonic() + 20
+    k = 0
+    while not probes_done.is_set() and time.monotonic() < probe_deadline:
+        publisher.send(publish_frame(args.wire, PROBE_BASE + k))
+        k += 1
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(probes_done.wait(), 0.05)
+    if not probes_done.is_set():
+        raise SystemExit(f"only {st.seen} of {m} members received a warm-up message")
+    await asyncio.sleep(0.3)
+    control.say("READY")
+    if await control.line(120) != "GO":
+        return
+    cpu0 = time.process_time()
+    start = time.monotonic_ns()
+    st.limit = args.messages
+    st.deadline = start + int(args.seconds * 1e9)
+    st.last_ns = start
+    pump()
+    # bounded: the publishing deadline, then a stall limit without any delivery
+    stall_ns = int(args.stall * 1e9)
+    hard_deadline = time.monotonic() + args.seconds + 30
+    while not st.finished.is_set() and time.monotonic() < hard_deadline:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(st.finished.wait(), 0.1)
+        if time.monotonic_ns() - st.last_ns > stall_ns:
+            break
+    cpu = time.process_time() - cpu0
+    elapsed = max(st.last_ns - start, 1) / 1e9
+    values = sorted(latencies)
+    expected = st.sent * m
+    control.say(
+        "RESULT",
+        {
+            "messages": st.sent,
+            "members": m,
+            "delivered": st.delivered,
+            "expected": expected,
+            "delivered_ratio": st.delivered / expected if expected else 0.0,
+            "elapsed_s": elapsed,
+            "rate": st.delivered / elapsed,
+            "p50_ms": percentile(values, 0.50) / 1e6,
+            "p99_ms": percentile(values, 0.99) / 1e6,
+            "client_cpu_s": cpu,
+            "client_cpu_us_per_op": cpu / st.delivered * 1e6 if st.delivered else None,
+            "ops": st.delivered,
+        },
+    )
+    await control.line(60)
+    publisher.close()
+    for conn in members:
+        conn.close()
+
+
+async def scenario_idle(args: argparse.Namespace, connect: Connector, control: Control) -> None:
+    kind = "sub" if args.subscribe else "plain"
+    url = args.url + path_for(args.wire, kind)
+    warm, failures = await open_joined(connect, url, args.wire, kind, args.warm, 0, 30)
+    if failures:
+        raise SystemExit(f"{failures} of {args.warm} warm-up connections failed")
+    control.say("READY")
+    if await control.line(120) != "GO":
+        return
+    start = time.monotonic()
+    conns, failures = await open_joined(connect, url, args.wire, kind, args.conns, args.warm, 60)
+    elapsed = time.monotonic() - start
+    await asyncio.sleep(args.settle)
+    control.say(
+        "RESULT",
+        {"connected": len(conns), "failed": failures, "elapsed_s": elapsed, "ops": len(conns)},
+    )
+    await control.line(120)
+    for conn in (*warm, *conns):
+        conn.close()
+    await asyncio.sleep(0.2)
+
+
+SCENARIOS = {"rr": scenario_rr, "fanout": scenario_fanout, "idle": scenario_idle}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("scenario", choices=sorted(SCENARIOS))
+    parser.add_argument("--url", required=True, help="ws://host:port (no path)")
+    parser.add_argument("--wire", choices=["framework", "raw"], default="framework")
+    parser.add_argument("--client", choices=["auto", "picows", "websockets"], default="auto")
+    parser.add_argument("--conns", type=int, default=50)
+    parser.add_argument("--round-trips", type=int, default=200_000)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--members", type=int, default=100)
+    parser.add_argument("--messages", type=int, default=1000)
+    parser.add_argument("--window", type=int, default=4)
+    parser.add_argument("--stall", type=float, default=2.0)
+    parser.add_argument("--subscribe", action="store_true")
+    parser.add_argument("--warm", type=int, default=20)
+    parser.add_argument("--settle", type=float, default=1.0)
+    args = parser.parse_args(argv)
+    raise_nofile()
+    client, connect = pick_client(args.client)
+    print(f"client {client}", file=sys.stderr, flush=True)
+
+    async def runner() -> None:
+        await SCENARIOS[args.scenario](args, connect, Control())
+
+    run_loop(runner(), "uvloop")
+
+
+if __name__ == "__main__":
+    main()

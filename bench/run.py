@@ -1,0 +1,793 @@
+"""Benchmarks: this xraptor against raw ``websockets`` and the original xraptor 0.4.1.
+
+    python bench/run.py                   # everything, 3 pairs (under 10 minutes on 2 cores)
+    python bench/run.py --quick           # tiny sizes, memory only, no 0.4.1 (a smoke run)
+    python bench/run.py --only rr --pairs 5
+    python bench/run.py --only fanout-memory,idle
+
+Every server runs in its own process and the load generator (``loadgen.py``) in
+another, on loopback only. The systems of one case run back to back, in an order
+that alternates from pair to pair, so machine drift cancels; the table shows the
+median over pairs of each figure and of each per-pair ratio. Results go to
+``bench/results/<time>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import selectors
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import IO, Any
+
+import psutil  # type: ignore[import-untyped,unused-ignore]
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+RESULTS = BENCH / "results"
+VENV_041 = BENCH / ".venv-041"
+PACKAGES_041 = ["xraptor[redis-version,uvloop]==0.4.1", "nats-py", "psutil"]
+
+SYSTEMS = ("xraptor", "raw", "x041")
+LABELS = {"xraptor": "xraptor", "raw": "raw ws", "x041": "0.4.1"}
+
+sys.path.insert(0, str(BENCH))
+from common import free_port  # noqa: E402
+
+
+class Skip(Exception):
+    """A measurement that cannot run here; the reason is printed and recorded."""
+
+
+# ----- what is measured -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    higher_is_better: bool
+    #: (bound, comparison) for xraptor/raw, e.g. (0.9, ">=")
+    target: tuple[float, str] | None = None
+
+
+@dataclass
+class Case:
+    name: str
+    scenario: str
+    antenna: str
+    args: list[str]
+    metrics: list[Metric]
+    systems: tuple[str, ...] = SYSTEMS
+
+
+def rr_metrics() -> list[Metric]:
+    return [
+        Metric("rate", "round trips/s", True, (0.90, ">=")),
+        Metric("p50_us", "p50 latency µs", False),
+        Metric("p99_us", "p99 latency µs", False),
+        Metric("server_cpu_us_per_op", "server CPU µs/round trip", False),
+        Metric("client_cpu_us_per_op", "client CPU µs/round trip", False),
+    ]
+
+
+def fanout_metrics(antenna: str, members: int) -> list[Metric]:
+    rate_target: tuple[float, str] | None = None
+    if members >= 1000:
+        rate_target = (0.80, ">=") if antenna == "memory" else (0.70, ">=")
+    return [
+        Metric("rate", "deliveries/s", True, rate_target),
+        Metric("p99_ms", "p99 delivery latency ms", False, (1.5, "<=")),
+        Metric("server_cpu_us_per_op", "server CPU µs/delivery", False),
+        Metric("delivered_ratio", "delivered/expected", True),
+    ]
+
+
+def build_cases(args: argparse.Namespace) -> list[Case]:
+    cases: list[Case] = []
+    if args.quick:
+        cases.append(
+            Case(
+                "rr",
+                "rr",
+                "memory",
+                ["--conns", "2", "--round-trips", "100", "--seconds", "1"],
+                rr_metrics(),
+            )
+        )
+        cases.append(
+            Case(
+                "fanout-memory-10",
+                "fanout",
+                "memory",
+                ["--members", "10", "--messages", "20", "--seconds", "1"],
+                fanout_metrics("memory", 10),
+            )
+        )
+        cases.append(
+            Case(
+                "idle-plain",
+                "idle",
+                "memory",
+                ["--conns", "20", "--warm", "2", "--settle", "0.1"],
+                [Metric("mem_per_conn_kib", "memory/connection KiB", False, (1.10, "<="))],
+            )
+        )
+        return cases
+    cases.append(
+        Case(
+            "rr",
+            "rr",
+            "memory",
+            ["--conns", str(args.conns), "--round-trips", "400000", "--seconds", str(args.seconds)],
+            rr_metrics(),
+        )
+    )
+    for antenna in ("memory", "redis", "nats"):
+        for members in (100, 1000):
+            messages = min(3000, max(100, 300_000 // members))
+            cases.append(
+                Case(
+                    f"fanout-{antenna}-{members}",
+                    "fanout",
+                    antenna,
+                    [
+                        "--members",
+                        str(members),
+                        "--messages",
+                        str(messages),
+                        "--seconds",
+                        str(args.seconds),
+                        "--window",
+                        str(args.window),
+                    ],
+                    fanout_metrics(antenna, members),
+                )
+            )
+    conns = str(args.idle_conns)
+    cases.append(
+        Case(
+            "idle-plain",
+            "idle",
+            "memory",
+            ["--conns", conns],
+            [Metric("mem_per_conn_kib", "memory/connection KiB", False, (1.10, "<="))],
+        )
+    )
+    cases.append(
+        Case(
+            "idle-sub",
+            "idle",
+            "memory",
+            ["--conns", conns, "--subscribe"],
+            [Metric("mem_per_conn_kib", "memory/connection KiB", False, (1.30, "<="))],
+        )
+    )
+    for antenna in ("redis", "nats"):
+        cases.append(
+            Case(
+                f"backend-{antenna}",
+                "idle",
+                antenna,
+                ["--conns", str(args.backend_conns), "--subscribe", "--settle", "0.5"],
+                [
+                    Metric("backend_before", "backend connections, 20 streams", False),
+                    Metric(
+                        "backend_after",
+                        f"backend connections, {args.backend_conns + 20} streams",
+                        False,
+                    ),
+                ],
+            )
+        )
+    return cases
+
+
+def selected(cases: list[Case], only: str | None) -> list[Case]:
+    if not only:
+        return cases
+    tokens = [t.strip() for t in only.split(",") if t.strip()]
+    return [c for c in cases if any(c.name == t or c.name.startswith(t) for t in tokens)]
+
+
+# ----- backends -------------------------------------------------------------------------------
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+        return True
+    return False
+
+
+def wait_port(port: int, seconds: float, proc: subprocess.Popen[Any] | None = None) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise Skip(f"exited with code {proc.returncode} before listening")
+        if port_open(port):
+            return
+        time.sleep(0.05)
+    raise Skip(f"port {port} not open after {seconds:.0f} s")
+
+
+@dataclass
+class Backends:
+    """Private redis-server / nats-server on free loopback ports, else the shared ones."""
+
+    logs: Path
+    urls: dict[str, str] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start(self, wanted: set[str]) -> None:
+        for name in sorted(wanted):
+            try:
+                self._start_one(name)
+            except Skip as error:
+                self.reasons[name] = str(error)
+                print(f"  {name}: unavailable: {error}", flush=True)
+
+    def _start_one(self, name: str) -> None:
+        env = os.environ.get(f"XRAPTOR_BENCH_{name.upper()}_URL")
+        if env:
+            port = int(env.rsplit(":", 1)[1].split("/")[0])
+            self._use(name, env, port, "from the environment")
+            return
+        binary = shutil.which("redis-server" if name == "redis" else "nats-server")
+        if binary is not None:
+            port = free_port()
+            if name == "redis":
+                cmd = [
+                    binary,
+                    "--port",
+                    str(port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--maxclients",
+                    "10000",
+                ]
+            else:
+                cmd = [binary, "-a", "127.0.0.1", "-p", str(port)]
+            log = (self.logs / f"{name}-server.log").open("wb")
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+            self.procs.append(proc)
+            wait_port(port, 10, proc)
+            scheme = "redis" if name == "redis" else "nats"
+            suffix = "/0" if name == "redis" else ""
+            self._use(name, f"{scheme}://127.0.0.1:{port}{suffix}", port, "private instance")
+            return
+        port = 6379 if name == "redis" else 4222
+        if port_open(port):
+            suffix = "/0" if name == "redis" else ""
+            self._use(name, f"{name}://127.0.0.1:{port}{suffix}", port, "shared instance")
+            return
+        raise Skip(f"no {name} server: install it or set XRAPTOR_BENCH_{name.upper()}_URL")
+
+    def _use(self, name: str, url: str, port: int, how: str) -> None:
+        self.urls[name] = url
+        self.ports[name] = port
+        print(f"  {name}: {url} ({how})", flush=True)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            stop_process(proc)
+
+
+def stop_process(proc: subprocess.Popen[Any], grace: float = 10) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+# ----- the 0.4.1 virtualenv ----------------------------------------------------------------
+
+
+def venv_041_python(create: bool) -> Path:
+    python = VENV_041 / "bin" / "python"
+    check = (
+        "import importlib.metadata as m, redis, nats, psutil, xraptor; "
+        "assert m.version('xraptor') == '0.4.1'"
+    )
+    if (
+        python.exists()
+        and subprocess.run([python, "-c", check], capture_output=True, timeout=60).returncode == 0
+    ):
+        return python
+    if not create:
+        raise Skip(f"no 0.4.1 virtualenv at {VENV_041} (run without --no-install to create it)")
+    print(f"  creating {VENV_041} with {' '.join(PACKAGES_041)}", flush=True)
+    try:
+        subprocess.run([sys.executable, "-m", "venv", "--clear", VENV_041], check=True, timeout=120)
+        subprocess.run(
+            [python, "-m", "pip", "install", "-q", *PACKAGES_041], check=True, timeout=600
+        )
+    except (subprocess.SubprocessError, OSError) as error:
+        raise Skip(f"could not install xraptor 0.4.1: {error}") from error
+    if subprocess.run([python, "-c", check], capture_output=True, timeout=60).returncode:
+        raise Skip("xraptor 0.4.1 installed but does not import")
+    return python
+
+
+# ----- one measurement ------------------------------------------------------------------------
+
+
+@dataclass
+class Runner:
+    args: argparse.Namespace
+    backends: Backends
+    logs: Path
+    python_041: Path | None
+    pin: bool
+
+    def server_cmd(self, system: str, port: int, antenna: str) -> list[str]:
+        url = self.backends.urls.get(antenna, "")
+        tail = ["--port", str(port), "--antenna", antenna, "--url", url, "--loop", self.args.loop]
+        if system == "x041":
+            assert self.python_041 is not None
+            return [str(self.python_041), str(BENCH / "_041_app.py"), *tail]
+        return [sys.executable, str(BENCH / "servers.py"), system, *tail]
+
+    def measure(self, case: Case, system: str, pair: int) -> dict[str, Any]:
+        if case.antenna != "memory" and case.antenna not in self.backends.urls:
+            raise Skip(self.backends.reasons.get(case.antenna, f"no {case.antenna} backend"))
+        port = free_port()
+        stem = f"{case.name}-{system}-{pair}"
+        with (
+            (self.logs / f"{stem}-server.log").open("wb") as server_log,
+            (self.logs / f"{stem}-loadgen.log").open("wb") as client_log,
+        ):
+            server = subprocess.Popen(
+                self.server_cmd(system, port, case.antenna),
+                stdout=server_log,
+                stderr=subprocess.STDOUT,
+                cwd=BENCH,
+            )
+            try:
+                self._pin(server.pid, 0)
+                try:
+                    wait_port(port, 30, server)
+                except Skip as error:
+                    raise Skip(
+                        f"server {error}: {tail(self.logs / f'{stem}-server.log')}"
+                    ) from None
+                return self._drive(case, system, server, port, client_log, stem)
+            finally:
+                stop_process(server)
+
+    def _pin(self, pid: int, cpu: int) -> None:
+        if self.pin:
+            with contextlib.suppress(psutil.Error, AttributeError, OSError):
+                psutil.Process(pid).cpu_affinity([cpu])
+
+    def _drive(
+        self,
+        case: Case,
+        system: str,
+        server: subprocess.Popen[bytes],
+        port: int,
+        client_log: Any,
+        stem: str,
+    ) -> dict[str, Any]:
+        wire = "raw" if system == "raw" else "framework"
+        cmd = [
+            sys.executable,
+            str(BENCH / "loadgen.py"),
+            case.scenario,
+            "--url",
+            f"ws://127.0.0.1:{port}",
+            "--wire",
+            wire,
+            "--client",
+            self.args.client,
+            *case.args,
+        ]
+        client = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=client_log,
+            cwd=BENCH,
+            text=True,
+            bufsize=1,
+        )
+        assert client.stdin is not None and client.stdout is not None
+        try:
+            self._pin(client.pid, 1)
+            proc = psutil.Process(server.pid)
+            backend_port = self.backends.ports.get(case.antenna)
+            expect(
+                client, client.stdout, "READY", 180, lambda: tail(self.logs / f"{stem}-loadgen.log")
+            )
+            before = snapshot(proc, backend_port)
+            client.stdin.write("GO\n")
+            client.stdin.flush()
+            line = expect(
+                client,
+                client.stdout,
+                "RESULT",
+                180,
+                lambda: tail(self.logs / f"{stem}-loadgen.log"),
+            )
+            after = snapshot(proc, backend_port)
+            result: dict[str, Any] = json.loads(line.split(" ", 1)[1])
+            with contextlib.suppress(OSError):
+                client.stdin.write("STOP\n")
+                client.stdin.flush()
+            try:
+                client.wait(30)
+            except subprocess.TimeoutExpired:
+                client.kill()
+        finally:
+            if client.poll() is None:
+                client.kill()
+                client.wait(5)
+        ops = result.get("ops") or 0
+        cpu = after["cpu"] - before["cpu"]
+        result["server_cpu_s"] = cpu
+        result["server_cpu_us_per_op"] = cpu / ops * 1e6 if ops else None
+        result["rss_before"] = before["rss"]
+        result["rss_after"] = after["rss"]
+        if case.scenario == "idle":
+            connected = result.get("connected") or 0
+            delta = after["rss"] - before["rss"]
+            result["mem_per_conn_kib"] = delta / connected / 1024 if connected else None
+        if backend_port is not None:
+            result["backend_before"] = before["backend"]
+            result["backend_after"] = after["backend"]
+        return result
+
+
+def snapshot(proc: psutil.Process, backend_port: int | None) -> dict[str, Any]:
+    times = proc.cpu_times()
+    backend = None
+    if backend_port is not None:
+        backend = sum(
+            1 for c in proc.net_connections(kind="tcp") if c.raddr and c.raddr.port == backend_port
+        )
+    return {"cpu": times.user + times.system, "rss": proc.memory_info().rss, "backend": backend}
+
+
+def expect(
+    proc: subprocess.Popen[str], stream: IO[str], word: str, seconds: float, why: Callable[[], str]
+) -> str:
+    """Read lines from ``stream`` until one starts with ``word`` (bounded in time)."""
+    deadline = time.monotonic() + seconds
+    with selectors.DefaultSelector() as sel:
+        sel.register(stream, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if not sel.select(timeout=min(1.0, max(0.0, deadline - time.monotonic()))):
+                continue
+            line = stream.readline()
+            if not line:
+                proc.wait(5)
+                raise Skip(f"load generator exited ({proc.returncode}) before {word}: {why()}")
+            if line.startswith(word):
+                return line.strip()
+    raise Skip(f"no {word} from the load generator within {seconds:.0f} s: {why()}")
+
+
+def tail(path: Path, lines: int = 3) -> str:
+    with contextlib.suppress(OSError):
+        text = path.read_text(errors="replace").strip().splitlines()
+        return " | ".join(text[-lines:])
+    return ""
+
+
+# ----- results -----------------------------------------------------------------------------------
+
+
+def median(values: Sequence[float | None]) -> float | None:
+    clean = [v for v in values if v is not None]
+    return statistics.median(clean) if clean else None
+
+
+def ratios(samples: dict[str, list[dict[str, Any] | None]], key: str, other: str) -> list[float]:
+    """Per-pair ratios xraptor/other for ``key``."""
+    out = []
+    for mine, theirs in zip(samples.get("xraptor", []), samples.get(other, []), strict=False):
+        if mine and theirs and mine.get(key) is not None and theirs.get(key):
+            out.append(mine[key] / theirs[key])
+    return out
+
+
+def fmt(value: float | None) -> str:
+    if value is None:
+        return "—"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def verdict(ratio: float | None, target: tuple[float, str] | None) -> str:
+    if target is None:
+        return ""
+    bound, op = target
+    text = f"{op} {bound:.2f}"
+    if ratio is None:
+        return f"{text} (not measured)"
+    ok = ratio >= bound if op == ">=" else ratio <= bound
+    return f"{text} {'PASS' if ok else 'FAIL'}"
+
+
+def summarise(
+    cases: list[Case], data: dict[str, dict[str, list[dict[str, Any] | None]]]
+) -> list[dict[str, Any]]:
+    rows = []
+    for case in cases:
+        samples = data.get(case.name, {})
+        for metric in case.metrics:
+            row: dict[str, Any] = {
+                "case": case.name,
+                "metric": metric.key,
+                "label": f"{case.name}: {metric.label}",
+            }
+            for system in SYSTEMS:
+                row[system] = median([s.get(metric.key) for s in samples.get(system, []) if s])
+                row[f"{system}_n"] = sum(1 for s in samples.get(system, []) if s)
+            row["vs_raw"] = median(ratios(samples, metric.key, "raw"))
+            row["vs_041"] = median(ratios(samples, metric.key, "x041"))
+            row["target"] = verdict(row["vs_raw"], metric.target)
+            if metric.key == "backend_after":
+                before = row.get("xraptor")
+                mine = [s for s in samples.get("xraptor", []) if s]
+                constant = bool(mine) and all(
+                    s["backend_after"] == s["backend_before"] for s in mine
+                )
+                row["target"] = (
+                    "constant " + ("PASS" if constant else "FAIL")
+                    if before is not None
+                    else "constant (not measured)"
+                )
+            rows.append(row)
+    return rows
+
+
+def table(rows: list[dict[str, Any]], pairs: int) -> str:
+    head = ["metric", "xraptor", "raw ws", "0.4.1", "xraptor/raw", "xraptor/0.4.1", "target"]
+    body = [
+        [
+            r["label"],
+            fmt(r["xraptor"]),
+            fmt(r["raw"]),
+            fmt(r["x041"]),
+            fmt(r["vs_raw"]),
+            fmt(r["vs_041"]),
+            r["target"],
+        ]
+        for r in rows
+    ]
+    widths = [max(len(x) for x in col) for col in zip(head, *body, strict=True)]
+    lines = [
+        " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)),
+        "-|-".join("-" * w for w in widths),
+    ]
+    lines += [" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in body]
+    lines.append(f"(medians over up to {pairs} pairs; ratios are medians of per-pair ratios)")
+    return "\n".join(lines)
+
+
+def environment(args: argparse.Namespace, client: str) -> dict[str, Any]:
+    def version(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "client": client,
+        "server_loop": args.loop,
+        "packages": {
+            n: version(n)
+            for n in (
+                "xraptor",
+                "xraptor-redis",
+                "xraptor-nats",
+                "websockets",
+                "picows",
+                "uvloop",
+                "redis",
+                "nats-py",
+                "orjson",
+                "psutil",
+            )
+        },
+    }
+
+
+# ----- main ---------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny sizes, memory antenna, xraptor and raw only (a smoke run)",
+    )
+    parser.add_argument("--pairs", type=int, default=None, help="pairs per case (default 3)")
+    parser.add_argument(
+        "--only",
+        default=None,
+        help="comma-separated case names or prefixes: rr, fanout-memory, "
+        "fanout-redis-1000, idle, backend ...",
+    )
+    parser.add_argument(
+        "--systems", default=",".join(SYSTEMS), help="comma-separated: xraptor,raw,x041"
+    )
+    parser.add_argument("--no-041", action="store_true", help="skip xraptor 0.4.1")
+    parser.add_argument(
+        "--no-install", action="store_true", help="do not create bench/.venv-041 when it is missing"
+    )
+    parser.add_argument("--client", choices=["auto", "picows", "websockets"], default="auto")
+    parser.add_argument(
+        "--loop",
+        choices=["uvloop", "asyncio"],
+        default="uvloop",
+        help="the servers' event loop (uvloop when installed)",
+    )
+    parser.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="do not pin the server to CPU 0 and the load generator to CPU 1",
+    )
+    parser.add_argument("--conns", type=int, default=50)
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=2.0,
+        help="measured seconds per request/response and fan-out run",
+    )
+    parser.add_argument("--window", type=int, default=4, help="fan-out messages in flight")
+    parser.add_argument("--idle-conns", type=int, default=5000)
+    parser.add_argument("--backend-conns", type=int, default=1000)
+    parser.add_argument("--out", type=Path, default=None, help="JSON results path")
+    parser.add_argument(
+        "--time-budget",
+        type=float,
+        default=570,
+        help="seconds; cases not started by then are skipped",
+    )
+    args = parser.parse_args(argv)
+    if args.pairs is None:
+        args.pairs = 1 if args.quick else 3
+    return args
+
+
+def system_order(systems: list[str], pair: int) -> Iterator[str]:
+    return iter(systems if pair % 2 == 0 else list(reversed(systems)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.monotonic()
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    logs = RESULTS / "logs" / stamp
+    logs.mkdir(parents=True, exist_ok=True)
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    if args.quick or args.no_041:
+        systems = [s for s in systems if s != "x041"]
+    cases = selected(build_cases(args), args.only)
+    if not cases:
+        print(f"no case matches --only {args.only!r}", file=sys.stderr)
+        return 2
+    sys.path.insert(0, str(BENCH))
+    from loadgen import pick_client
+
+    client, _ = pick_client(args.client)
+    print(
+        f"bench: {len(cases)} cases x {args.pairs} pairs, systems {', '.join(systems)}, "
+        f"client {client}, logs in {logs}",
+        flush=True,
+    )
+    skips: dict[str, str] = {}
+    python_041: Path | None = None
+    if "x041" in systems:
+        try:
+            python_041 = venv_041_python(create=not args.no_install)
+        except Skip as error:
+            skips["x041"] = str(error)
+            print(f"  0.4.1 skipped: {error}", flush=True)
+            systems.remove("x041")
+    backends = Backends(logs)
+    backends.start({c.antenna for c in cases} - {"memory"})
+    pin = not args.no_pin and (os.cpu_count() or 1) >= 2
+    runner = Runner(args, backends, logs, python_041, pin)
+    data: dict[str, dict[str, list[dict[str, Any] | None]]] = {}
+    try:
+        for case in cases:
+            if time.monotonic() - started > args.time_budget:
+                skips[case.name] = "time budget spent"
+                print(f"{case.name}: skipped (time budget spent)", flush=True)
+                continue
+            per_system: dict[str, list[dict[str, Any] | None]] = {s: [] for s in systems}
+            data[case.name] = per_system
+            for pair in range(args.pairs):
+                for system in system_order([s for s in systems if s in case.systems], pair):
+                    key = f"{case.name}/{system}"
+                    if key in skips:
+                        per_system[system].append(None)
+                        continue
+                    t0 = time.monotonic()
+                    try:
+                        sample = runner.measure(case, system, pair)
+                    except Skip as error:
+                        skips[key] = str(error)
+                        print(f"{case.name} [{LABELS[system]}] skipped: {error}", flush=True)
+                        per_system[system].append(None)
+                        continue
+                    per_system[system].append(sample)
+                    shown = ", ".join(f"{m.key}={fmt(sample.get(m.key))}" for m in case.metrics)
+                    print(
+                        f"{case.name} pair {pair + 1} [{LABELS[system]}] {shown} "
+                        f"({time.monotonic() - t0:.1f} s)",
+                        flush=True,
+                    )
+    finally:
+        backends.stop()
+    rows = summarise(cases, data)
+    text = table(rows, args.pairs)
+    print()
+    print(text)
+    if skips:
+        print("\nskipped:")
+        for key, reason in skips.items():
+            print(f"  {key}: {reason}")
+    out = args.out or RESULTS / f"{stamp}{'-quick' if args.quick else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        json.dumps(
+            {
+                "when": stamp,
+                "argv": sys.argv[1:] if argv is None else argv,
+                "pairs": args.pairs,
+                "systems": systems,
+                "environment": environment(args, client),
+                "backends": backends.urls,
+                "rows": rows,
+                "samples": data,
+                "skipped": skips,
+                "table": text,
+                "seconds": time.monotonic() - started,
+            },
+            indent=2,
+        )
+    )
+    print(f"\nresults: {out} ({time.monotonic() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""The servers under test, one per process: ``python bench/servers.py raw|xraptor ...``.
+
+* ``raw``: plain ``websockets`` (new asyncio API), the baseline. By path:
+  ``/echo`` echoes; ``/member`` joins the room; ``/pub`` publishes to the room
+  (``websockets.broadcast()`` directly, or through one Redis / NATS subscription
+  that broadcasts what it receives); ``/sub`` holds one subscription per connection.
+* ``xraptor``: this repository's xraptor through its public API: ``GET /echo``,
+  ``SUB /stream`` and the chat routes of :mod:`xraptor.demo`.
+
+The 0.4.1 server is ``bench/_041_app.py``, run in its own virtualenv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from common import ROOM, raise_nofile, run_loop
+
+
+class RawBackend:
+    """The raw baseline's pub/sub: in process, or one Redis / NATS client."""
+
+    def __init__(self, kind: str, url: str, deliver: Callable[[str], None]) -> None:
+        self.kind = kind
+        self.url = url
+        self.deliver = deliver
+        self._redis: Any = None
+        self._pubsub: Any = None
+        self._nats: Any = None
+        self._subs: dict[str, Any] = {}
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self.kind == "redis":
+            import redis.asyncio as aioredis
+
+            self._redis = aioredis.Redis.from_url(self.url, decode_responses=True)
+            self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            await self._pubsub.subscribe(ROOM)
+            self._reader = asyncio.get_running_loop().create_task(self._read_redis())
+        elif self.kind == "nats":
+            import nats
+
+            self._nats = await nats.connect(self.url)
+
+            async def on_msg(msg: Any) -> None:
+                self.deliver(msg.data.decode())
+
+            await self._nats.subscribe(ROOM, cb=on_msg)
+
+    async def _read_redis(self) -> None:
+        async for message in self._pubsub.listen():
+            if message["type"] == "message" and message["channel"] == ROOM:
+                self.deliver(message["data"])
+
+    async def publish(self, message: str) -> None:
+        if self.kind == "redis":
+            await self._redis.publish(ROOM, message)
+        elif self.kind == "nats":
+            await self._nats.publish(ROOM, message.encode())
+        else:
+            self.deliver(message)
+
+    async def subscribe(self, channel: str) -> None:
+        if self.kind == "redis":
+            await self._pubsub.subscribe(channel)
+        elif self.kind == "nats":
+
+            async def ignore(msg: Any) -> None:
+                return None
+
+            self._subs[channel] = await self._nats.subscribe(channel, cb=ignore)
+        else:
+            self._subs[channel] = True
+
+    async def unsubscribe(self, channel: str) -> None:
+        sub = self._subs.pop(channel, None)
+        if self.kind == "redis":
+            await self._pubsub.unsubscribe(channel)
+        elif self.kind == "nats" and sub is not None:
+            await sub.unsubscribe()
+
+
+async def raw_main(port: int, antenna: str, url: str, stop: asyncio.Event) -> None:
+    import websockets
+    from websockets.asyncio.server import ServerConnection, serve
+
+    members: set[ServerConnection] = set()
+
+    def deliver(message: str) -> None:
+        websockets.broadcast(members, message)
+
+    backend = RawBackend(antenna, url, deliver)
+    await backend.start()
+
+    async def handler(ws: ServerConnection) -> None:
+        path = ws.request.path if ws.request is not None else "/echo"
+        if path == "/member":
+            await ws.recv()
+            members.add(ws)
+            try:
+                await ws.send("ok")
+                await ws.wait_closed()
+            finally:
+                members.discard(ws)
+        elif path == "/pub":
+            async for message in ws:
+                await backend.publish(str(message))
+        elif path == "/sub":
+            await ws.recv()
+            channel = f"s{id(ws)}"
+            await backend.subscribe(channel)
+            try:
+                await ws.send("ok")
+                await ws.wait_closed()
+            finally:
+                with contextlib.suppress(Exception):
+                    await backend.unsubscribe(channel)
+        else:
+            async for message in ws:
+                await ws.send(message)
+
+    async with serve(handler, "127.0.0.1", port):
+        await stop.wait()
+
+
+async def xraptor_main(port: int, antenna: str, url: str, stop: asyncio.Event) -> None:
+    import xraptor
+    import xraptor.demo  # registers the chat routes
+
+    @xraptor.XRaptor.register("/echo").as_get
+    async def echo(request: xraptor.Request) -> xraptor.Response:
+        return xraptor.Response.create(request.request_id, {}, request.payload, request.method)
+
+    @xraptor.XRaptor.register("/stream").as_sub
+    async def stream(request: xraptor.Request) -> None:
+        return None
+
+    server = xraptor.XRaptor("127.0.0.1", port, antenna=url if antenna != "memory" else "memory")
+    await server.start()
+    try:
+        await stop.wait()
+    finally:
+        await server.close()
+
+
+MAINS: dict[str, Callable[[int, str, str, asyncio.Event], Awaitable[None]]] = {
+    "raw": raw_main,
+    "xraptor": xraptor_main,
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("system", choices=sorted(MAINS))
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--antenna", choices=["memory", "redis", "nats"], default="memory")
+    parser.add_argument("--url", default="", help="the Redis / NATS URL")
+    parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
+    args = parser.parse_args(argv)
+    raise_nofile()
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await MAINS[args.system](args.port, args.antenna, args.url, stop)
+
+    run_loop(runner(), args.loop)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""The benchmark harness runs end to end at tiny sizes (``bench/run.py --quick``).
+
+Benchmarks are not tests: this only checks that the harness still drives this
+xraptor and the raw baseline and produces numbers. It needs no backend, no picows
+(it falls back to the websockets client) and no 0.4.1 virtualenv.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_quick_bench_produces_numbers(tmp_path: Path) -> None:
+    out = tmp_path / "quick.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "xraptor/raw" in proc.stdout
+    result = json.loads(out.read_text())
+    assert not result["skipped"], result["skipped"]
+    rows = {(row["case"], row["metric"]): row for row in result["rows"]}
+    for key in [("rr", "rate"), ("fanout-memory-10", "rate"), ("idle-plain", "mem_per_conn_kib")]:
+        for system in ("xraptor", "raw"):
+            assert rows[key][system] is not None and rows[key][system] > 0, (key, system)
+        assert rows[key]["vs_raw"] is not None and rows[key]["vs_raw"] > 0, key
+    assert rows[("fanout-memory-10", "delivered_ratio")]["xraptor"] == 1.0
+    samples = result["samples"]["rr"]["xraptor"]
+    assert samples[0]["round_trips"] >= 100
