@@ -69,3 +69,12 @@ async def test_unreachable_at_start_raises_unavailable() -> None:
     with pytest.raises(xraptor.AntennaUnavailable):
         await antenna.start()
     assert antenna.state == "new"
+
+
+def test_describe_hides_credentials() -> None:
+    antenna = RedisAntenna(url="redis://user:secret@10.0.0.5:6379/1")
+    description = antenna.describe()
+    assert description["name"] == "redis"
+    assert description["url"] == "redis://10.0.0.5:6379/1"
+    assert "secret" not in str(description)
+    assert description["reconnects"] == 0 and description["pending_publishes"] == 0

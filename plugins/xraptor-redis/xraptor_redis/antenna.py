@@ -309,8 +309,9 @@ class RedisAntenna(Antenna):
                 await asyncio.shield(future)
         except BaseException as error:
             self._forget(channel)
+            # a SUBSCRIBE may have reached Redis: take it back (is_alive stays honest)
+            await self._send_unsubscribe(channel)
             if isinstance(error, TimeoutError):
-                await self._send_unsubscribe(channel)
                 raise AntennaUnavailable(
                     f"Redis did not confirm SUBSCRIBE within {self.subscribe_timeout} s "
                     f"({self._where()})"
@@ -320,6 +321,16 @@ class RedisAntenna(Antenna):
     async def unwatch(self, channel: str) -> None:
         self._forget(channel)
         await self._send_unsubscribe(channel, wait=True)
+
+    def describe(self) -> dict[str, Any]:
+        """``/health``: the base fields, plus the URL (no credentials) and outage figures."""
+        description = super().describe()
+        description.update(
+            url=self._where(),
+            reconnects=self.reconnects,
+            pending_publishes=len(self._outbox),
+        )
+        return description
 
     # ----- internals -----------------------------------------------------------
 
