@@ -24,7 +24,6 @@ import contextlib
 import logging
 import math
 import random
-from collections import deque
 from typing import Any, ClassVar
 
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
@@ -39,14 +38,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from xraptor.antenna import Antenna, AntennaError, AntennaUnavailable
 
 from ._bounded import bounded
+from .publisher import Publisher
 
 logger = logging.getLogger("xraptor_redis")
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 #: channels per SUBSCRIBE command when resubscribing after a reconnect
 _SUBSCRIBE_CHUNK = 500
-#: publishes per pipeline
-_PUBLISH_BATCH = 256
 #: what a lost or unreachable backend raises (OSError: sockets below redis-py)
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
 
@@ -105,12 +103,10 @@ class RedisAntenna(Antenna):
         self._sub_pool: ConnectionPool | None = None
         self._pubsub: PubSub | None = None
         self._reader: asyncio.Task[None] | None = None
-        self._publisher: asyncio.Task[None] | None = None
+        self._publisher: Publisher | None = None
         self._watchdog: asyncio.Task[None] | None = None
         #: loop time of the last thing read on the subscriber connection
         self._last_read = 0.0
-        self._outbox: deque[tuple[str, str, asyncio.Future[None]]] = deque()
-        self._wake = asyncio.Event()
         #: channels that should be subscribed (watched, or being watched)
         self._wanted: set[str] = set()
         #: SUBSCRIBE / UNSUBSCRIBE confirmations awaited, per channel
@@ -164,9 +160,13 @@ class RedisAntenna(Antenna):
         self._reader = loop.create_task(
             self._read_forever(), name=f"xraptor-redis reader {self._where()}"
         )
-        self._publisher = loop.create_task(
-            self._publish_forever(), name=f"xraptor-redis publisher {self._where()}"
+        self._publisher = Publisher(
+            self._client,
+            timeout=self.publish_timeout,
+            max_pending=self.max_pending_publishes,
+            where=self._where(),
         )
+        self._publisher.start()
         if self.health_check_interval:
             self._watchdog = loop.create_task(
                 self._watch_health(), name=f"xraptor-redis health check {self._where()}"
@@ -174,20 +174,16 @@ class RedisAntenna(Antenna):
 
     async def disconnect(self) -> None:
         self._closing = True
-        tasks = [
-            task for task in (self._reader, self._publisher, self._watchdog) if task is not None
-        ]
-        self._reader = self._publisher = self._watchdog = None
+        tasks = [task for task in (self._reader, self._watchdog) if task is not None]
+        self._reader = self._watchdog = None
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        while self._outbox:
-            _, _, future = self._outbox.popleft()
-            if not future.done():
-                future.set_exception(AntennaError("the redis antenna is closed"))
-                future.exception()
+        publisher, self._publisher = self._publisher, None
+        if publisher is not None:
+            await publisher.close()
         self._wanted.clear()
         self._resubscribing.clear()
         for futures in (self._subscribed, self._unsubscribed):
@@ -213,27 +209,10 @@ class RedisAntenna(Antenna):
     # ----- driver side -----------------------------------------------------------
 
     async def publish(self, channel: str, message: str) -> None:
-        # The publisher task sends; this coroutine only waits on a plain future, so
-        # publish_timeout is a hard bound whatever redis-py does inside (a cancelled
-        # redis-py read can be held up by its own socket timeouts).
-        if self._publisher is None:
+        publisher = self._publisher
+        if publisher is None:
             raise AntennaError("the redis antenna is not connected")
-        if len(self._outbox) >= self.max_pending_publishes:
-            raise AntennaUnavailable(
-                f"{len(self._outbox)} publishes already wait for Redis ({self._where()})"
-            )
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._outbox.append((channel, message, future))
-        wake = self._wake
-        if not wake.is_set():
-            wake.set()
-        try:
-            async with asyncio.timeout(self.publish_timeout):
-                await future
-        except TimeoutError:
-            raise AntennaUnavailable(
-                f"Redis did not take the publish within {self.publish_timeout} s ({self._where()})"
-            ) from None
+        await publisher.publish(channel, message)
 
     async def is_alive(self, channel: str) -> bool:
         client = self._live_client()
@@ -244,52 +223,6 @@ class RedisAntenna(Antenna):
                 f"redis PUBSUB NUMSUB failed ({self._where()}): {type(error).__name__}: {error}"
             ) from error
         return any(int(count) > 0 for _, count in counts)
-
-    async def _publish_forever(self) -> None:
-        """The publisher task: sends queued publishes in order, pipelined in batches."""
-        outbox = self._outbox
-        wake = self._wake
-        while True:
-            await wake.wait()
-            wake.clear()
-            while outbox:
-                batch: list[tuple[str, str, asyncio.Future[None]]] = []
-                while outbox and len(batch) < _PUBLISH_BATCH:
-                    item = outbox.popleft()
-                    if not item[2].done():  # its caller gave up: do not send it late
-                        batch.append(item)
-                if batch:
-                    await self._send_batch(batch)
-
-    async def _send_batch(self, batch: list[tuple[str, str, asyncio.Future[None]]]) -> None:
-        client = self._client
-        error: Exception | None = None
-        try:
-            if client is None:
-                raise AntennaError("the redis antenna is closed")
-            if len(batch) == 1:
-                channel, message, _ = batch[0]
-                await client.publish(channel, message)
-            else:
-                pipe = client.pipeline(transaction=False)
-                for channel, message, _ in batch:
-                    pipe.publish(channel, message)
-                await pipe.execute()
-        except _UNREACHABLE as failure:
-            error = AntennaUnavailable(
-                f"redis publish failed ({self._where()}): {type(failure).__name__}: {failure}"
-            )
-        except RedisError as failure:
-            error = AntennaError(f"redis refused the publish: {failure}")
-        except AntennaError as failure:
-            error = failure
-        for _, _, future in batch:
-            if future.done():
-                continue
-            if error is None:
-                future.set_result(None)
-            else:
-                future.set_exception(error)
 
     async def watch(self, channel: str) -> None:
         if self._closing:
@@ -328,7 +261,7 @@ class RedisAntenna(Antenna):
         description.update(
             url=self._where(),
             reconnects=self.reconnects,
-            pending_publishes=len(self._outbox),
+            pending_publishes=len(self._publisher) if self._publisher is not None else 0,
         )
         return description
 
