@@ -39,10 +39,9 @@ def private_nats() -> Iterator[NatsServer]:
     """A nats-server of the test's own, for killing and restarting."""
     binary = nats_binary()
     if binary is None:
-        reason = "fault injection needs the nats-server binary"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true: {reason}")
-        pytest.skip(reason)
+        if os.environ.get("CI") == "true" and not os.environ.get("XRAPTOR_NATS_URL"):
+            pytest.fail("CI=true: no nats-server on PATH and XRAPTOR_NATS_URL is not set")
+        pytest.skip("fault injection needs the nats-server binary (to kill and restart it)")
     server = NatsServer(f"nats://127.0.0.1:{free_port()}", binary)
     server.start()
     try:

@@ -227,6 +227,7 @@ async def test_forwarded_route_through_a_server_process(
 
     await service.subscribe(route_subject("/svc/hello"), cb=respond)
     await service.flush()
+    await service.flush()  # nats-py's flush PING can overtake the SUB
     await a.send("f-1", "/svc/hello", "GET", "x")
     assert (await a.wait_for("f-1"))["payload"] == "served /svc/hello GET"
     await a.send("f-2", "/svc/nobody", "POST", "x")

@@ -56,6 +56,7 @@ async def test_forwards_and_returns_the_reply(service: Client, forward: NatsForw
 
     await service.subscribe(route_subject("/svc/echo"), cb=respond)
     await service.flush()
+    await service.flush()  # nats-py's flush PING can overtake the SUB
     response = await forward(_request(), None)
     assert response.request_id == "r-1"
     assert response.payload == "echo:hello"
@@ -78,6 +79,7 @@ async def test_reply_headers_become_response_header(service: Client, forward: Na
 
     await service.subscribe(route_subject("/svc/h"), cb=respond)
     await service.flush()
+    await service.flush()  # nats-py's flush PING can overtake the SUB
     response = await forward(_request("/svc/h", MethodType.POST), None)
     assert response.payload == "olá"
     assert response.header == {"x-served-by": "py"}
@@ -91,6 +93,7 @@ async def test_routes_do_not_reach_other_services(service: Client, forward: Nats
     # a service for "/svc/a" must not answer "/svc/*", "/svc/a " or "/svc/a.b"
     await service.subscribe(route_subject("/svc/a"), cb=respond)
     await service.flush()
+    await service.flush()  # nats-py's flush PING can overtake the SUB
     for route in ["/svc/*", "/svc/>", "/svc/a ", "/svc/a.b", "/svc/a\r\n"]:
         response = await forward(_request(route), None)
         assert response.header == {"error": "no_responders"}, route
@@ -112,6 +115,7 @@ async def test_upstream_timeout(service: Client, forward: NatsForward) -> None:
 
     await service.subscribe(route_subject("/svc/slow"), cb=too_slow)
     await service.flush()
+    await service.flush()  # nats-py's flush PING can overtake the SUB
     started = time.monotonic()
     response = await forward(_request("/svc/slow"), None)
     assert 0.4 < time.monotonic() - started < 1.5
@@ -132,6 +136,7 @@ async def test_one_connection_and_close_all(service: Client, nats_url: str) -> N
 
     await service.subscribe(route_subject("/svc/ok"), cb=respond)
     await service.flush()
+    await service.flush()  # nats-py's flush PING can overtake the SUB
     forward = NatsForward(servers=nats_url)
     results = await asyncio.gather(*(forward(_request("/svc/ok"), None) for _ in range(50)))
     assert {r.payload for r in results} == {"ok"}
