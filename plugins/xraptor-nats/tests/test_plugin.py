@@ -69,3 +69,9 @@ def test_set_config_the_04_way() -> None:
 def test_bad_options_refused(options: dict[str, object]) -> None:
     with pytest.raises((ValueError, TypeError)):
         NatsAntenna(**options)
+
+
+def test_credentials_are_not_shown() -> None:
+    antenna = NatsAntenna(servers="nats://user:s3cret@host:4222,nats://tok@other:1,nats://plain:2")
+    text = repr(antenna.describe())
+    assert "s3cret" not in text and "tok@" not in text and "plain:2" in text

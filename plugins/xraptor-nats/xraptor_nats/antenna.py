@@ -17,6 +17,7 @@ import functools
 import logging
 import math
 from typing import Any, ClassVar
+from urllib.parse import urlsplit, urlunsplit
 
 import nats
 import nats.errors
@@ -66,6 +67,17 @@ def split_servers(servers: object) -> list[str]:
     return items
 
 
+def redact(url: str) -> str:
+    """``url`` without the password or token it may carry (for logs and /health)."""
+    parts = urlsplit(url if "://" in url else f"nats://{url}")
+    if not (parts.username or parts.password):
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"***@{host}"))
+
+
 class NatsAntenna(Antenna):
     """Pub/sub over NATS core (at-most-once, per-channel order).
 
@@ -104,6 +116,7 @@ class NatsAntenna(Antenna):
         self._connect_options: dict[str, Any] = dict(extra)
         self._conn_name = str(opts.get("name", "xraptor"))
         self._pending_size = PENDING_SIZE
+        self._where = ", ".join(redact(url) for url in self.servers)
         self._nc: Client | None = None
         self._subs: dict[str, tuple[NatsSubscription, NatsSubscription]] = {}
         self._sid_channel: dict[int, str] = {}
@@ -153,8 +166,7 @@ class NatsAntenna(Antenna):
             nc = await nats.connect(**options)
         except Exception as error:
             raise AntennaUnavailable(
-                f"cannot connect to NATS at {', '.join(self.servers)}: "
-                f"{type(error).__name__}: {error}"
+                f"cannot connect to NATS at {self._where}: {type(error).__name__}: {error}"
             ) from error
         # read by nats-py at each reconnection
         nc.options["max_reconnect_attempts"] = self._connect_options.get(
@@ -192,7 +204,9 @@ class NatsAntenna(Antenna):
                 logger.warning("NATS dropped messages of channel %.64r (slow consumer)", channel)
                 self.report_gap([channel])
                 return
-        logger.warning("NATS: %s: %s", type(error).__name__, error)
+        # while down, nats-py reports each failed reconnection attempt: keep them quiet
+        level = logging.DEBUG if self.state == "down" else logging.WARNING
+        logger.log(level, "NATS: %s: %s", type(error).__name__, error)
 
     async def _on_disconnected(self) -> None:
         if self._closing:
@@ -218,7 +232,7 @@ class NatsAntenna(Antenna):
         nc = self._nc
         if nc is None or not nc.is_connected:
             raise AntennaUnavailable(
-                f"NATS at {', '.join(self.servers)} is unreachable now"
+                f"NATS at {self._where} is unreachable now"
                 if nc is not None
                 else "the NATS antenna is not connected"
             )
@@ -259,7 +273,7 @@ class NatsAntenna(Antenna):
         while nc.pending_data_size + need > self._pending_size:
             if not nc.is_connected or loop.time() >= deadline:
                 raise AntennaUnavailable(
-                    f"NATS at {', '.join(self.servers)} is not taking messages: "
+                    f"NATS at {self._where} is not taking messages: "
                     f"{nc.pending_data_size} bytes still waiting after {self.publish_timeout} s"
                 )
             await asyncio.sleep(0.005)
@@ -332,11 +346,13 @@ class NatsAntenna(Antenna):
         return True
 
     def _raise_unavailable(self) -> bool:
-        raise AntennaUnavailable(f"NATS at {', '.join(self.servers)} is unreachable now")
+        raise AntennaUnavailable(f"NATS at {self._where} is unreachable now")
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
-        info.update(servers=self.servers, subject_prefix=self.subject_prefix)
+        info.update(
+            servers=[redact(url) for url in self.servers], subject_prefix=self.subject_prefix
+        )
         info["reconnects"] = self.reconnects
         return info
 

@@ -121,7 +121,7 @@ class NatsForward:
             )
         except (nats.errors.Error, OSError, TimeoutError) as error:
             return _error(
-                request, BACKEND_UNAVAILABLE, f"NATS is unreachable: {type(error).__name__}"
+                request, BACKEND_UNAVAILABLE, f"NATS is unreachable ({type(error).__name__})"
             )
         try:
             payload = reply.data.decode("utf-8")
