@@ -68,4 +68,14 @@ class Metrics:
             lines.append("# TYPE xraptor_antenna_up gauge")
             up = 1 if antenna.get("state") in ("up", "new") else 0
             lines.append(f'xraptor_antenna_up{{antenna="{antenna.get("name", "")}"}} {up}')
+            reconnects = antenna.get("reconnects")
+            if isinstance(reconnects, int):
+                lines.append(
+                    "# HELP xraptor_antenna_reconnects_total Backend reconnections after an outage."
+                )
+                lines.append("# TYPE xraptor_antenna_reconnects_total counter")
+                lines.append(
+                    f'xraptor_antenna_reconnects_total{{antenna="{antenna.get("name", "")}"}} '
+                    f"{reconnects}"
+                )
         return "\n".join(lines) + "\n"

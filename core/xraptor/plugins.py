@@ -240,6 +240,8 @@ class Plugins:
                 )
                 if self.manager.get_plugin(entry_point.name) is not None:
                     self.manager.unregister(name=entry_point.name)
+                self.antennas.remove_owned(entry_point.name)
+                self.middlewares.remove_owned(entry_point.name)
                 self.info[entry_point.name] = PluginInfo(
                     entry_point.name, dist_name, version, error=f"{type(error).__name__}: {error}"
                 )
