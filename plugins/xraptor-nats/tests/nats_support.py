@@ -26,9 +26,10 @@ def free_port() -> int:
 class NatsServer:
     """A NATS server for the tests: ``url``, and ``kill()`` / ``restart()`` when private."""
 
-    def __init__(self, url: str, binary: str | None) -> None:
+    def __init__(self, url: str, binary: str | None, extra_args: tuple[str, ...] = ()) -> None:
         self.url = url
         self.binary = binary
+        self.extra_args = extra_args
         self._executor: TCPExecutor | None = None
         if binary is not None:
             self.port = int(url.rsplit(":", 1)[1])
@@ -40,7 +41,7 @@ class NatsServer:
     def start(self) -> None:
         assert self.binary is not None
         self._executor = TCPExecutor(
-            [self.binary, "-a", "127.0.0.1", "-p", str(self.port)],
+            [self.binary, "-a", "127.0.0.1", "-p", str(self.port), *self.extra_args],
             host="127.0.0.1",
             port=self.port,
             timeout=10,

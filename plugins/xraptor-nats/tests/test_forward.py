@@ -156,3 +156,17 @@ async def test_one_connection_and_close_all(service: Client, nats_url: str) -> N
 def test_bad_options(options: dict[str, object]) -> None:
     with pytest.raises((ValueError, TypeError)):
         NatsForward(**options)  # type: ignore[arg-type]
+
+
+async def test_server_shutdown_hook_closes_forwarders(service: Client, nats_url: str) -> None:
+    async def respond(msg: Msg) -> None:
+        await msg.respond(b"ok")
+
+    await service.subscribe(route_subject("/svc/ok2"), cb=respond)
+    await service.flush()
+    await service.flush()
+    forward = NatsForward(servers=nats_url)
+    assert (await forward(_request("/svc/ok2"), None)).payload == "ok"
+    nc = forward._nc
+    await get_plugins().call_lifecycle("xraptor_shutdown", server=object())
+    assert nc is not None and nc.is_closed

@@ -1,0 +1,53 @@
+"""A ``tls://`` URL selects the NATS antenna, which then talks TLS to the server."""
+
+from __future__ import annotations
+
+import shutil
+import ssl
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from nats_support import NatsServer, free_port, nats_binary
+
+from xraptor.plugins import resolve_antenna
+from xraptor.testing.conformance import eventually
+from xraptor_nats.antenna import NatsAntenna
+
+
+@pytest.fixture
+def tls_nats(tmp_path: Path) -> Iterator[tuple[NatsServer, ssl.SSLContext]]:
+    binary, openssl = nats_binary(), shutil.which("openssl")
+    if binary is None or openssl is None:
+        pytest.skip("needs the nats-server and openssl binaries")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    port = free_port()
+    server = NatsServer(
+        f"tls://127.0.0.1:{port}",
+        binary,
+        ("--tls", "--tlscert", str(cert), "--tlskey", str(key)),
+    )
+    server.start()
+    context = ssl.create_default_context(cafile=str(cert))
+    try:
+        yield server, context
+    finally:
+        server.stop()
+
+
+async def test_tls_url(tls_nats: tuple[NatsServer, ssl.SSLContext]) -> None:
+    server, context = tls_nats
+    a = resolve_antenna(server.url, connect_options={"tls": context})
+    b = resolve_antenna(server.url, connect_options={"tls": context})
+    assert isinstance(a, NatsAntenna) and a.servers == [server.url]
+    async with a, b, a.subscribe("secure") as sub:
+        assert await eventually(lambda: b.is_alive("secure"))
+        await b.post("secure", "over tls")
+        assert await sub.__anext__() == "over tls"
