@@ -228,3 +228,26 @@ def test_a_crashing_worker_stops_the_others(app_dir: Path) -> None:
     assert process.returncode != 0
     assert "exited with code" in output
     assert not workers[1].is_running() or workers[1].status() == psutil.STATUS_ZOMBIE
+
+
+def test_workers_stop_when_the_supervisor_is_killed(app_dir: Path) -> None:
+    port = _free_port()
+    process = _start(app_dir, "cliapp_shared:app", "--workers", "2", "--port", str(port))
+    try:
+        _wait_for_port(port, process)
+        parent = psutil.Process(process.pid)
+        deadline = time.monotonic() + 20
+        while len(parent.children()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        workers = parent.children()
+        assert len(workers) == 2
+        process.kill()  # SIGKILL: no chance to forward anything
+        process.wait()
+        _, alive = psutil.wait_procs(workers, timeout=15)
+        for orphan in alive:  # don't leave them holding the port and the pipe
+            orphan.kill()
+        assert not alive, "orphaned workers kept running"
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=20)

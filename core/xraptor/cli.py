@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
 import logging
 import os
@@ -10,9 +11,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .plugins import get_plugins
 
@@ -23,6 +24,9 @@ logger = logging.getLogger("xraptor.cli")
 
 #: seconds the parent of ``--workers N`` waits for its workers to drain after SIGTERM
 WORKER_GRACE = 30.0
+
+#: seconds between a worker's checks that its supervisor is still alive
+PARENT_CHECK = 1.0
 
 #: exit code of a usage error (argparse's too)
 USAGE = 2
@@ -149,17 +153,45 @@ def _run(args: argparse.Namespace) -> int:
     except UsageError as error:
         print(f"xraptor run: error: {error}", file=sys.stderr)
         return USAGE
-    if args.worker:
+    if args.supervisor is not None:
         app.reuse_port = True
-    if workers == 1 or args.worker:
+        _run_loop(_serve_worker(app, args.supervisor))
+        return 0
+    if workers == 1:
         app.run()
         return 0
     return _supervise(args, app, workers)
 
 
+def _run_loop(coro: Coroutine[Any, Any, None]) -> None:
+    """Run on uvloop when installed (as :meth:`XRaptor.run`), else on asyncio."""
+    try:
+        import uvloop  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        asyncio.run(coro)
+    else:
+        uvloop.run(coro)
+
+
+async def _serve_worker(app: XRaptor, parent: int) -> None:
+    """Serve until SIGTERM, or until the supervisor is gone (killed with SIGKILL)."""
+
+    async def watch_parent() -> None:
+        while os.getppid() == parent:  # noqa: ASYNC110  (no event tells of a parent's death)
+            await asyncio.sleep(PARENT_CHECK)
+        logger.warning("the supervisor (pid %d) is gone; stopping this worker", parent)
+        app.stop()
+
+    watcher = asyncio.get_running_loop().create_task(watch_parent())
+    try:
+        await app.serve()
+    finally:
+        watcher.cancel()
+
+
 def _worker_command(args: argparse.Namespace, app: XRaptor) -> list[str]:
     command = [sys.executable, "-m", "xraptor.cli", "--log-level", args.log_level]
-    command += ["run", args.target, "--worker", "--workers", "1"]
+    command += ["run", args.target, "--supervisor", str(os.getpid()), "--workers", "1"]
     command += ["--host", app.host, "--port", str(app.port)]
     antenna = _setting(args, "antenna")
     if antenna is not None:
@@ -271,7 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help=f"logging level (default INFO; env {ENV['log_level']})",
     )
-    run.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    # set by the supervisor of --workers N on each worker it starts
+    run.add_argument("--supervisor", type=int, help=argparse.SUPPRESS)
     run.set_defaults(func=_run)
 
     demo = sub.add_parser(
