@@ -136,7 +136,10 @@ def test_browser_client_module_shape(
         out.push = pushes[0];
         out.refused = refused;
         sub.unsubscribe();
+        const closed = new Promise((resolve) => { client.onclose = resolve; });
         client.close();
+        await closed;
+        try { await client.get("/x"); } catch (e) { out.afterClose = e.code; }
         return out;
     }"""
     )
@@ -147,3 +150,4 @@ def test_browser_client_module_shape(
     assert set(result["reply"]) == {"request_id", "payload", "header", "method"}
     assert result["push"]["method"] == "SUB"
     assert result["push"]["payload"] == '{"origin":"me","message":"x"}'
+    assert result["afterClose"] == "closed"

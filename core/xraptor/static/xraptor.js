@@ -116,7 +116,13 @@ export class XRaptorClient {
         reject(new XRaptorError("timeout", `no reply to ${method} ${route} in ${this.timeout} ms`));
       }, this.timeout);
       this._pending.set(requestId, { resolve, reject, timer });
-      this._send(requestId, route, method, payload, header);
+      try {
+        this._send(requestId, route, method, payload, header);
+      } catch (error) {
+        clearTimeout(timer);
+        this._pending.delete(requestId);
+        reject(error);
+      }
     });
   }
 
@@ -138,10 +144,10 @@ export class XRaptorClient {
     };
     state.fail = fail;
     this._streams.set(requestId, state);
-    if (this._closed) {
-      queueMicrotask(() => fail(new XRaptorError("closed", "the connection is closed")));
-    } else {
+    try {
       this._send(requestId, route, "SUB", body, header);
+    } catch (error) {
+      queueMicrotask(() => fail(error));
     }
     return {
       request_id: requestId,
@@ -149,7 +155,9 @@ export class XRaptorClient {
         if (!state.open) return;
         state.open = false;
         this._streams.delete(requestId);
-        if (!this._closed) this._send(requestId, route, "UNSUB", body, header);
+        if (this._ws.readyState === WebSocket.OPEN) {
+          this._send(requestId, route, "UNSUB", body, header);
+        }
       },
     };
   }
@@ -159,6 +167,9 @@ export class XRaptorClient {
   }
 
   _send(requestId, route, method, payload, header) {
+    if (this._ws.readyState !== WebSocket.OPEN) {
+      throw new XRaptorError("closed", "the connection is not open");
+    }
     this._ws.send(
       JSON.stringify({
         request_id: requestId,
