@@ -6,21 +6,18 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
 
 import nats
 import pytest
 import pytest_asyncio
 from nats.aio.msg import Msg
+from nats_support import NatsServer, free_port, nats_binary
 
 from xraptor import AntennaUnavailable
 from xraptor.antenna import Subscription
 from xraptor.testing.conformance import eventually
 from xraptor_nats.antenna import NatsAntenna
 from xraptor_nats.subjects import MAX_ENCODED, channel_token
-
-if TYPE_CHECKING:
-    from nats_support import NatsServer
 
 HOSTILE = [">", "*", "a.>", "a.*", "a.b", "a b", " ", "\t", "a\r\nPUB x 1\r\n", "x" * 10_000]
 
@@ -263,3 +260,51 @@ async def test_failed_start_and_close_leave_no_tasks(nats_url: str) -> None:
     await asyncio.sleep(0.05)
     leftover = [t for t in asyncio.all_tasks() - before if not t.done()]
     assert leftover == []
+
+
+async def test_failover_between_clustered_servers() -> None:
+    """With two servers in a cluster, losing one moves the antenna to the other."""
+    binary = nats_binary()
+    if binary is None:
+        pytest.skip("needs the nats-server binary")
+    ports = [free_port() for _ in range(4)]
+    routes = f"nats://127.0.0.1:{ports[2]},nats://127.0.0.1:{ports[3]}"
+    one = NatsServer(
+        f"nats://127.0.0.1:{ports[0]}",
+        binary,
+        ("--cluster_name", "x", "--cluster", f"nats://127.0.0.1:{ports[2]}", "--routes", routes),
+    )
+    two = NatsServer(
+        f"nats://127.0.0.1:{ports[1]}",
+        binary,
+        ("--cluster_name", "x", "--cluster", f"nats://127.0.0.1:{ports[3]}", "--routes", routes),
+    )
+    one.start()
+    two.start()
+    try:
+        a = NatsAntenna(
+            servers=[one.url, two.url],
+            reconnect_time_wait=0.2,
+            connect_options={"dont_randomize": True},  # start on server one
+        )
+        b = NatsAntenna(servers=two.url)
+        async with b:
+            await a.start()
+            try:
+                assert a._nc is not None and a._nc.connected_url is not None
+                assert a._nc.connected_url.port == ports[0]
+                async with a.subscribe("ha") as sub:
+                    assert await eventually(lambda: b.is_alive("ha"), timeout=5)
+                    one.kill()
+                    assert await eventually(lambda: _truthy(a.reconnects == 1), timeout=10)
+                    assert sub.gaps == 1 and a.state == "up"
+                    assert a._nc.connected_url is not None
+                    assert a._nc.connected_url.port == ports[1]
+                    assert await eventually(lambda: b.is_alive("ha"), timeout=5)
+                    await b.post("ha", "via two")
+                    assert await _next(sub) == "via two"
+            finally:
+                await a.close()
+    finally:
+        one.stop()
+        two.stop()
