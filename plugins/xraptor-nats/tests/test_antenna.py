@@ -110,7 +110,8 @@ async def test_is_alive_answer_is_quick(pair: tuple[NatsAntenna, NatsAntenna]) -
     started = time.monotonic()
     for _ in range(20):
         assert await b.is_alive("nobody-here") is False
-    assert time.monotonic() - started < 1.0  # "no responders" comes at once, not after a timeout
+    # "no responders" comes at once (a timeout would answer True after 0.5 s each)
+    assert time.monotonic() - started < 5.0
 
 
 async def test_one_connection_per_process(nats_url: str) -> None:

@@ -100,9 +100,7 @@ async def test_routes_do_not_reach_other_services(service: Client, forward: Nats
 
 
 async def test_no_responders(forward: NatsForward) -> None:
-    started = time.monotonic()
     response = await forward(_request("/svc/nobody"), None)
-    assert time.monotonic() - started < 0.4
     assert response.request_id == "r-1"
     assert response.header == {"error": "no_responders"}
     assert json.loads(response.payload)["code"] == "no_responders"
