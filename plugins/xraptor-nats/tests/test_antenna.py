@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import nats
 import pytest
@@ -309,3 +310,28 @@ async def test_failover_between_clustered_servers() -> None:
     finally:
         one.stop()
         two.stop()
+
+
+async def test_cancelled_subscribe_leaves_nothing_subscribed(nats_url: str) -> None:
+    async with NatsAntenna(servers=nats_url) as a, NatsAntenna(servers=nats_url) as b:
+        nc = a._nc
+        assert nc is not None
+        subs_before = len(nc._subs)
+        task = asyncio.ensure_future(a.subscribe("cancelled").open())
+        await asyncio.sleep(0)  # inside watch(), waiting for the server's PONG
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert a.watched_channels() == [] and len(nc._subs) == subs_before
+        assert await eventually(_negate(lambda: b.is_alive("cancelled")))
+        async with a.subscribe("cancelled") as sub:
+            await b.post("cancelled", "once")
+            assert await _next(sub) == "once"
+            assert await _silent(sub, 0.1)  # a leaked subscription would deliver twice
+
+
+def _negate(condition: Any) -> Any:
+    async def negated() -> bool:
+        return not await condition()
+
+    return negated

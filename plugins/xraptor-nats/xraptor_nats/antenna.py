@@ -13,9 +13,10 @@ Subjects (``P`` is the ``subject_prefix`` option, ``T`` the channel's token from
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import itertools
 import logging
-import math
 from typing import Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -121,6 +122,9 @@ class NatsAntenna(Antenna):
         self._subs: dict[str, tuple[NatsSubscription, NatsSubscription]] = {}
         self._sid_channel: dict[int, str] = {}
         self._closing = False
+        self._sync_subject = ""
+        self._sync_seq = itertools.count()
+        self._sync_waiters: dict[int, asyncio.Future[None]] = {}
         #: how many times the connection came back after an outage
         self.reconnects = 0
 
@@ -156,6 +160,8 @@ class NatsAntenna(Antenna):
         }
         self._pending_size = int(options["pending_size"])
         options.update(
+            # this process must receive its own messages (its streams and the sync markers)
+            no_echo=False,
             servers=self.servers,
             error_cb=self._on_error,
             disconnected_cb=self._on_disconnected,
@@ -179,6 +185,8 @@ class NatsAntenna(Antenna):
                 f"the NATS antenna needs nats-server >= 2.2 (for 'no responders'); "
                 f"connected to {version}"
             )
+        self._sync_subject = nc.new_inbox()
+        await nc.subscribe(self._sync_subject, cb=self._on_sync)
         self._nc = nc
         self.set_state("up")
 
@@ -190,11 +198,8 @@ class NatsAntenna(Antenna):
         if nc is None:
             return
         if nc.is_connected:
-            try:
-                async with asyncio.timeout(self.publish_timeout):
-                    await nc.flush(timeout=_int_timeout(self.publish_timeout))
-            except _ANY_NATS:
-                pass
+            with contextlib.suppress(*_ANY_NATS):  # let what was published reach the server
+                await self._sync(nc)
         await nc.close()
 
     async def _on_error(self, error: Exception) -> None:
@@ -284,30 +289,42 @@ class NatsAntenna(Antenna):
         async def on_message(msg: Msg) -> None:
             self.deliver(channel, msg.data.decode("utf-8", "surrogatepass"))
 
+        if channel in self._subs:  # the hub watches once; be safe all the same
+            await self._drop(channel, sync=False)
         messages = await nc.subscribe(self.subject(channel), cb=on_message)
-        probes = await nc.subscribe(self.alive_subject(channel), queue="alive", cb=_answer_probe)
+        try:
+            probes = await nc.subscribe(
+                self.alive_subject(channel), queue="alive", cb=_answer_probe
+            )
+        except BaseException:
+            await _unsubscribe(messages, channel)
+            raise
         self._subs[channel] = (messages, probes)
         self._sid_channel[messages._id] = channel
         try:
             await self._sync(nc)
-        except _UNAVAILABLE as error:
-            await self.unwatch(channel)
-            raise AntennaUnavailable(
-                f"could not subscribe on NATS: {type(error).__name__}: {error}"
-            ) from error
+        except BaseException as error:
+            # cancelled or failed: the hub does not count the channel as watched,
+            # so nothing may stay subscribed
+            await self._drop(channel, sync=False)
+            if isinstance(error, _UNAVAILABLE):
+                raise AntennaUnavailable(
+                    f"could not subscribe on NATS: {type(error).__name__}: {error}"
+                ) from error
+            raise
 
     async def unwatch(self, channel: str) -> None:
+        await self._drop(channel, sync=True)
+
+    async def _drop(self, channel: str, *, sync: bool) -> None:
         subs = self._subs.pop(channel, None)
         if subs is None:
             return
         self._sid_channel.pop(subs[0]._id, None)
         for sub in subs:
-            try:
-                await sub.unsubscribe()
-            except _ANY_NATS as error:
-                logger.debug("unsubscribe of %.64r: %s", channel, error)
+            await _unsubscribe(sub, channel)
         nc = self._nc
-        if nc is not None and nc.is_connected:
+        if sync and nc is not None and nc.is_connected:
             # once this returns, no other process sees this one as alive
             try:
                 await self._sync(nc)
@@ -317,15 +334,35 @@ class NatsAntenna(Antenna):
     async def _sync(self, nc: Client) -> None:
         """Return once the server has processed every command sent so far.
 
-        The server has them once it answered a PING sent after them. nats-py
-        writes a flush's PING straight to the socket, ahead of commands still
-        queued for its flusher task (a SUB just sent may be), so one ``flush()``
-        can return too early; by the time its PONG is read the flusher has
-        written the queue, so the second PING comes after every command.
+        This publishes a marker to a subject only this connection subscribes to
+        and waits for it to come back: the server handles a connection's commands
+        in order, so by then it has every SUB/UNSUB sent before.
+
+        nats-py's ``flush()`` is not used, for two reasons: it writes its PING
+        straight to the socket, ahead of commands still queued for its flusher
+        task (a SUB just sent may be), so it can return too early; and a flush
+        that times out or is cancelled leaves a cancelled future behind whose
+        PONG later kills the client's read loop (InvalidStateError), leaving a
+        connection that looks connected and reads nothing.
         """
-        async with asyncio.timeout(self.publish_timeout):
-            await nc.flush(timeout=_int_timeout(self.publish_timeout))
-            await nc.flush(timeout=_int_timeout(self.publish_timeout))
+        marker = next(self._sync_seq)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._sync_waiters[marker] = done
+        try:
+            await self._wait_for_room(nc, 64 + len(self._sync_subject))
+            await nc.publish(self._sync_subject, str(marker).encode())
+            async with asyncio.timeout(self.publish_timeout):
+                await done
+        finally:
+            self._sync_waiters.pop(marker, None)
+
+    async def _on_sync(self, msg: Msg) -> None:
+        try:
+            done = self._sync_waiters.pop(int(msg.data))
+        except (KeyError, ValueError):
+            return
+        if not done.done():
+            done.set_result(None)
 
     async def is_alive(self, channel: str) -> bool:
         if channel in self._subs:
@@ -357,6 +394,13 @@ class NatsAntenna(Antenna):
         return info
 
 
+async def _unsubscribe(sub: NatsSubscription, channel: str) -> None:
+    try:
+        await sub.unsubscribe()
+    except _ANY_NATS as error:
+        logger.debug("unsubscribe of %.64r: %s", channel, error)
+
+
 async def _answer_probe(msg: Msg) -> None:
     if msg.reply:
         try:
@@ -370,8 +414,3 @@ def _positive(options: dict[str, Any], key: str, default: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
         raise ValueError(f"{key} must be a positive number of seconds, got {value!r}")
     return float(value)
-
-
-def _int_timeout(seconds: float) -> int:
-    # nats-py types flush timeouts as int; asyncio.timeout() gives the real bound
-    return max(1, math.ceil(seconds))
