@@ -439,6 +439,7 @@ async def scenario_idle(args: argparse.Namespace, connect: Connector, control: C
     warm, failures = await open_joined(connect, url, args.wire, kind, args.warm, 0, 30)
     if failures:
         raise SystemExit(f"{failures} of {args.warm} warm-up connections failed")
+    await asyncio.sleep(args.settle)
     control.say("READY")
     if await control.line(120) != "GO":
         return

@@ -93,6 +93,7 @@ def fanout_metrics(antenna: str, members: int) -> list[Metric]:
         Metric("rate", "deliveries/s", True, rate_target),
         Metric("p99_ms", "p99 delivery latency ms", False, (1.5, "<=")),
         Metric("server_cpu_us_per_op", "server CPU µs/delivery", False),
+        Metric("client_cpu_us_per_op", "client CPU µs/delivery", False),
         Metric("delivered_ratio", "delivered/expected", True),
     ]
 
@@ -153,7 +154,7 @@ def build_cases(args: argparse.Namespace) -> list[Case]:
                         "--seconds",
                         str(args.seconds),
                         "--window",
-                        str(args.window),
+                        str(max(2, args.window_deliveries // members)),
                     ],
                     fanout_metrics(antenna, members),
                 )
@@ -449,6 +450,9 @@ class Runner:
         cpu = after["cpu"] - before["cpu"]
         result["server_cpu_s"] = cpu
         result["server_cpu_us_per_op"] = cpu / ops * 1e6 if ops else None
+        if result.get("elapsed_s") and case.scenario != "idle":
+            result["server_busy"] = cpu / result["elapsed_s"]
+            result["client_busy"] = result["client_cpu_s"] / result["elapsed_s"]
         result["rss_before"] = before["rss"]
         result["rss_after"] = after["rss"]
         if case.scenario == "idle":
@@ -670,7 +674,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=2.0,
         help="measured seconds per request/response and fan-out run",
     )
-    parser.add_argument("--window", type=int, default=4, help="fan-out messages in flight")
+    parser.add_argument(
+        "--window-deliveries",
+        type=int,
+        default=8000,
+        help="fan-out deliveries in flight: the publisher keeps this / members messages "
+        "unfinished (at least 2)",
+    )
     parser.add_argument("--idle-conns", type=int, default=5000)
     parser.add_argument("--backend-conns", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=None, help="JSON results path")
@@ -749,7 +759,8 @@ def main(argv: list[str] | None = None) -> int:
                         per_system[system].append(None)
                         continue
                     per_system[system].append(sample)
-                    shown = ", ".join(f"{m.key}={fmt(sample.get(m.key))}" for m in case.metrics)
+                    keys = [m.key for m in case.metrics] + ["server_busy", "client_busy"]
+                    shown = ", ".join(f"{k}={fmt(sample.get(k))}" for k in keys if k in sample)
                     print(
                         f"{case.name} pair {pair + 1} [{LABELS[system]}] {shown} "
                         f"({time.monotonic() - t0:.1f} s)",
