@@ -335,3 +335,17 @@ def _negate(condition: Any) -> Any:
         return not await condition()
 
     return negated
+
+
+async def test_slow_consumer_drop_is_reported_as_a_gap(nats_url: str) -> None:
+    async with (
+        NatsAntenna(servers=nats_url) as a,
+        a.subscribe("slow") as sub,
+        a.subscribe("fine") as other,
+    ):
+        messages = a._subs["slow"][0]
+        error = nats.errors.SlowConsumerError(
+            subject=messages.subject, reply="", sid=messages._id, sub=messages
+        )
+        await a._on_error(error)
+        assert sub.gaps == 1 and other.gaps == 0
