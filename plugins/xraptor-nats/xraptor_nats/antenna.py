@@ -51,7 +51,8 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     TimeoutError,
     OSError,
 )
-_ANY_NATS: tuple[type[BaseException], ...] = (*_UNAVAILABLE, nats.errors.Error)
+#: what best-effort steps (unsubscribe, confirmations on close) may meet
+_ANY_NATS: tuple[type[BaseException], ...] = (*_UNAVAILABLE, nats.errors.Error, AntennaUnavailable)
 
 
 def split_servers(servers: object) -> list[str]:
@@ -329,7 +330,7 @@ class NatsAntenna(Antenna):
             try:
                 await self._sync(nc)
             except _ANY_NATS as error:
-                logger.debug("flush after unsubscribe of %.64r: %s", channel, error)
+                logger.debug("confirming the unsubscribe of %.64r: %s", channel, error)
 
     async def _sync(self, nc: Client) -> None:
         """Return once the server has processed every command sent so far.
