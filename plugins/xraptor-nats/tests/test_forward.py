@@ -125,6 +125,10 @@ async def test_unreachable_nats_is_an_error_response() -> None:
     forward = NatsForward(servers="nats://127.0.0.1:1", connect_timeout=0.3)
     response = await forward(_request(), None)
     assert response.header == {"error": "backend_unavailable"}
+    started = time.monotonic()
+    response = await forward(_request(), None)  # just failed: no new attempt yet
+    assert response.header == {"error": "backend_unavailable"}
+    assert time.monotonic() - started < 0.1
     await forward.close()
 
 

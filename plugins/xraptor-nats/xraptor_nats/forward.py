@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
@@ -73,6 +74,7 @@ class NatsForward:
         self._connect_options = dict(connect_options or {})
         self._nc: Client | None = None
         self._lock: asyncio.Lock | None = None
+        self._failed_at = -1e9
         self.__name__ = "nats-forward"
         _live.add(self)
 
@@ -88,6 +90,9 @@ class NatsForward:
         async with self._lock:
             nc = self._nc
             if nc is None or nc.is_closed:
+                if time.monotonic() - self._failed_at < 1.0:
+                    # NATS was just found unreachable: answer at once, retry soon
+                    raise nats.errors.NoServersError
                 options: dict[str, Any] = {
                     "name": "xraptor-forward",
                     "max_reconnect_attempts": 1,
@@ -97,7 +102,11 @@ class NatsForward:
                     "pending_size": PENDING_SIZE,
                 }
                 options.update(servers=self.servers, error_cb=_log_error)
-                nc = self._nc = await nats.connect(**options)
+                try:
+                    nc = self._nc = await nats.connect(**options)
+                except BaseException:
+                    self._failed_at = time.monotonic()
+                    raise
                 nc.options["max_reconnect_attempts"] = -1  # after the first connection
             return nc
 
@@ -112,12 +121,15 @@ class NatsForward:
                 raise nats.errors.OutboundBufferLimitError
             reply = await nc.request(self.subject(request.route), body, timeout=self.timeout)
         except nats.errors.NoRespondersError:
-            return _error(request, NO_RESPONDERS, f"no service answers route {request.route!r}")
+            return _error(
+                request, NO_RESPONDERS, f"no service answers route {request.route[:100]!r}"
+            )
         except nats.errors.TimeoutError:
             return _error(
                 request,
                 UPSTREAM_TIMEOUT,
-                f"the service for route {request.route!r} did not answer within {self.timeout} s",
+                f"the service for route {request.route[:100]!r} did not answer "
+                f"within {self.timeout} s",
             )
         except (nats.errors.Error, OSError, TimeoutError) as error:
             return _error(
