@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 pytest.importorskip("xraptor.demo", reason="the core server's chat demo is not there yet")
 
-SERVER = Path(__file__).with_name("chat_server.py")
+SERVER = Path(__file__).with_name("nats_chat_server.py")
 
 
 class Process:

@@ -1,4 +1,4 @@
-"""A chat server process for the end-to-end test: ``python chat_server.py ANTENNA_URL PORT``.
+"""A chat server process for the end-to-end test: ``python nats_chat_server.py ANTENNA_URL PORT``.
 
 Serves the xraptor 0.4 chat routes (``xraptor.demo``) on the given antenna, plus
 ``/svc/...`` forwarded over NATS with the ``nats-forward`` middleware.
