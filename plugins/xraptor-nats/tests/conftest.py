@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -48,3 +49,13 @@ def private_nats() -> Iterator[NatsServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _own_subjects() -> Iterator[None]:
+    """Antennas of each test use subjects of their own (XRAPTOR_NATS_URL may be shared)."""
+    from xraptor_nats.antenna import NatsAntenna
+
+    NatsAntenna.set_config({"subject_prefix": f"xrtest.{uuid.uuid4().hex}"})
+    yield
+    NatsAntenna.set_config({})

@@ -50,6 +50,7 @@ def test_set_config_the_04_way() -> None:
     finally:
         NatsAntenna.set_config({})
     assert NatsAntenna().servers == ["nats://127.0.0.1:4222"]
+    assert NatsAntenna().subject_prefix == "xraptor" and NatsAntenna().publish_timeout == 2.0
 
 
 @pytest.mark.parametrize(
