@@ -343,6 +343,7 @@ class Runner:
     logs: Path
     python_041: Path | None
     pin: bool
+    stem: str = ""
 
     def server_cmd(self, system: str, port: int, antenna: str) -> list[str]:
         url = self.backends.urls.get(antenna, "")
@@ -350,13 +351,15 @@ class Runner:
         if system == "x041":
             assert self.python_041 is not None
             return [str(self.python_041), str(BENCH / "_041_app.py"), *tail]
+        if self.args.profile:
+            tail += ["--profile", str(self.logs / f"{self.stem}-server.pstats")]
         return [sys.executable, str(BENCH / "servers.py"), system, *tail]
 
     def measure(self, case: Case, system: str, pair: int) -> dict[str, Any]:
         if case.antenna != "memory" and case.antenna not in self.backends.urls:
             raise Skip(self.backends.reasons.get(case.antenna, f"no {case.antenna} backend"))
         port = free_port()
-        stem = f"{case.name}-{system}-{pair}"
+        stem = self.stem = f"{case.name}-{system}-{pair}"
         with (
             (self.logs / f"{stem}-server.log").open("wb") as server_log,
             (self.logs / f"{stem}-loadgen.log").open("wb") as client_log,
@@ -684,6 +687,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--idle-conns", type=int, default=5000)
     parser.add_argument("--backend-conns", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=None, help="JSON results path")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="cProfile the xraptor and raw servers (stats beside the logs; slows them down, "
+        "so compare profiles, not figures)",
+    )
     parser.add_argument(
         "--time-budget",
         type=float,

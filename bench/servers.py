@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import cProfile
+import pstats
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -163,17 +165,31 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--antenna", choices=["memory", "redis", "nats"], default="memory")
     parser.add_argument("--url", default="", help="the Redis / NATS URL")
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
+    parser.add_argument("--profile", default="", help="write cProfile stats here on exit")
     args = parser.parse_args(argv)
     raise_nofile()
+    profile = cProfile.Profile() if args.profile else None
 
     async def runner() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await MAINS[args.system](args.port, args.antenna, args.url, stop)
+        if profile is not None:
+            profile.enable()
+        try:
+            await MAINS[args.system](args.port, args.antenna, args.url, stop)
+        finally:
+            if profile is not None:
+                profile.disable()
 
     run_loop(runner(), args.loop)
+    if profile is not None:
+        profile.dump_stats(args.profile)
+        with open(args.profile + ".txt", "w") as out:
+            stats = pstats.Stats(profile, stream=out)
+            stats.sort_stats("tottime").print_stats(40)
+            stats.sort_stats("cumulative").print_stats(40)
     sys.exit(0)
 
 
