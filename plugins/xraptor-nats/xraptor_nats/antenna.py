@@ -18,7 +18,6 @@ import functools
 import itertools
 import logging
 from typing import Any, ClassVar
-from urllib.parse import urlsplit, urlunsplit
 
 import nats
 import nats.errors
@@ -28,14 +27,10 @@ from nats.aio.subscription import Subscription as NatsSubscription
 
 from xraptor.antenna import Antenna, AntennaError, AntennaUnavailable
 
+from .config import DEFAULT_SERVERS, PENDING_SIZE, positive, redact, split_servers
 from .subjects import channel_token, check_prefix
 
 logger = logging.getLogger("xraptor_nats")
-
-DEFAULT_SERVERS = "nats://127.0.0.1:4222"
-
-#: nats-py's outgoing buffer (bytes); past it a publish waits for the socket
-PENDING_SIZE = 2 * 1024 * 1024
 
 _token = functools.lru_cache(maxsize=8192)(channel_token)
 
@@ -53,31 +48,6 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
 )
 #: what best-effort steps (unsubscribe, confirmations on close) may meet
 _ANY_NATS: tuple[type[BaseException], ...] = (*_UNAVAILABLE, nats.errors.Error, AntennaUnavailable)
-
-
-def split_servers(servers: object) -> list[str]:
-    """``"nats://a:4222,nats://b:4222"`` or a list of URLs -> a list of URLs."""
-    if isinstance(servers, str):
-        items = [item.strip() for item in servers.split(",")]
-    elif isinstance(servers, list | tuple):
-        items = [str(item).strip() for item in servers]
-    else:
-        raise TypeError(f"servers must be a str or a list of str, got {type(servers).__name__}")
-    items = [item for item in items if item]
-    if not items:
-        raise ValueError("servers must name at least one NATS server")
-    return items
-
-
-def redact(url: str) -> str:
-    """``url`` without the password or token it may carry (for logs and /health)."""
-    parts = urlsplit(url if "://" in url else f"nats://{url}")
-    if not (parts.username or parts.password):
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"***@{host}"))
 
 
 class NatsAntenna(Antenna):
@@ -108,10 +78,10 @@ class NatsAntenna(Antenna):
             opts["servers"] = opts["url"]
         self.servers = split_servers(opts.get("servers", DEFAULT_SERVERS))
         self.subject_prefix = check_prefix(opts.get("subject_prefix", "xraptor"))
-        self.publish_timeout = _positive(opts, "publish_timeout", 2.0)
-        self.alive_timeout = _positive(opts, "alive_timeout", 0.5)
-        self.connect_timeout = _positive(opts, "connect_timeout", 2.0)
-        self.reconnect_time_wait = _positive(opts, "reconnect_time_wait", 0.5)
+        self.publish_timeout = positive(opts, "publish_timeout", 2.0)
+        self.alive_timeout = positive(opts, "alive_timeout", 0.5)
+        self.connect_timeout = positive(opts, "connect_timeout", 2.0)
+        self.reconnect_time_wait = positive(opts, "reconnect_time_wait", 0.5)
         extra = opts.get("connect_options", {})
         if not isinstance(extra, dict):
             raise TypeError("connect_options must be a dict of nats.connect keyword arguments")
@@ -408,10 +378,3 @@ async def _answer_probe(msg: Msg) -> None:
             await msg.respond(b"1")
         except _ANY_NATS as error:
             logger.debug("could not answer a liveness probe: %s", error)
-
-
-def _positive(options: dict[str, Any], key: str, default: float) -> float:
-    value = options.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ValueError(f"{key} must be a positive number of seconds, got {value!r}")
-    return float(value)

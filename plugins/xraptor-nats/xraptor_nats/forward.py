@@ -27,7 +27,7 @@ from nats.aio.client import Client
 
 from xraptor.protocol import Response
 
-from .antenna import DEFAULT_SERVERS, PENDING_SIZE, split_servers
+from .config import DEFAULT_SERVERS, PENDING_SIZE, split_servers
 from .subjects import channel_token, check_prefix
 
 if TYPE_CHECKING:
