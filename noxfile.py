@@ -31,7 +31,7 @@ def tests(session: nox.Session) -> None:
 
 
 def _plugin_session(session: nox.Session, name: str) -> None:
-    session.install("-e", ".[test]", "-e", PLUGINS[name])
+    session.install("-e", ".[test]", "-e", f"{PLUGINS[name]}[test]")
     _pytest(session, f"{PLUGINS[name]}/tests")
 
 

@@ -259,3 +259,26 @@ async def test_health_and_metrics(make_server: ServerFactory, make_client: Clien
     assert "xraptor_requests_total 2" in text
     assert "xraptor_request_errors_total 1" in text
     assert 'xraptor_antenna_up{antenna="memory"} 1' in text
+
+
+async def test_a_message_the_backend_refuses_as_too_large_is_a_clear_error(
+    make_server: ServerFactory, make_client: ClientFactory
+) -> None:
+    class SmallAntenna(xraptor.antennas.MemoryAntenna):
+        name = "small"
+
+        async def publish(self, channel: str, message: str) -> None:
+            if len(message) > 10:
+                raise xraptor.MessageTooLarge(f"{len(message)} bytes is over 10")
+            await super().publish(channel, message)
+
+    @XRaptor.register("/say").as_post
+    async def say(request: Request) -> Response:
+        await XRaptor.get_antenna().post("somewhere", request.payload)
+        return Response.create(request.request_id, {}, "sent")
+
+    client = await make_client(await make_server(antenna=SmallAntenna()))
+    assert (await client.request("/say", "POST", "short"))["payload"] == "sent"
+    refused = await client.request("/say", "POST", "far too long for it")
+    assert error_code(refused) == "message_too_large"
+    assert "over 10" in json.loads(refused["payload"])["message"]

@@ -1,7 +1,13 @@
 """xraptor: fast as a websocket, easy as HTTP."""
 
 from . import antennas
-from .antenna import Antenna, AntennaError, AntennaUnavailable, Subscription
+from .antenna import (
+    Antenna,
+    AntennaError,
+    AntennaUnavailable,
+    MessageTooLarge,
+    Subscription,
+)
 from .broadcast import Broadcast
 from .client import Client, ClientError
 from .connection import Connection
@@ -20,6 +26,7 @@ __all__ = [
     "ClientError",
     "Connection",
     "ErrorCode",
+    "MessageTooLarge",
     "MethodType",
     "Metrics",
     "Request",

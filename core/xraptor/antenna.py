@@ -39,6 +39,10 @@ class AntennaUnavailable(AntennaError):
     """The backend cannot be reached now; the operation was not carried out."""
 
 
+class MessageTooLarge(AntennaError, ValueError):
+    """The backend refuses messages this large (e.g. over NATS ``max_payload``)."""
+
+
 class SubscriptionOverflow(AntennaError):
     """A :class:`Subscription` consumer fell too far behind and messages were dropped."""
 

@@ -49,6 +49,7 @@ class ErrorCode:
     UNKNOWN_STREAM = "unknown_stream"
     BACKEND_UNAVAILABLE = "backend_unavailable"
     INVALID_RESPONSE = "invalid_response"
+    MESSAGE_TOO_LARGE = "message_too_large"
 
 
 class RequestError(Exception):

@@ -17,7 +17,7 @@ from websockets.http11 import Request as HttpRequest
 from websockets.http11 import Response as HttpResponse
 
 from . import static
-from .antenna import Antenna, AntennaError, AntennaUnavailable
+from .antenna import Antenna, AntennaError, AntennaUnavailable, MessageTooLarge
 from .broadcast import Broadcast
 from .connection import LOCAL_STREAMS, Connection, Stream
 from .metrics import Metrics
@@ -357,6 +357,16 @@ class XRaptor:
             await self._answer(connection, request, result)
         except RequestError as error:
             await self._refuse(connection, error)
+        except MessageTooLarge as error:
+            await self._refuse(
+                connection,
+                RequestError(
+                    ErrorCode.MESSAGE_TOO_LARGE,
+                    f"the pub/sub backend refused the message: {error}",
+                    request.request_id,
+                    request.method.value,
+                ),
+            )
         except AntennaUnavailable as error:
             await self._refuse(
                 connection,

@@ -25,7 +25,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 
-from xraptor.antenna import Antenna, AntennaError, AntennaUnavailable
+from xraptor.antenna import Antenna, AntennaError, AntennaUnavailable, MessageTooLarge
 
 from .config import DEFAULT_SERVERS, PENDING_SIZE, positive, redact, split_servers
 from .subjects import channel_token, check_prefix
@@ -220,7 +220,7 @@ class NatsAntenna(Antenna):
         nc = self._connected()
         data = message.encode("utf-8", "surrogatepass")
         if len(data) > nc.max_payload:
-            raise ValueError(
+            raise MessageTooLarge(
                 f"message of {len(data)} bytes exceeds the NATS server's max_payload "
                 f"({nc.max_payload} bytes)"
             )
