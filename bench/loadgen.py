@@ -198,10 +198,10 @@ async def open_joined(
     return conns, failures
 
 
-def percentile(sorted_values: list[int], q: float) -> float:
+def percentile(sorted_values: list[int], q: float, unit: float) -> float | None:
     if not sorted_values:
-        return float("nan")
-    return float(sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))])
+        return None
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))] / unit
 
 
 class Control:
@@ -292,8 +292,8 @@ async def scenario_rr(args: argparse.Namespace, connect: Connector, control: Con
             "round_trips": done,
             "elapsed_s": elapsed,
             "rate": done / elapsed,
-            "p50_us": percentile(values, 0.50) / 1e3,
-            "p99_us": percentile(values, 0.99) / 1e3,
+            "p50_us": percentile(values, 0.50, 1e3),
+            "p99_us": percentile(values, 0.99, 1e3),
             "client_cpu_s": cpu,
             "client_cpu_us_per_op": cpu / done * 1e6 if done else None,
             "ops": done,
@@ -407,7 +407,7 @@ async def scenario_fanout(args: argparse.Namespace, connect: Connector, control:
         if time.monotonic_ns() - st.last_ns > stall_ns:
             break
     cpu = time.process_time() - cpu0
-    elapsed = max(st.last_ns - start, 1) / 1e9
+    elapsed = max(st.last_ns - start, 1_000_000) / 1e9
     values = sorted(latencies)
     expected = st.sent * m
     control.say(
@@ -420,8 +420,8 @@ async def scenario_fanout(args: argparse.Namespace, connect: Connector, control:
             "delivered_ratio": st.delivered / expected if expected else 0.0,
             "elapsed_s": elapsed,
             "rate": st.delivered / elapsed,
-            "p50_ms": percentile(values, 0.50) / 1e6,
-            "p99_ms": percentile(values, 0.99) / 1e6,
+            "p50_ms": percentile(values, 0.50, 1e6),
+            "p99_ms": percentile(values, 0.99, 1e6),
             "client_cpu_s": cpu,
             "client_cpu_us_per_op": cpu / st.delivered * 1e6 if st.delivered else None,
             "ops": st.delivered,
@@ -472,7 +472,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--members", type=int, default=100)
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--window", type=int, default=4)
-    parser.add_argument("--stall", type=float, default=2.0)
+    parser.add_argument(
+        "--stall", type=float, default=6.0, help="give up after this long without a delivery"
+    )
     parser.add_argument("--subscribe", action="store_true")
     parser.add_argument("--warm", type=int, default=20)
     parser.add_argument("--settle", type=float, default=1.0)

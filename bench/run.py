@@ -73,6 +73,8 @@ class Case:
     args: list[str]
     metrics: list[Metric]
     systems: tuple[str, ...] = SYSTEMS
+    #: at least this many pairs (cheap, noisy cases get more)
+    min_pairs: int = 1
 
 
 def rr_metrics() -> list[Metric]:
@@ -125,7 +127,10 @@ def build_cases(args: argparse.Namespace) -> list[Case]:
                 "idle",
                 "memory",
                 ["--conns", "20", "--warm", "2", "--settle", "0.1"],
-                [Metric("mem_per_conn_kib", "memory/connection KiB", False, (1.10, "<="))],
+                [
+                    Metric("mem_per_conn_kib", "memory/connection KiB", False, (1.10, "<=")),
+                    Metric("server_cpu_us_per_op", "server CPU µs/connection set-up", False),
+                ],
             )
         )
         return cases
@@ -136,6 +141,7 @@ def build_cases(args: argparse.Namespace) -> list[Case]:
             "memory",
             ["--conns", str(args.conns), "--round-trips", "400000", "--seconds", str(args.seconds)],
             rr_metrics(),
+            min_pairs=5,
         )
     )
     for antenna in ("memory", "redis", "nats"):
@@ -166,7 +172,10 @@ def build_cases(args: argparse.Namespace) -> list[Case]:
             "idle",
             "memory",
             ["--conns", conns],
-            [Metric("mem_per_conn_kib", "memory/connection KiB", False, (1.10, "<="))],
+            [
+                Metric("mem_per_conn_kib", "memory/connection KiB", False, (1.10, "<=")),
+                Metric("server_cpu_us_per_op", "server CPU µs/connection set-up", False),
+            ],
         )
     )
     cases.append(
@@ -175,7 +184,10 @@ def build_cases(args: argparse.Namespace) -> list[Case]:
             "idle",
             "memory",
             ["--conns", conns, "--subscribe"],
-            [Metric("mem_per_conn_kib", "memory/connection KiB", False, (1.30, "<="))],
+            [
+                Metric("mem_per_conn_kib", "memory/connection KiB", False, (1.30, "<=")),
+                Metric("server_cpu_us_per_op", "server CPU µs/connection set-up", False),
+            ],
         )
     )
     for antenna in ("redis", "nats"):
@@ -186,6 +198,7 @@ def build_cases(args: argparse.Namespace) -> list[Case]:
                 antenna,
                 ["--conns", str(args.backend_conns), "--subscribe", "--settle", "0.5"],
                 [
+                    Metric("mem_per_conn_kib", "memory/subscribed connection KiB", False),
                     Metric("backend_before", "backend connections, 20 streams", False),
                     Metric(
                         "backend_after",
@@ -453,7 +466,7 @@ class Runner:
         cpu = after["cpu"] - before["cpu"]
         result["server_cpu_s"] = cpu
         result["server_cpu_us_per_op"] = cpu / ops * 1e6 if ops else None
-        if result.get("elapsed_s") and case.scenario != "idle":
+        if ops and result.get("elapsed_s") and case.scenario != "idle":
             result["server_busy"] = cpu / result["elapsed_s"]
             result["client_busy"] = result["client_cpu_s"] / result["elapsed_s"]
         result["rss_before"] = before["rss"]
@@ -577,8 +590,8 @@ def summarise(
     return rows
 
 
-def table(rows: list[dict[str, Any]], pairs: int) -> str:
-    head = ["metric", "xraptor", "raw ws", "0.4.1", "xraptor/raw", "xraptor/0.4.1", "target"]
+def table(rows: list[dict[str, Any]]) -> str:
+    head = ["metric", "xraptor", "raw ws", "0.4.1", "xraptor/raw", "xraptor/0.4.1", "target", "n"]
     body = [
         [
             r["label"],
@@ -588,6 +601,7 @@ def table(rows: list[dict[str, Any]], pairs: int) -> str:
             fmt(r["vs_raw"]),
             fmt(r["vs_041"]),
             r["target"],
+            str(max(r[f"{system}_n"] for system in SYSTEMS)),
         ]
         for r in rows
     ]
@@ -597,7 +611,9 @@ def table(rows: list[dict[str, Any]], pairs: int) -> str:
         "-|-".join("-" * w for w in widths),
     ]
     lines += [" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in body]
-    lines.append(f"(medians over up to {pairs} pairs; ratios are medians of per-pair ratios)")
+    lines.append(
+        "(n: pairs measured; figures are medians over pairs, ratios medians of per-pair ratios)"
+    )
     return "\n".join(lines)
 
 
@@ -753,7 +769,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             per_system: dict[str, list[dict[str, Any] | None]] = {s: [] for s in systems}
             data[case.name] = per_system
-            for pair in range(args.pairs):
+            pairs = args.pairs if args.quick else max(args.pairs, case.min_pairs)
+            for pair in range(pairs):
                 for system in system_order([s for s in systems if s in case.systems], pair):
                     key = f"{case.name}/{system}"
                     if key in skips:
@@ -778,7 +795,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         backends.stop()
     rows = summarise(cases, data)
-    text = table(rows, args.pairs)
+    text = table(rows)
     print()
     print(text)
     if skips:
