@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import datetime as dt
 import json
 import os
@@ -47,6 +48,17 @@ LABELS = {"xraptor": "xraptor", "raw": "raw ws", "x041": "0.4.1"}
 
 sys.path.insert(0, str(BENCH))
 from common import free_port  # noqa: E402
+
+
+def _die_with_parent() -> None:
+    """In a child, before exec: get SIGTERM when run.py dies (Linux), so nothing lingers."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def spawn(cmd: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
+    preexec = _die_with_parent if sys.platform.startswith("linux") else None
+    return subprocess.Popen(cmd, preexec_fn=preexec, **kwargs)
 
 
 class Skip(Exception):
@@ -282,7 +294,7 @@ class Backends:
             else:
                 cmd = [binary, "-a", "127.0.0.1", "-p", str(port)]
             log = (self.logs / f"{name}-server.log").open("wb")
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+            proc = spawn(cmd, stdout=log, stderr=subprocess.STDOUT)
             self.procs.append(proc)
             wait_port(port, 10, proc)
             scheme = "redis" if name == "redis" else "nats"
@@ -377,7 +389,7 @@ class Runner:
             (self.logs / f"{stem}-server.log").open("wb") as server_log,
             (self.logs / f"{stem}-loadgen.log").open("wb") as client_log,
         ):
-            server = subprocess.Popen(
+            server = spawn(
                 self.server_cmd(system, port, case.antenna),
                 stdout=server_log,
                 stderr=subprocess.STDOUT,
@@ -422,7 +434,7 @@ class Runner:
             self.args.client,
             *case.args,
         ]
-        client = subprocess.Popen(
+        client = spawn(
             cmd,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -660,7 +672,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="tiny sizes, memory antenna, xraptor and raw only (a smoke run)",
     )
-    parser.add_argument("--pairs", type=int, default=None, help="pairs per case (default 3)")
+    parser.add_argument(
+        "--pairs", type=int, default=None, help="pairs per case (default 3, and 5 for rr)"
+    )
     parser.add_argument(
         "--only",
         default=None,
@@ -716,6 +730,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="seconds; cases not started by then are skipped",
     )
     args = parser.parse_args(argv)
+    args.pairs_given = args.pairs is not None or args.quick
     if args.pairs is None:
         args.pairs = 1 if args.quick else 3
     return args
@@ -728,6 +743,8 @@ def system_order(systems: list[str], pair: int) -> Iterator[str]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
+    # SIGTERM (a nox or CI timeout) unwinds through the finally blocks that stop children
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     logs = RESULTS / "logs" / stamp
     logs.mkdir(parents=True, exist_ok=True)
@@ -769,7 +786,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             per_system: dict[str, list[dict[str, Any] | None]] = {s: [] for s in systems}
             data[case.name] = per_system
-            pairs = args.pairs if args.quick else max(args.pairs, case.min_pairs)
+            pairs = args.pairs if args.pairs_given else max(args.pairs, case.min_pairs)
             for pair in range(pairs):
                 for system in system_order([s for s in systems if s in case.systems], pair):
                     key = f"{case.name}/{system}"
