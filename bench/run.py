@@ -227,7 +227,12 @@ def selected(cases: list[Case], only: str | None) -> list[Case]:
     if not only:
         return cases
     tokens = [t.strip() for t in only.split(",") if t.strip()]
-    return [c for c in cases if any(c.name == t or c.name.startswith(t) for t in tokens)]
+    names = {c.name for c in cases}
+    return [
+        c
+        for c in cases
+        if any(c.name == t or (t not in names and c.name.startswith(t)) for t in tokens)
+    ]
 
 
 # ----- backends -------------------------------------------------------------------------------
