@@ -94,6 +94,22 @@ class Connection:
         """The websockets connection (the 0.4 name)."""
         return self.ws
 
+    def write(self, frame: bytes) -> bool:
+        """Write a frame now if the connection is open and its transport not paused.
+
+        Returns ``False`` when the caller should ``await send(frame)`` instead.
+        """
+        ws = self.ws
+        if ws.protocol.state is not State.OPEN or ws.paused:
+            return False
+        try:
+            ws.protocol.send_text(frame)
+            ws.send_data()
+        except Exception as error:
+            logger.debug("direct write failed, falling back to send(): %s", error)
+            return False
+        return True
+
     async def send(self, frame: bytes) -> None:
         """Send one frame (UTF-8 JSON) as a text message, waiting for buffer room.
 
@@ -101,16 +117,10 @@ class Connection:
         written at once, as ``websockets.broadcast`` does; otherwise ``send()``
         waits for the buffer to drain (flow control) or for the close to finish.
         """
-        ws = self.ws
-        if ws.protocol.state is State.OPEN and not ws.paused:
-            try:
-                ws.protocol.send_text(frame)
-                ws.send_data()
-                return
-            except Exception as error:
-                logger.debug("direct write failed, falling back to send(): %s", error)
+        if self.write(frame):
+            return
         with contextlib.suppress(ConnectionClosed):
-            await ws.send(frame, text=True)
+            await self.ws.send(frame, text=True)
 
     def push(self, frame: bytes) -> None:
         """Write a push frame now, without waiting (the hub's fan-out path).

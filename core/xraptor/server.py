@@ -350,10 +350,20 @@ class XRaptor:
             if method is MethodType.UNSUB:
                 await self._unsubscribe(connection, request)
                 return
-            handler = self._handler_for(request)
+            methods = self._router.table.get(request.route)
+            handler = methods.get(method) if methods is not None else None
+            if handler is None:
+                handler = self._handler_for(request)  # raises the right error
             result = await handler(request)
             if Broadcast._pending:
                 await Broadcast.settle()
+            if result is None:
+                return
+            if type(result) is Response:
+                frame = result.encode(method)
+                if not connection.write(frame):
+                    await connection.send(frame)
+                return
             await self._answer(connection, request, result)
         except RequestError as error:
             await self._refuse(connection, error)
