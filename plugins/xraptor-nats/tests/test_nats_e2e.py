@@ -205,6 +205,8 @@ async def test_nats_outage_gives_gap_and_recovers(
     for ws, rid in ((a, "a-sub"), (b, "b-sub")):
         gap = await ws.wait_for(rid, lambda m: "gap" in json.dumps(m.get("header", {})), 15)
         assert gap["method"] == "SUB"
+    assert all(s.health()["antenna"]["state"] == "up" for s in servers)
+    assert all(s.health()["status"] == "ok" for s in servers)
     await a.send(
         "a-post",
         "/send_message_to_chat_room",
