@@ -43,36 +43,42 @@ class PluginInfo:
     error: str | None = None
 
 
-class UnknownAntennaError(KeyError):
+class _UnknownName(KeyError):
+    """A lookup by name that no installed plugin answers; says what exists."""
+
+    kind = "entry"
+
+    def __init__(self, name: str, installed: list[str]) -> None:
+        self.name = name
+        self.installed = installed
+        super().__init__(name)
+
+    def advice(self) -> str:
+        return "xraptor plugins lists what is installed"
+
+    def __str__(self) -> str:
+        return (
+            f"unknown {self.kind} {self.name!r}; installed {self.kind}s: "
+            f"{', '.join(sorted(self.installed)) or 'none'}. {self.advice()}"
+        )
+
+
+class UnknownAntennaError(_UnknownName):
     """No installed plugin offers an antenna of that name."""
 
-    def __init__(self, name: str, installed: list[str]) -> None:
-        self.name = name
-        self.installed = installed
-        super().__init__(name)
+    kind = "antenna"
 
-    def __str__(self) -> str:
-        return (
-            f"unknown antenna {self.name!r}; installed antennas: "
-            f"{', '.join(sorted(self.installed)) or 'none'}. "
-            f"To add it, pip install xraptor-{self.name}"
-        )
+    def advice(self) -> str:
+        return f"To add it, pip install xraptor-{self.name}"
 
 
-class UnknownMiddlewareError(KeyError):
+class UnknownMiddlewareError(_UnknownName):
     """No installed plugin offers a middleware of that name."""
 
-    def __init__(self, name: str, installed: list[str]) -> None:
-        self.name = name
-        self.installed = installed
-        super().__init__(name)
+    kind = "middleware"
 
-    def __str__(self) -> str:
-        return (
-            f"unknown middleware {self.name!r}; installed middlewares: "
-            f"{', '.join(sorted(self.installed)) or 'none'}. "
-            "Install the plugin that offers it (xraptor plugins lists what is found)"
-        )
+    def advice(self) -> str:
+        return "Install the plugin that offers it (xraptor plugins lists what is found)"
 
 
 class _Registry(Generic[T]):
