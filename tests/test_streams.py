@@ -322,3 +322,36 @@ async def test_antenna_selection_by_name_url_and_04_way() -> None:
 
     with pytest.raises(TypeError, match=r"Migrating a 0\.4 antenna"):
         legacy.set_antenna(Old04Antenna)
+
+
+async def test_a_connection_cannot_open_more_than_max_streams(
+    make_server: ServerFactory, make_client: ClientFactory
+) -> None:
+    _stream_routes()
+    server = await make_server(max_streams=3)
+    client, other = await make_client(server), await make_client(server)
+    for i in range(3):
+        await client.send("/ticks", "SUB", request_id=f"m{i}")
+        await client.recv(), await client.recv()
+    refused = await client.request("/ticks", "SUB", request_id="m3")
+    assert error_code(refused) == "too_many_streams"
+    assert "m3" not in LOCAL_STREAMS and len(LOCAL_STREAMS) == 3
+    # the open streams still work, and other connections have their own budget
+    await client.send("/push", "POST", {"to": "m1", "message": "still"})
+    assert (await client.recv())["payload"] == "still"
+    assert (await client.recv())["payload"] == "ok"
+    await other.send("/ticks", "SUB", request_id="o1")
+    assert (await other.recv())["payload"] == "first push"
+    # after an UNSUB there is room again
+    await client.request("/ticks", "UNSUB", request_id="m0")
+    await client.send("/ticks", "SUB", request_id="m4")
+    assert (await client.recv())["payload"] == "first push"
+
+
+async def test_server_limits_are_checked() -> None:
+    with pytest.raises(ValueError, match="max_streams"):
+        XRaptor("127.0.0.1", 0, max_streams=0)
+    with pytest.raises(ValueError, match="max_buffer"):
+        XRaptor("127.0.0.1", 0, max_buffer=-1)
+    with pytest.raises(ValueError, match="port"):
+        XRaptor("127.0.0.1", 70000)

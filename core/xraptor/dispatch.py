@@ -42,6 +42,7 @@ class Dispatch:
     _router: Router
     _connections: set[Connection]
     _max_buffer: int
+    _max_streams: int
 
     @property
     def antenna(self) -> Antenna:
@@ -209,6 +210,14 @@ class Dispatch:
             raise RequestError(
                 ErrorCode.STREAM_IN_USE,
                 "a stream with this request_id is already open; use a new request_id",
+                request_id,
+                "SUB",
+            )
+        if len(connection.streams) >= self._max_streams:
+            raise RequestError(
+                ErrorCode.TOO_MANY_STREAMS,
+                f"this connection already has {len(connection.streams)} open streams, the "
+                "server's limit; UNSUB one first",
                 request_id,
                 "SUB",
             )

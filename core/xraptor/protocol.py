@@ -50,6 +50,7 @@ class ErrorCode:
     BACKEND_UNAVAILABLE = "backend_unavailable"
     INVALID_RESPONSE = "invalid_response"
     MESSAGE_TOO_LARGE = "message_too_large"
+    TOO_MANY_STREAMS = "too_many_streams"
 
 
 class RequestError(Exception):

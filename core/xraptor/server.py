@@ -48,6 +48,8 @@ class XRaptor(Dispatch):
     :param metrics_path: HTTP path of the Prometheus metrics (``None`` disables)
     :param max_buffer: outgoing bytes buffered per connection before the
         slow-consumer policy closes it (code 1013)
+    :param max_streams: open SUB streams allowed per connection; past it a SUB is
+        refused with ``too_many_streams``
     :param reuse_port: bind with SO_REUSEPORT so several processes share the port
         (``xraptor run --workers N``)
 
@@ -73,10 +75,13 @@ class XRaptor(Dispatch):
         health_path: str | None = "/health",
         metrics_path: str | None = "/metrics",
         max_buffer: int = 4 * 2**20,
+        max_streams: int = 1000,
         reuse_port: bool = False,
     ) -> None:
         if not isinstance(port, int) or not 0 <= port <= 65535:
             raise ValueError(f"port must be an int from 0 to 65535, got {port!r}")
+        if not isinstance(max_streams, int) or max_streams <= 0:
+            raise ValueError(f"max_streams must be a positive int, got {max_streams!r}")
         if not isinstance(max_buffer, int) or max_buffer <= 0:
             raise ValueError(f"max_buffer must be a positive int, got {max_buffer!r}")
         self.host = ip_address
@@ -85,6 +90,7 @@ class XRaptor(Dispatch):
         self._health_path = health_path
         self._metrics_path = metrics_path
         self._max_buffer = max_buffer
+        self._max_streams = max_streams
         self._serve_options: dict[str, Any] = {
             "max_size": max_size,
             "max_queue": max_queue,
