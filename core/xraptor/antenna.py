@@ -263,6 +263,8 @@ class Subscription:
         if not self._open and not self._closed:
             await self.antenna.listen(self.channel, self)
             self._open = True
+            if self._closed:  # aclose() ran while listen() was waiting for the backend
+                await self.antenna.unlisten(self.channel, self)
         return self
 
     async def aclose(self) -> None:
