@@ -259,11 +259,16 @@ class Subscription:
         self._closed = True
         self._queue.put_nowait(_END)
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` was called (or the antenna closed)."""
+        return self._closed
+
     async def open(self) -> Self:
         if not self._open and not self._closed:
             await self.antenna.listen(self.channel, self)
             self._open = True
-            if self._closed:  # aclose() ran while listen() was waiting for the backend
+            if self.closed:  # aclose() ran while listen() was waiting for the backend
                 await self.antenna.unlisten(self.channel, self)
         return self
 

@@ -13,6 +13,7 @@ Usage in a plugin's tests::
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -193,6 +194,38 @@ class AntennaConformance:
         async with antenna.subscribe("after-bad") as sub:
             await antenna.post("after-bad", "fine")
             assert await _next(sub) == "fine"
+
+    @pytest.mark.asyncio
+    async def test_concurrent_subscribe_and_unsubscribe(
+        self, antenna: Antenna, other: Antenna
+    ) -> None:
+        channels = [f"churn-{i}" for i in range(3)]
+        live: list[Subscription] = []
+        rng = random.Random(5)
+
+        async def churn() -> None:
+            for _ in range(25):
+                if live and rng.random() < 0.5:
+                    await live.pop(rng.randrange(len(live))).aclose()
+                else:
+                    sub = antenna.subscribe(rng.choice(channels))
+                    live.append(sub)
+                    await sub.open()
+
+        await asyncio.gather(*(churn() for _ in range(4)))
+        wanted = {sub.channel for sub in live}
+        assert set(antenna.watched_channels()) == wanted
+        for channel in channels:
+            await other.post(channel, f"to {channel}")
+        for sub in live:
+            assert await _next(sub) == f"to {sub.channel}"
+        for sub in live:
+            assert await _nothing_within(sub, 0.05)
+        for sub in live:
+            await sub.aclose()
+        assert antenna.watched_channels() == []
+        for channel in channels:
+            assert await antenna.is_alive(channel) is False
 
     @pytest.mark.asyncio
     async def test_close_releases_everything(
