@@ -30,15 +30,16 @@ def tests(session: nox.Session) -> None:
     _pytest(session, "tests", "--ignore=tests/e2e")
 
 
-def _plugin_session(session: nox.Session, name: str) -> None:
-    session.install("-e", ".[test]", "-e", f"{PLUGINS[name]}[test]")
+def _plugin_session(session: nox.Session, name: str, extras: str = "test") -> None:
+    session.install("-e", ".[test]", "-e", f"{PLUGINS[name]}[{extras}]")
     _pytest(session, f"{PLUGINS[name]}/tests")
 
 
 @nox.session(python=PYTHON)
-def redis(session: nox.Session) -> None:
-    """The xraptor-redis plugin's tests against a real redis-server."""
-    _plugin_session(session, "redis")
+@nox.parametrize("parser", ["python", "hiredis"])
+def redis(session: nox.Session, parser: str) -> None:
+    """The xraptor-redis plugin's tests against a real redis-server, with each reply parser."""
+    _plugin_session(session, "redis", "test" if parser == "python" else "test,hiredis")
 
 
 @nox.session(python=PYTHON)
