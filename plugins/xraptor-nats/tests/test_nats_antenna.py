@@ -343,7 +343,7 @@ async def test_slow_consumer_drop_is_reported_as_a_gap(nats_url: str) -> None:
         a.subscribe("slow") as sub,
         a.subscribe("fine") as other,
     ):
-        messages = a._subs["slow"][0]
+        messages = a._subs["slow"]
         error = nats.errors.SlowConsumerError(
             subject=messages.subject, reply="", sid=messages._id, sub=messages
         )

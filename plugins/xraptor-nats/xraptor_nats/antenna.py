@@ -3,11 +3,12 @@
 Subjects (``P`` is the ``subject_prefix`` option, ``T`` the channel's token from
 :func:`xraptor_nats.subjects.channel_token`):
 
-* ``P.ch.T``: the channel's messages (UTF-8 text);
-* ``P.alive.T``: liveness probes. Every process watching the channel answers
-  them (in the queue group ``alive``, so one answer per probe); a probe nobody
-  answers gets the server's "no responders" status, so :meth:`is_alive` is
-  truthful across processes.
+* ``P.ch.T``: the channel's messages (UTF-8 text), and its liveness probes:
+  requests on the same subject that carry the :data:`PROBE_HEADER` header. Every
+  process watching the channel answers them instead of delivering them; a probe
+  nobody subscribes to gets the server's "no responders" status at once, so
+  :meth:`is_alive` is truthful across processes. One subscription per channel
+  serves both (one nats-py task per channel).
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ from .config import DEFAULT_SERVERS, PENDING_SIZE, positive, redact, split_serve
 from .subjects import channel_token, check_prefix
 
 logger = logging.getLogger("xraptor_nats")
+
+#: header that marks a request on a channel's subject as a liveness probe
+PROBE_HEADER = "Xraptor-Probe"
 
 _token = functools.lru_cache(maxsize=8192)(channel_token)
 
@@ -90,7 +94,7 @@ class NatsAntenna(Antenna):
         self._pending_size = PENDING_SIZE
         self._where = ", ".join(redact(url) for url in self.servers)
         self._nc: Client | None = None
-        self._subs: dict[str, tuple[NatsSubscription, NatsSubscription]] = {}
+        self._subs: dict[str, NatsSubscription] = {}
         self._sid_channel: dict[int, str] = {}
         self._closing = False
         self._sync_subject = ""
@@ -108,10 +112,6 @@ class NatsAntenna(Antenna):
     def subject(self, channel: str) -> str:
         """The literal NATS subject carrying ``channel``'s messages."""
         return f"{self.subject_prefix}.ch.{_token(channel)}"
-
-    def alive_subject(self, channel: str) -> str:
-        """The subject that watchers of ``channel`` answer liveness probes on."""
-        return f"{self.subject_prefix}.alive.{_token(channel)}"
 
     # ----- connection -----------------------------------------------------------
 
@@ -258,19 +258,17 @@ class NatsAntenna(Antenna):
         nc = self._connected()
 
         async def on_message(msg: Msg) -> None:
+            if msg.reply and msg.headers and PROBE_HEADER in msg.headers:
+                await _answer_probe(msg)
+                return
             self.deliver(channel, msg.data.decode("utf-8", "surrogatepass"))
 
         if channel in self._subs:  # the hub watches once; be safe all the same
             await self._drop(channel, sync=False)
+        # one subscription per channel carries both its messages and its liveness
+        # probes (requests with the probe header): one nats-py task per channel
         messages = await nc.subscribe(self.subject(channel), cb=on_message)
-        try:
-            probes = await nc.subscribe(
-                self.alive_subject(channel), queue="alive", cb=_answer_probe
-            )
-        except BaseException:
-            await _unsubscribe(messages, channel)
-            raise
-        self._subs[channel] = (messages, probes)
+        self._subs[channel] = messages
         self._sid_channel[messages._id] = channel
         try:
             await self._sync(nc)
@@ -288,12 +286,11 @@ class NatsAntenna(Antenna):
         await self._drop(channel, sync=True)
 
     async def _drop(self, channel: str, *, sync: bool) -> None:
-        subs = self._subs.pop(channel, None)
-        if subs is None:
+        messages = self._subs.pop(channel, None)
+        if messages is None:
             return
-        self._sid_channel.pop(subs[0]._id, None)
-        for sub in subs:
-            await _unsubscribe(sub, channel)
+        self._sid_channel.pop(messages._id, None)
+        await _unsubscribe(messages, channel)
         nc = self._nc
         if sync and nc is not None and nc.is_connected:
             # once this returns, no other process sees this one as alive
@@ -340,7 +337,12 @@ class NatsAntenna(Antenna):
             return True
         nc = self._connected()
         try:
-            await nc.request(self.alive_subject(channel), b"", timeout=self.alive_timeout)
+            await nc.request(
+                self.subject(channel),
+                b"",
+                timeout=self.alive_timeout,
+                headers={PROBE_HEADER: "1"},
+            )
         except nats.errors.NoRespondersError:
             return False
         except nats.errors.TimeoutError:
