@@ -355,3 +355,28 @@ async def test_server_limits_are_checked() -> None:
         XRaptor("127.0.0.1", 0, max_buffer=-1)
     with pytest.raises(ValueError, match="port"):
         XRaptor("127.0.0.1", 70000)
+
+
+async def test_room_member_served_elsewhere_is_forwarded_to_and_pruned(
+    make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(xraptor.broadcast, "_PRUNE_SECONDS", 0.05)
+    server = await make_server()
+    antenna = server.antenna
+    # "elsewhere-1" is a stream another process serves: here, a plain subscription
+    elsewhere = antenna.subscribe("elsewhere-1")
+    await elsewhere.open()
+    room = Broadcast.get("mixed")
+    await room.join("elsewhere-1")
+    assert room.members == ["elsewhere-1"]
+    await room.post("hello over there")
+    assert await asyncio.wait_for(elsewhere.__anext__(), 2) == "hello over there"
+    # once nobody listens on the member's channel, the room prunes it and closes
+    await elsewhere.aclose()
+    for _ in range(100):
+        if "mixed" not in Broadcast._rooms:
+            break
+        await asyncio.sleep(0.02)
+    assert room.members == [] and "mixed" not in Broadcast._rooms
+    await Broadcast.settle()
+    assert antenna.watched_channels() == []
