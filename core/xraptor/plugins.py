@@ -27,6 +27,8 @@ logger = logging.getLogger("xraptor.plugins")
 
 T = TypeVar("T")
 
+_HOOK_NAMES = sorted(name for name in vars(hookspecs) if name.startswith("xraptor_"))
+
 ENTRY_POINT_GROUP = "xraptor"
 BUILTIN = "xraptor (built-in)"
 
@@ -178,7 +180,6 @@ class Plugins:
         self._add("memory", memory, PluginInfo("memory", BUILTIN, _core_version()))
         if discover:
             self._discover()
-        self.manager.check_pending()
 
     def register(self, plugin: object, name: str, distribution: str = "(in-process)") -> None:
         """Register a plugin object or module in-process (tests, applications)."""
@@ -195,21 +196,35 @@ class Plugins:
 
     def _add(self, name: str, plugin: object, info: PluginInfo) -> None:
         self.manager.register(plugin, name=name)
+        unknown = [
+            caller.name
+            for caller in self.manager.get_hookcallers(plugin) or []
+            if caller.spec is None
+        ]
+        if unknown:
+            self.manager.unregister(plugin, name=name)
+            raise pluggy.PluginValidationError(
+                plugin,
+                f"plugin {name!r} implements unknown hooks {', '.join(sorted(unknown))}; "
+                f"known hooks: {', '.join(_HOOK_NAMES)}",
+            )
         self.antennas.current_plugin = name
         self.middlewares.current_plugin = name
         try:
-            for impl in self.manager.hook.xraptor_register_antennas.get_hookimpls():
-                if impl.plugin_name == name:
-                    impl.function(registry=self.antennas)
-            for impl in self.manager.hook.xraptor_register_middlewares.get_hookimpls():
-                if impl.plugin_name == name:
-                    impl.function(registry=self.middlewares)
+            self._call_for(name, "xraptor_register_antennas", registry=self.antennas)
+            self._call_for(name, "xraptor_register_middlewares", registry=self.middlewares)
         finally:
             self.antennas.current_plugin = BUILTIN
             self.middlewares.current_plugin = BUILTIN
         info.antennas = self.antennas.owned_by(name)
         info.middlewares = self.middlewares.owned_by(name)
         self.info[name] = info
+
+    def _call_for(self, name: str, hook: str, **kwargs: object) -> None:
+        """Call one plugin's implementation of ``hook`` (with the arguments it takes)."""
+        for impl in getattr(self.manager.hook, hook).get_hookimpls():
+            if impl.plugin_name == name:
+                impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
 
     def _discover(self) -> None:
         disabled = {
