@@ -66,8 +66,10 @@ def fake_plugin_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def broken_plugin_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two broken plugins: one fails to import, one misspells a hook."""
     target = tmp_path_factory.mktemp("broken-plugin")
     _pip_install(target, FIXTURE_PLUGINS / "xraptor-broken")
+    _pip_install(target, FIXTURE_PLUGINS / "xraptor-typo")
     return target
 
 
@@ -165,12 +167,14 @@ def test_a_broken_plugin_is_logged_and_does_not_stop_others(
     assert "ImportError: xraptor_broken needs a module that is not installed" in listed.stderr
     assert "fake: xraptor-fake 0.1.0" in listed.stdout
     assert "broken: xraptor-broken 0.2.0" in listed.stdout and "failed to load" in listed.stdout
+    assert "could not load xraptor plugin 'typo' from xraptor-typo 0.3.0" in listed.stderr
+    assert "unknown hooks xraptor_register_antenas" in listed.stderr
 
 
 def test_disabled_plugins_are_not_loaded(
     deps_dir: Path, fake_plugin_dir: Path, broken_plugin_dir: Path
 ) -> None:
-    env = {"XRAPTOR_DISABLE_PLUGINS": "fake, xraptor-broken"}
+    env = {"XRAPTOR_DISABLE_PLUGINS": "fake, xraptor-broken,typo"}
     listed = run_isolated(LIST_PLUGINS, deps_dir, fake_plugin_dir, broken_plugin_dir, env=env)
     assert listed.returncode == 0, listed.stderr
     assert (
