@@ -144,6 +144,10 @@ async def test_refused_sub_raises_client_error(make_server: ServerFactory) -> No
     _routes()
     server = await make_server()
     async with Client(_url(server)) as client:
+        # the refusal is raised when the stream is opened, not later
+        with pytest.raises(ClientError) as caught:
+            await client.subscribe("/nowhere").__aenter__()
+        assert caught.value.code == "unknown_route"
         with pytest.raises(ClientError) as caught:
             async with client.subscribe("/nowhere") as stream:
                 async for _ in stream:

@@ -282,3 +282,14 @@ async def test_a_message_the_backend_refuses_as_too_large_is_a_clear_error(
     refused = await client.request("/say", "POST", "far too long for it")
     assert error_code(refused) == "message_too_large"
     assert "over 10" in json.loads(refused["payload"])["message"]
+
+
+async def test_built_in_ping_route_answers_in_order(
+    make_server: ServerFactory, make_client: ClientFactory
+) -> None:
+    client = await make_client(await make_server())
+    await client.send("/nowhere", "SUB", request_id="refused")
+    refused = await client.recv()
+    pong = await client.request("/_xraptor/ping", "GET")
+    assert error_code(refused) == "unknown_route"
+    assert pong["payload"] == "pong" and pong["method"] == "GET"

@@ -26,7 +26,7 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 
-from .protocol import MethodType, Response
+from .protocol import PING_ROUTE, MethodType, Response
 
 logger = logging.getLogger("xraptor.client")
 
@@ -136,9 +136,17 @@ class Stream:
             self._open = False
             client._streams.pop(self.request_id, None)
             raise
-        # The server does not acknowledge a SUB whose handler returns nothing, so
-        # there is nothing to wait for; a refusal raised now if it already came,
-        # else by the iteration (it is then the stream's first message).
+        # The server does not acknowledge a SUB whose handler returns nothing, but it
+        # answers a connection's requests in order: once the ping sent after the SUB
+        # is answered, a refusal of the SUB has arrived if there is one. (A server
+        # without the ping route answers unknown_route, which does as well.)
+        try:
+            await client.request(MethodType.GET, PING_ROUTE)
+        except ClientError:
+            pass
+        except BaseException:
+            await self.close()
+            raise
         self._raise_if_refused()
         return self
 
@@ -348,9 +356,9 @@ class Client:
         """A stream: ``async with`` sends SUB, iterating yields its messages, exit sends UNSUB.
 
         The server sends nothing for a SUB whose handler returns ``None``, so
-        entering does not wait for an acknowledgement. A refused SUB raises
-        :class:`ClientError` from ``__aenter__`` when the refusal is already in,
-        otherwise from the iteration, where it is the stream's first message.
+        entering follows the SUB with ``GET /_xraptor/ping``; requests are answered
+        in order, so once the ``pong`` arrives a refused SUB raises
+        :class:`ClientError` from ``__aenter__``.
         """
         return Stream(self, route, _encode_payload(payload), header or {}, self.max_queue)
 

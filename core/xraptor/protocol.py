@@ -286,6 +286,9 @@ def push_tail(message: str, header: bytes = b"{}") -> bytes:
     return b',"payload":' + orjson.dumps(message) + b',"header":' + header + b',"method":"SUB"}'
 
 
+#: built-in route answered ``pong`` by every server (GET)
+PING_ROUTE = "/_xraptor/ping"
+
 GAP_HEADER = b'{"notice":"gap"}'
 GAP_PAYLOAD = (
     '{"code": "gap", "message": "the pub/sub backend was unreachable; '

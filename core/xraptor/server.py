@@ -23,9 +23,7 @@ from .dispatch import Dispatch
 from .metrics import Metrics
 from .middleware import MiddlewareChain, MiddlewareFunc
 from .plugins import get_plugins, resolve_antenna
-from .protocol import (
-    MethodType,
-)
+from .protocol import PING_ROUTE, MethodType, Request, Response
 from .routing import Handler, Route, Router
 
 logger = logging.getLogger("xraptor")
@@ -197,8 +195,9 @@ class XRaptor(Dispatch):
         Broadcast.reset()
 
     def load_routes(self) -> Self:
-        """Load the registered routes into this server."""
+        """Load the registered routes into this server (and the built-in ``/_xraptor/ping``)."""
         self._router.load(XRaptor._routes)
+        self._router.table.setdefault(PING_ROUTE, {}).setdefault(MethodType.GET, _pong)
         return self
 
     @classmethod
@@ -297,6 +296,13 @@ class XRaptor(Dispatch):
         if static is not None and "websocket" not in request.headers.get("Upgrade", "").lower():
             return _http(HTTPStatus.OK, static[0], static[1])
         return None
+
+
+async def _pong(request: Request) -> Response:
+    """``GET /_xraptor/ping``: answers ``pong``. Requests on a connection are served
+    in order, so its answer also tells a client that everything sent before it has
+    been answered (the Python client uses it to learn whether a SUB was refused)."""
+    return Response(request.request_id, "pong", {}, MethodType.GET)
 
 
 def _http(status: HTTPStatus, content_type: str, body: bytes) -> HttpResponse:
