@@ -11,9 +11,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .plugins import get_plugins
 
@@ -155,22 +155,14 @@ def _run(args: argparse.Namespace) -> int:
         return USAGE
     if args.supervisor is not None:
         app.reuse_port = True
-        _run_loop(_serve_worker(app, args.supervisor))
+        from .server import run_coroutine
+
+        run_coroutine(_serve_worker(app, args.supervisor))
         return 0
     if workers == 1:
         app.run()
         return 0
     return _supervise(args, app, workers)
-
-
-def _run_loop(coro: Coroutine[Any, Any, None]) -> None:
-    """Run on uvloop when installed (as :meth:`XRaptor.run`), else on asyncio."""
-    try:
-        import uvloop  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        asyncio.run(coro)
-    else:
-        uvloop.run(coro)
 
 
 async def _serve_worker(app: XRaptor, parent: int) -> None:

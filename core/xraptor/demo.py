@@ -29,11 +29,10 @@ def _field(request: Request, *names: str) -> list[str]:
         data = None
     values = [data.get(name) if isinstance(data, dict) else None for name in names]
     if not all(isinstance(v, str) and v for v in values):
-        raise RequestError(
+        raise RequestError.about(
+            request,
             ErrorCode.INVALID_FIELD,
             f"payload must be a JSON object with string fields {', '.join(names)}",
-            request.request_id,
-            request.method.value,
         )
     return values  # type: ignore[return-value]
 

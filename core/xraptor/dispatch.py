@@ -40,7 +40,6 @@ class Dispatch:
     _middlewares: ClassVar[MiddlewareChain]
     metrics: Metrics
     _router: Router
-    _connections: set[Connection]
     _max_buffer: int
     _max_streams: int
 
@@ -52,7 +51,6 @@ class Dispatch:
 
     async def _handle_connection(self, ws: ServerConnection) -> None:
         connection = Connection(ws, self._max_buffer, self.metrics)
-        self._connections.add(connection)
         self.metrics.connections_total += 1
         self.metrics.connections_active += 1
         try:
@@ -65,7 +63,6 @@ class Dispatch:
             logger.exception("connection %s failed", connection.connection_id)
         finally:
             self.metrics.connections_active -= 1
-            self._connections.discard(connection)
             await self._release(connection)
 
     async def _release(self, connection: Connection) -> None:
@@ -85,11 +82,10 @@ class Dispatch:
                     answer = await self._middlewares.run(request, connection)
                 except Exception as error:
                     logger.exception("middleware failed on route %.64r", request.route)
-                    raise RequestError(
+                    raise RequestError.about(
+                        request,
                         ErrorCode.MIDDLEWARE_ERROR,
                         f"a middleware failed: {type(error).__name__}",
-                        request.request_id,
-                        request.method.value,
                     ) from None
                 if answer is not None:
                     await connection.send(answer.encode(request.method))
@@ -121,32 +117,27 @@ class Dispatch:
         except MessageTooLarge as error:
             await self._refuse(
                 connection,
-                RequestError(
+                RequestError.about(
+                    request,
                     ErrorCode.MESSAGE_TOO_LARGE,
                     f"the pub/sub backend refused the message: {error}",
-                    request.request_id,
-                    request.method.value,
                 ),
             )
         except AntennaUnavailable as error:
             await self._refuse(
                 connection,
-                RequestError(
+                RequestError.about(
+                    request,
                     ErrorCode.BACKEND_UNAVAILABLE,
                     f"the pub/sub backend is unavailable: {error}",
-                    request.request_id,
-                    request.method.value,
                 ),
             )
         except Exception:
             logger.exception("handler of %s %.64r failed", request.method.value, request.route)
             await self._refuse(
                 connection,
-                RequestError(
-                    ErrorCode.HANDLER_ERROR,
-                    "the handler failed; see the server log",
-                    request.request_id,
-                    request.method.value,
+                RequestError.about(
+                    request, ErrorCode.HANDLER_ERROR, "the handler failed; see the server log"
                 ),
             )
 
@@ -156,18 +147,14 @@ class Dispatch:
         if handler is not None:
             return handler
         if methods is None:
-            raise RequestError(
-                ErrorCode.UNKNOWN_ROUTE,
-                f"route {request.route[:64]!r} is not registered",
-                request.request_id,
-                request.method.value,
+            raise RequestError.about(
+                request, ErrorCode.UNKNOWN_ROUTE, f"route {request.route[:64]!r} is not registered"
             )
-        raise RequestError(
+        raise RequestError.about(
+            request,
             ErrorCode.METHOD_NOT_ALLOWED,
             f"route {request.route[:64]!r} does not accept {request.method.value}; "
             f"it accepts {', '.join(sorted(m.value for m in methods))}",
-            request.request_id,
-            request.method.value,
         )
 
     async def _answer(self, connection: Connection, request: Request, result: object) -> None:
@@ -177,11 +164,10 @@ class Dispatch:
             logger.error(
                 "handler of %.64r returned %s, not a Response", request.route, type(result).__name__
             )
-            raise RequestError(
+            raise RequestError.about(
+                request,
                 ErrorCode.INVALID_RESPONSE,
                 "the handler returned something other than a Response",
-                request.request_id,
-                request.method.value,
             )
         await connection.send(result.encode(request.method))
 
@@ -203,23 +189,21 @@ class Dispatch:
         handler = self._handler_for(request)
         request_id = request.request_id
         if not request_id:
-            raise RequestError(
-                ErrorCode.INVALID_FIELD, "a SUB needs a non-empty request_id", "", "SUB"
+            raise RequestError.about(
+                request, ErrorCode.INVALID_FIELD, "a SUB needs a non-empty request_id"
             )
         if request_id in LOCAL_STREAMS:
-            raise RequestError(
+            raise RequestError.about(
+                request,
                 ErrorCode.STREAM_IN_USE,
                 "a stream with this request_id is already open; use a new request_id",
-                request_id,
-                "SUB",
             )
         if len(connection.streams) >= self._max_streams:
-            raise RequestError(
+            raise RequestError.about(
+                request,
                 ErrorCode.TOO_MANY_STREAMS,
                 f"this connection already has {len(connection.streams)} open streams, the "
                 "server's limit; UNSUB one first",
-                request_id,
-                "SUB",
             )
         stream = Stream(connection, request_id)
         LOCAL_STREAMS[request_id] = stream
@@ -228,12 +212,11 @@ class Dispatch:
         antenna = self.antenna
         try:
             if not antenna.is_listening(request_id) and await antenna.is_alive(request_id):
-                raise RequestError(
+                raise RequestError.about(
+                    request,
                     ErrorCode.STREAM_IN_USE,
                     "a stream with this request_id is open in another process; "
                     "use a new request_id",
-                    request_id,
-                    "SUB",
                 )
             await antenna.listen(request_id, stream)
         except AntennaError as error:
@@ -259,17 +242,15 @@ class Dispatch:
             self._handler_for(request)  # raises unknown_route
         if stream is None:
             if request_id in LOCAL_STREAMS:
-                raise RequestError(
+                raise RequestError.about(
+                    request,
                     ErrorCode.NOT_STREAM_OWNER,
                     "this request_id is a stream of another connection",
-                    request_id,
-                    "UNSUB",
                 )
-            raise RequestError(
+            raise RequestError.about(
+                request,
                 ErrorCode.UNKNOWN_STREAM,
                 "no open stream has this request_id on this connection",
-                request_id,
-                "UNSUB",
             )
         handler = methods.get(MethodType.UNSUB) if methods is not None else None
         try:

@@ -22,7 +22,6 @@ class MethodType(Enum):
 
 
 _METHODS: dict[str, MethodType] = {m.value: m for m in MethodType}
-_FIELDS = ("request_id", "payload", "header", "route", "method")
 _TYPES: dict[str, type] = {
     "request_id": str,
     "payload": str,
@@ -64,6 +63,11 @@ class RequestError(Exception):
         self.message = message
         self.request_id = request_id
         self.method = method
+
+    @classmethod
+    def about(cls, request: Request, code: str, message: str) -> RequestError:
+        """An error answering ``request`` (its request_id and method echoed)."""
+        return cls(code, message, request.request_id, request.method.value)
 
     def frame(self) -> bytes:
         return error_frame(self.code, self.message, self.request_id, self.method)
@@ -163,7 +167,7 @@ def _parse_slowly(data: object) -> Request:
     raw_method = data.get("method")
     method_name = raw_method.upper() if type(raw_method) is str else ""
     echo = method_name if method_name in _METHODS else "ERROR"
-    for name in _FIELDS:
+    for name in _TYPES:
         if name not in data:
             raise _ParseError(
                 ErrorCode.MISSING_FIELD, f"the request has no {name!r} field", rid, echo

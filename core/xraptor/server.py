@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from http import HTTPStatus
 from typing import Any, ClassVar, Self
 
@@ -18,7 +18,6 @@ from websockets.http11 import Response as HttpResponse
 from . import static
 from .antenna import Antenna
 from .broadcast import Broadcast
-from .connection import Connection
 from .dispatch import Dispatch
 from .metrics import Metrics
 from .middleware import MiddlewareChain, MiddlewareFunc
@@ -99,7 +98,6 @@ class XRaptor(Dispatch):
         self._router = Router()
         self._server: Server | None = None
         self._stop_event: asyncio.Event | None = None
-        self._connections: set[Connection] = set()
         self._instance_antenna: Antenna | None = None
         self._http_routes: dict[str, tuple[str, bytes]] = {}
         self.add_http_route(static.CLIENT_JS_PATH, static.CLIENT_JS_TYPE, static.read("xraptor.js"))
@@ -263,12 +261,7 @@ class XRaptor(Dispatch):
 
     def run(self) -> None:
         """Run :meth:`serve` on uvloop when installed, else on asyncio."""
-        try:
-            import uvloop  # type: ignore[import-not-found,unused-ignore]
-        except ImportError:
-            asyncio.run(self.serve())
-        else:
-            uvloop.run(self.serve())
+        run_coroutine(self.serve())
 
     def _install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -296,6 +289,16 @@ class XRaptor(Dispatch):
         if static is not None and "websocket" not in request.headers.get("Upgrade", "").lower():
             return _http(HTTPStatus.OK, static[0], static[1])
         return None
+
+
+def run_coroutine(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` to completion on uvloop when it is installed, else on asyncio."""
+    try:
+        import uvloop  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
 
 
 async def _pong(request: Request) -> Response:
