@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import ClassVar
+from collections.abc import Coroutine
+from typing import Any, ClassVar
 
 from .antenna import Antenna
 from .connection import LOCAL_STREAMS, Stream
@@ -74,9 +75,7 @@ class Broadcast:
         Broadcast._rooms.setdefault(self.broadcast_id, self)
         if not self._listening:
             self._listening = True
-            task = asyncio.get_running_loop().create_task(self._listen())
-            Broadcast._pending.add(task)
-            task.add_done_callback(Broadcast._pending.discard)
+            Broadcast._track(self._listen())
 
     async def join(self, member: str) -> None:
         """:meth:`add_member`, then wait until the room receives messages."""
@@ -97,6 +96,13 @@ class Broadcast:
         await self.antenna.post(self.broadcast_id, message)
 
     @classmethod
+    def _track(cls, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` as a task that :meth:`settle` waits for."""
+        task = asyncio.get_running_loop().create_task(work)
+        cls._pending.add(task)
+        task.add_done_callback(cls._pending.discard)
+
+    @classmethod
     async def settle(cls) -> None:
         """Wait until every room opened so far is subscribed on the antenna."""
         while cls._pending:
@@ -110,9 +116,7 @@ class Broadcast:
             for stream in tuple(self._local.values()):
                 stream.connection.push(stream.prefix + tail)
         if self._remote:
-            task = asyncio.get_running_loop().create_task(self._forward(message))
-            Broadcast._pending.add(task)
-            task.add_done_callback(Broadcast._pending.discard)
+            Broadcast._track(self._forward(message))
 
     def on_gap(self, channel: str) -> None:
         for stream in tuple(self._local.values()):
@@ -166,11 +170,7 @@ class Broadcast:
             self._prune_task = None
         if self._listening:
             self._listening = False
-            task = asyncio.get_running_loop().create_task(
-                self.antenna.unlisten(self.broadcast_id, self)
-            )
-            Broadcast._pending.add(task)
-            task.add_done_callback(Broadcast._pending.discard)
+            Broadcast._track(self.antenna.unlisten(self.broadcast_id, self))
 
     @classmethod
     def reset(cls) -> None:

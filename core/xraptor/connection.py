@@ -102,11 +102,16 @@ class Connection:
         ws = self.ws
         if ws.protocol.state is not State.OPEN or ws.paused:
             return False
+        return self._write_text(frame)
+
+    def _write_text(self, frame: bytes) -> bool:
+        """Hand one text frame to websockets and the transport, as ``broadcast()`` does."""
+        ws = self.ws
         try:
             ws.protocol.send_text(frame)
             ws.send_data()
         except Exception as error:
-            logger.debug("direct write failed, falling back to send(): %s", error)
+            logger.debug("writing a frame failed: %s", error)
             return False
         return True
 
@@ -132,17 +137,11 @@ class Connection:
         ws = self.ws
         if self._closing or ws.protocol.state is not State.OPEN:
             return
-        transport = ws.transport
-        if transport.get_write_buffer_size() > self.max_buffer:
+        if ws.transport.get_write_buffer_size() > self.max_buffer:
             self._slow_consumer()
             return
-        try:
-            ws.protocol.send_text(frame)
-            ws.send_data()
-        except Exception as error:
-            logger.debug("push failed: %s", error)
-            return
-        self.metrics.pushes_total += 1
+        if self._write_text(frame):
+            self.metrics.pushes_total += 1
 
     def _slow_consumer(self) -> None:
         self._closing = True

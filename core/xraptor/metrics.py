@@ -43,7 +43,7 @@ class Metrics:
         return {name: int(getattr(self, name)) for name, _, _ in _COUNTERS}
 
     def health(self, antenna: dict[str, Any] | None = None) -> dict[str, Any]:
-        up = antenna is None or antenna.get("state") in ("up", "new")
+        up = antenna is None or _is_up(antenna)
         body: dict[str, Any] = {
             "status": "ok" if up else "degraded",
             "uptime_seconds": round(self.uptime_seconds(), 1),
@@ -66,7 +66,7 @@ class Metrics:
         if antenna is not None:
             lines.append("# HELP xraptor_antenna_up 1 when the pub/sub backend is reachable.")
             lines.append("# TYPE xraptor_antenna_up gauge")
-            up = 1 if antenna.get("state") in ("up", "new") else 0
+            up = 1 if _is_up(antenna) else 0
             lines.append(f'xraptor_antenna_up{{antenna="{antenna.get("name", "")}"}} {up}')
             reconnects = antenna.get("reconnects")
             if isinstance(reconnects, int):
@@ -79,3 +79,8 @@ class Metrics:
                     f"{reconnects}"
                 )
         return "\n".join(lines) + "\n"
+
+
+def _is_up(antenna: dict[str, Any]) -> bool:
+    """An antenna not started yet connects on first use: only ``down``/``closed`` are down."""
+    return antenna.get("state") in ("up", "new")
