@@ -60,7 +60,7 @@ class Antenna(ABC):
 
     def __init__(self, **options: Any) -> None:
         self.options: dict[str, Any] = {**type(self)._config, **options}
-        self._hub = Hub(self._hub_watch, self._hub_unwatch)
+        self._hub = Hub(self.watch, self.unwatch)
         self._state: State = "new"
         self._start_lock = asyncio.Lock()
 
@@ -150,7 +150,7 @@ class Antenna(ABC):
         """Stop every listener and release the backend. Safe to call again."""
         if self._state == "closed":
             return
-        await self._hub.clear()
+        self._hub.clear()
         try:
             if self._state != "new":
                 await self.disconnect()
@@ -214,12 +214,6 @@ class Antenna(ABC):
     def describe(self) -> dict[str, Any]:
         """What ``/health`` reports about this antenna."""
         return {"name": self.name, "state": self._state, "channels": len(self._hub.channels())}
-
-    async def _hub_watch(self, channel: str) -> None:
-        await self.watch(channel)
-
-    async def _hub_unwatch(self, channel: str) -> None:
-        await self.unwatch(channel)
 
 
 def _check_channel(channel: object) -> None:

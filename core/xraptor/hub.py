@@ -149,7 +149,7 @@ class Hub:
                 except Exception:
                     logger.exception("gap notice for channel %.64r failed", channel)
 
-    async def clear(self) -> None:
+    def clear(self) -> None:
         """Forget every listener without talking to the backend (used on close).
 
         Listeners that have an ``on_closed()`` method are told.
