@@ -154,6 +154,18 @@ def _wait_for_port(port: int, process: subprocess.Popen[str]) -> None:
     raise AssertionError(process.communicate()[0])
 
 
+def _two_workers(port: int, process: subprocess.Popen[str]) -> list[psutil.Process]:
+    """Wait until ``xraptor run --workers 2`` listens and has started both workers."""
+    _wait_for_port(port, process)
+    parent = psutil.Process(process.pid)
+    deadline = time.monotonic() + 20
+    while len(parent.children()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = parent.children()
+    assert len(workers) == 2
+    return workers
+
+
 async def _whoami(port: int) -> str:
     async with Client(f"ws://127.0.0.1:{port}", timeout=5) as client:
         return (await client.get("/whoami")).payload
@@ -178,13 +190,7 @@ def test_workers_share_the_port_and_stop_on_sigterm(app_dir: Path) -> None:
     port = _free_port()
     process = _start(app_dir, "cliapp_shared:app", "--workers", "2", "--port", str(port))
     try:
-        _wait_for_port(port, process)
-        parent = psutil.Process(process.pid)
-        deadline = time.monotonic() + 20
-        while len(parent.children()) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        workers = parent.children()
-        assert len(workers) == 2
+        workers = _two_workers(port, process)
         pids = {str(worker.pid) for worker in workers}
         # both bind the port (SO_REUSEPORT); the kernel spreads connections over them
         for _ in range(100):
@@ -213,12 +219,7 @@ def test_a_crashing_worker_stops_the_others(app_dir: Path) -> None:
     port = _free_port()
     process = _start(app_dir, "cliapp_shared:app", "--workers", "2", "--port", str(port))
     try:
-        _wait_for_port(port, process)
-        parent = psutil.Process(process.pid)
-        deadline = time.monotonic() + 20
-        while len(parent.children()) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        workers = parent.children()
+        workers = _two_workers(port, process)
         workers[0].kill()
         output = process.communicate(timeout=40)[0]
     finally:
@@ -234,13 +235,7 @@ def test_workers_stop_when_the_supervisor_is_killed(app_dir: Path) -> None:
     port = _free_port()
     process = _start(app_dir, "cliapp_shared:app", "--workers", "2", "--port", str(port))
     try:
-        _wait_for_port(port, process)
-        parent = psutil.Process(process.pid)
-        deadline = time.monotonic() + 20
-        while len(parent.children()) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        workers = parent.children()
-        assert len(workers) == 2
+        workers = _two_workers(port, process)
         process.kill()  # SIGKILL: no chance to forward anything
         process.wait()
         _, alive = psutil.wait_procs(workers, timeout=15)
