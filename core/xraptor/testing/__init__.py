@@ -5,8 +5,10 @@
   returns a callable making a new, unstarted antenna; two antennas from the
   factory must behave like two processes sharing one backend.
 * :func:`eventually`: poll an async condition with a deadline.
+* :func:`health`: a running server's ``/health`` status and document.
 """
 
 from .conformance import AntennaConformance, eventually
+from .http import health
 
-__all__ = ["AntennaConformance", "eventually"]
+__all__ = ["AntennaConformance", "eventually", "health"]

@@ -12,8 +12,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +23,7 @@ from nats.aio.msg import Msg
 from nats_support import free_port
 from websockets.asyncio.client import ClientConnection, connect
 
+from xraptor.testing import health
 from xraptor_nats.forward import route_subject
 
 if TYPE_CHECKING:
@@ -61,13 +60,7 @@ class Process:
 
     def health(self) -> dict[str, Any]:
         """The /health document (served with status 503 while the antenna is down)."""
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
-                body = r.read()
-        except urllib.error.HTTPError as error:
-            body = error.read()
-        data: dict[str, Any] = json.loads(body)
-        return data
+        return health(self.port, timeout=2)[1]
 
     def stop(self) -> None:
         self.proc.terminate()

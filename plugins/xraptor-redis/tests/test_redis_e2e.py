@@ -8,13 +8,10 @@ every stream a gap notice and the room works again.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +24,7 @@ pytest.importorskip("xraptor.demo", reason="the core server's chat demo is not t
 from redis_support import RedisServer
 
 from xraptor import Client, ClientError, Response
+from xraptor.testing import health
 
 SERVER = Path(__file__).with_name("redis_chat_server.py")
 ROOM = "/chat_messages"
@@ -52,13 +50,8 @@ class ServerProcess:
         self.url = f"ws://127.0.0.1:{self.port}"
 
     def health(self) -> dict[str, Any]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
-                body = r.read()
-        except urllib.error.HTTPError as error:
-            body = error.read()
-        data: dict[str, Any] = json.loads(body)
-        return data
+        """The /health document (served with status 503 while the antenna is down)."""
+        return health(self.port, timeout=2)[1]
 
     def stop(self) -> None:
         self.proc.terminate()

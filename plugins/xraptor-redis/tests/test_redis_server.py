@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import urllib.error
-import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,7 +15,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from xraptor import Request, Response, XRaptor
 from xraptor.connection import LOCAL_STREAMS
-from xraptor.testing import eventually
+from xraptor.testing import eventually, health
 
 PUBLISH_TIMEOUT = 0.5
 
@@ -79,14 +77,6 @@ async def _server_connections(redis_server: RedisServer) -> int:
         return sum(1 for c in await admin.client_list() if int(c["id"]) != me)
 
 
-def _health(port: int) -> tuple[int, dict[str, Any]]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
 async def test_hundreds_of_streams_and_rooms_keep_redis_connections_flat(
     server: XRaptor, redis_server: RedisServer
 ) -> None:
@@ -127,10 +117,10 @@ async def test_outage_errors_in_bounded_time_serves_local_routes_and_health_foll
     async with connect(f"ws://127.0.0.1:{server.port}") as ws:
         await ws.send(_request("sub", "/chat_messages", "SUB", {"chat_id": "r"}))
         await asyncio.sleep(0.1)
-        assert (await asyncio.to_thread(_health, server.port))[0] == 200
+        assert (await asyncio.to_thread(health, server.port))[0] == 200
         redis_server.kill()
         assert await eventually(_async(lambda: server.antenna.state == "down"), 10)
-        status, body = await asyncio.to_thread(_health, server.port)
+        status, body = await asyncio.to_thread(health, server.port)
         assert status == 503 and body["status"] == "degraded" and body["antenna"]["state"] == "down"
 
         started = time.monotonic()
@@ -155,7 +145,7 @@ async def test_outage_errors_in_bounded_time_serves_local_routes_and_health_foll
         redis_server.start()
         gap = await _recv(ws, 15)
         assert gap["request_id"] == "sub" and gap["header"] == {"notice": "gap"}
-        assert (await asyncio.to_thread(_health, server.port))[0] == 200
+        assert (await asyncio.to_thread(health, server.port))[0] == 200
         await ws.send(
             _request(
                 "p2",
