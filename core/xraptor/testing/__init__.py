@@ -6,9 +6,11 @@
   factory must behave like two processes sharing one backend.
 * :func:`eventually`: poll an async condition with a deadline.
 * :func:`health`: a running server's ``/health`` status and document.
+* :func:`self_signed_cert`: a throw-away TLS certificate (needs ``openssl``).
 """
 
 from .conformance import AntennaConformance, eventually
 from .http import health
+from .tls import self_signed_cert
 
-__all__ = ["AntennaConformance", "eventually", "health"]
+__all__ = ["AntennaConformance", "eventually", "health", "self_signed_cert"]

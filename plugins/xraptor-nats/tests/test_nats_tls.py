@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import ssl
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 from nats_support import NatsServer, free_port, nats_binary
 
 from xraptor.plugins import resolve_antenna
-from xraptor.testing.conformance import eventually
+from xraptor.testing import eventually, self_signed_cert
 from xraptor_nats.antenna import NatsAntenna
 
 
@@ -21,13 +20,7 @@ def tls_nats(tmp_path: Path) -> Iterator[tuple[NatsServer, ssl.SSLContext]]:
     binary, openssl = nats_binary(), shutil.which("openssl")
     if binary is None or openssl is None:
         pytest.skip("needs the nats-server and openssl binaries")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    cert, key = self_signed_cert(tmp_path)
     port = free_port()
     server = NatsServer(
         f"tls://127.0.0.1:{port}",

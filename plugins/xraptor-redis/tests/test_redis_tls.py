@@ -14,7 +14,7 @@ from redis_support import REDIS_BINARY, _free_port
 
 from xraptor import AntennaUnavailable
 from xraptor.plugins import resolve_antenna
-from xraptor.testing import eventually
+from xraptor.testing import eventually, self_signed_cert
 from xraptor_redis.antenna import RedisAntenna
 
 
@@ -23,13 +23,7 @@ def tls_redis(tmp_path: Path) -> Iterator[str]:
     openssl = shutil.which("openssl")
     if REDIS_BINARY is None or openssl is None:
         pytest.skip("needs the redis-server and openssl binaries")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    cert, key = self_signed_cert(tmp_path)
     port = _free_port()
     process = subprocess.Popen(
         [REDIS_BINARY, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
