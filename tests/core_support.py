@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -121,3 +127,37 @@ def error_code(response: dict[str, Any]) -> str:
     code: str = json.loads(response["payload"])["code"]
     assert response["header"].get("error") == code
     return code
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def start_run(
+    app_dir: Path, *argv: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """``xraptor run ARGV`` in ``app_dir``, its output captured."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "xraptor.cli", "run", *argv],
+        cwd=app_dir,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def wait_for_port(port: int, process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()[0]
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    raise AssertionError(process.communicate()[0])

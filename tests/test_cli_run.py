@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import socket
 import subprocess
@@ -16,6 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from core_support import free_port, start_run, wait_for_port
 from xraptor import Client, XRaptor, cli
 
 APP = """
@@ -43,13 +43,6 @@ from xraptor.antennas import MemoryAntenna
 class PretendShared(MemoryAntenna):
     name: ClassVar[str] = "pretend-shared"
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture
@@ -130,33 +123,9 @@ def test_unknown_log_level_is_a_usage_error(app_dir: Path) -> None:
     assert exited.value.code == 2
 
 
-def _start(app_dir: Path, *argv: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "xraptor.cli", "run", *argv],
-        cwd=app_dir,
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def _wait_for_port(port: int, process: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.communicate()[0]
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    process.kill()
-    raise AssertionError(process.communicate()[0])
-
-
 def _two_workers(port: int, process: subprocess.Popen[str]) -> list[psutil.Process]:
     """Wait until ``xraptor run --workers 2`` listens and has started both workers."""
-    _wait_for_port(port, process)
+    wait_for_port(port, process)
     parent = psutil.Process(process.pid)
     deadline = time.monotonic() + 20
     while len(parent.children()) < 2 and time.monotonic() < deadline:
@@ -172,12 +141,12 @@ async def _whoami(port: int) -> str:
 
 
 def test_run_serves_and_stops_on_sigterm(app_dir: Path) -> None:
-    port = _free_port()
-    process = _start(
+    port = free_port()
+    process = start_run(
         app_dir, "cliapp:app", env={"XRAPTOR_PORT": str(port), "XRAPTOR_LOG_LEVEL": "debug"}
     )
     try:
-        _wait_for_port(port, process)
+        wait_for_port(port, process)
         assert asyncio.run(_whoami(port)) == str(process.pid)
     finally:
         process.send_signal(signal.SIGTERM)
@@ -187,8 +156,8 @@ def test_run_serves_and_stops_on_sigterm(app_dir: Path) -> None:
 
 
 def test_workers_share_the_port_and_stop_on_sigterm(app_dir: Path) -> None:
-    port = _free_port()
-    process = _start(app_dir, "cliapp_shared:app", "--workers", "2", "--port", str(port))
+    port = free_port()
+    process = start_run(app_dir, "cliapp_shared:app", "--workers", "2", "--port", str(port))
     try:
         workers = _two_workers(port, process)
         pids = {str(worker.pid) for worker in workers}
@@ -216,8 +185,8 @@ def test_workers_share_the_port_and_stop_on_sigterm(app_dir: Path) -> None:
 
 
 def test_a_crashing_worker_stops_the_others(app_dir: Path) -> None:
-    port = _free_port()
-    process = _start(app_dir, "cliapp_shared:app", "--workers", "2", "--port", str(port))
+    port = free_port()
+    process = start_run(app_dir, "cliapp_shared:app", "--workers", "2", "--port", str(port))
     try:
         workers = _two_workers(port, process)
         workers[0].kill()
@@ -232,8 +201,8 @@ def test_a_crashing_worker_stops_the_others(app_dir: Path) -> None:
 
 
 def test_workers_stop_when_the_supervisor_is_killed(app_dir: Path) -> None:
-    port = _free_port()
-    process = _start(app_dir, "cliapp_shared:app", "--workers", "2", "--port", str(port))
+    port = free_port()
+    process = start_run(app_dir, "cliapp_shared:app", "--workers", "2", "--port", str(port))
     try:
         workers = _two_workers(port, process)
         process.kill()  # SIGKILL: no chance to forward anything

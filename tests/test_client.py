@@ -195,7 +195,8 @@ async def test_stream_overflow_ends_the_stream(make_server: ServerFactory) -> No
 
 async def test_server_going_away_ends_requests_and_streams(make_server: ServerFactory) -> None:
     _routes()
-    server = await make_server()
+    # /slow takes 2 s, longer than the drain allows: the request is cancelled
+    server = await make_server(drain_timeout=0.3)
     client = await Client(_url(server)).connect()
     try:
         async with client.subscribe("/quiet") as stream:

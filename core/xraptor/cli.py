@@ -22,8 +22,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("xraptor.cli")
 
-#: seconds the parent of ``--workers N`` waits for its workers to drain after SIGTERM
-WORKER_GRACE = 30.0
+#: seconds the parent of ``--workers N`` waits for its workers to stop after SIGTERM,
+#: beyond the app's ``drain_timeout + close_timeout``
+WORKER_GRACE = 10.0
 
 #: seconds between a worker's checks that its supervisor is still alive
 PARENT_CHECK = 1.0
@@ -229,7 +230,7 @@ def _supervise(args: argparse.Namespace, app: XRaptor, workers: int) -> int:
                     break
             else:
                 time.sleep(0.1)
-        code = _stop_workers(processes)
+        code = _stop_workers(processes, worker_grace(app))
         return code if failed is None else failed
     finally:
         for process in processes:
@@ -240,18 +241,23 @@ def _supervise(args: argparse.Namespace, app: XRaptor, workers: int) -> int:
             signal.signal(sig, handler)
 
 
-def _stop_workers(processes: Sequence[subprocess.Popen[bytes]]) -> int:
+def worker_grace(app: XRaptor) -> float:
+    """Seconds a worker gets to stop after SIGTERM: its drain, its closes, and a margin."""
+    return app.drain_timeout + app.close_timeout + WORKER_GRACE
+
+
+def _stop_workers(processes: Sequence[subprocess.Popen[bytes]], grace: float) -> int:
     """SIGTERM every live worker (they drain), wait, then kill the stragglers."""
     for process in processes:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + WORKER_GRACE
+    deadline = time.monotonic() + grace
     code = 0
     for process in processes:
         try:
             result = process.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            logger.error("worker %d did not stop in %.0f s; killing it", process.pid, WORKER_GRACE)
+            logger.error("worker %d did not stop in %.0f s; killing it", process.pid, grace)
             process.kill()
             result = process.wait()
         if result not in (0, -signal.SIGTERM):

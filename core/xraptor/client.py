@@ -26,7 +26,7 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 
-from .protocol import PING_ROUTE, MethodType, Response
+from .protocol import ACK, MethodType, Response
 
 logger = logging.getLogger("xraptor.client")
 
@@ -123,31 +123,35 @@ class Stream:
         self._wakeup = asyncio.Event()
         self._error: BaseException | None = None
         self._open = False
+        self._ack: asyncio.Future[None] | None = None
 
     async def __aenter__(self) -> Self:
         client = self._client
         client._streams[self.request_id] = self
         self._open = True
+        self._ack = asyncio.get_running_loop().create_future()
         try:
+            # the server answers {"ack": true} once the stream is registered, its handler
+            # returned and the rooms it joined are subscribed; a refusal is an error frame
             await client._send(
-                self.request_id, self.route, MethodType.SUB, self.payload, self.header
+                self.request_id,
+                self.route,
+                MethodType.SUB,
+                self.payload,
+                {**self.header, ACK: True},
             )
-        except BaseException:
-            self._open = False
+            async with asyncio.timeout(client.timeout):
+                await self._ack
+        except ClientError:
+            self._open = False  # refused: the server holds no stream
             client._streams.pop(self.request_id, None)
             raise
-        # The server does not acknowledge a SUB whose handler returns nothing, but it
-        # answers a connection's requests in order: once the ping sent after the SUB
-        # is answered, a refusal of the SUB has arrived if there is one. (A server
-        # without the ping route answers unknown_route, which does as well.)
-        try:
-            await client.request(MethodType.GET, PING_ROUTE)
-        except ClientError:
-            pass
         except BaseException:
-            await self.close()
+            # no answer in time, or cancelled: the stream may still open on the server
+            self._open = False
+            client._streams.pop(self.request_id, None)
+            client._unsub_soon(self)
             raise
-        self._raise_if_refused()
         return self
 
     async def __aexit__(
@@ -195,6 +199,14 @@ class Stream:
     # ----- called by the client's reader ----------------------------------------------
 
     def _deliver(self, response: Response) -> None:
+        ack = self._ack
+        if ack is not None and not ack.done():
+            if _is_error(response):
+                ack.set_exception(ClientError.from_response(response))
+                return
+            if response.header.get(ACK) is True:
+                ack.set_result(None)
+                return
         if len(self._queue) < self._max_queue:
             self._queue.append(response)
         else:
@@ -208,19 +220,19 @@ class Stream:
         self._wakeup.set()
 
     def _end(self, error: BaseException) -> None:
+        ack = self._ack
+        if ack is not None and not ack.done():
+            overflow = isinstance(error, ClientError) and error.code == CLIENT_OVERFLOW
+            if overflow:  # entering succeeds; iterating yields what was buffered, then raises
+                ack.set_result(None)
+            else:
+                ack.set_exception(error)
         if self._error is None:
             self._error = error
         self._client._streams.pop(self.request_id, None)
         if isinstance(error, ClientError) and error.code == CLIENT_OVERFLOW:
             self._client._unsub_soon(self)
         self._wakeup.set()
-
-    def _raise_if_refused(self) -> None:
-        if self._queue and _is_error(self._queue[0]):
-            first = self._queue.popleft()
-            self._open = False
-            self._client._streams.pop(self.request_id, None)
-            raise ClientError.from_response(first)
 
 
 class Client:
@@ -355,10 +367,9 @@ class Client:
     ) -> Stream:
         """A stream: ``async with`` sends SUB, iterating yields its messages, exit sends UNSUB.
 
-        The server sends nothing for a SUB whose handler returns ``None``, so
-        entering follows the SUB with ``GET /_xraptor/ping``; requests are answered
-        in order, so once the ``pong`` arrives a refused SUB raises
-        :class:`ClientError` from ``__aenter__``.
+        The SUB asks for an acknowledgment (header ``{"ack": true}``): entering returns
+        once the server has registered the stream, run its handler and subscribed the
+        rooms it joined, and raises :class:`ClientError` when the server refused it.
         """
         return Stream(self, route, _encode_payload(payload), header or {}, self.max_queue)
 

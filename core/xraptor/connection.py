@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
+import math
+import time
 import uuid
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
 from .hub import gap_round
@@ -28,6 +33,35 @@ _background: set[asyncio.Task[None]] = set()
 
 #: every live stream of this process by request_id (a channel name on the antenna)
 LOCAL_STREAMS: dict[str, Stream] = {}
+
+
+class FrameQueue(collections.deque[Frame]):
+    """websockets' queue of received frames, remembering whether the message read last
+    was a text message.
+
+    The server reads messages as bytes (``recv(decode=False)``) and parses them with
+    orjson, which rejects invalid UTF-8; telling a text message (close with 1007,
+    RFC 6455) from a binary one (answer ``invalid_json``) then needs the opcode,
+    which ``recv`` does not return. Installed in place of the Assembler's deque by
+    :meth:`Connection.__init__`; costs one Python call per frame, where decoding text
+    frames to ``str`` would cost a decode and, for non-ASCII JSON, an encode back.
+    """
+
+    __slots__ = ("text",)
+
+    def __init__(self, frames: collections.deque[Frame]) -> None:
+        super().__init__(frames)
+        self.text = True
+
+    def popleft(self) -> Frame:
+        frame = _popleft(self)
+        opcode = frame.opcode
+        if opcode is not Opcode.CONT:
+            self.text = opcode is Opcode.TEXT
+        return frame
+
+
+_popleft = collections.deque.popleft
 
 
 class Stream:
@@ -67,13 +101,21 @@ class Connection:
 
     __slots__ = (
         "_closing",
+        "_last_refusal_log",
+        "_new_reader",
+        "_room",
         "connection_id",
+        "frames",
         "max_buffer",
         "metrics",
         "path",
+        "reader",
+        "refusals_unlogged",
         "remote_ip",
+        "serving_inline",
         "state",
         "streams",
+        "tasks",
         "ws",
     )
 
@@ -87,7 +129,72 @@ class Connection:
         self.max_buffer = max_buffer
         self.metrics = metrics
         self.state: dict[str, Any] = {}
+        queue = ws.recv_messages.frames
+        #: the frames received and not read yet (see :class:`FrameQueue`)
+        self.frames = queue.queue = FrameQueue(queue.queue)
+        #: the task reading the connection's messages now
+        self.reader: asyncio.Task[None] | None = None
+        self._new_reader: Callable[[], Coroutine[Any, Any, None]] | None = None
+        #: tasks of GET/POST/PUT requests that are waiting for something (each was the
+        #: reader until its handler waited: see ``Dispatch._read_loop``)
+        self.tasks: set[asyncio.Task[None]] = set()
+        #: whether the reader is serving a SUB or UNSUB (or any request with max_inflight=1)
+        self.serving_inline = False
+        self._room: asyncio.Future[None] | None = None
+        #: refusals logged at DEBUG only since the last INFO sample (see Dispatch._refuse)
+        self.refusals_unlogged = 0
+        self._last_refusal_log = -math.inf
         self._closing = False
+
+    # ----- in-flight requests ----------------------------------------------------------
+
+    def start_reader(self, reader: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Start reading the connection in a task running ``reader()``."""
+        self._new_reader = reader
+        self.reader = asyncio.get_running_loop().create_task(reader())
+
+    def hand_over(self) -> None:
+        """The reader is waiting inside a request: it becomes that request's task and a
+        new reader task reads on (a loop callback; see ``Dispatch._read_loop``)."""
+        busy, new_reader = self.reader, self._new_reader
+        assert busy is not None and new_reader is not None, "hand_over before start_reader"
+        self.tasks.add(busy)
+        busy.add_done_callback(self._task_done)
+        self.reader = asyncio.get_running_loop().create_task(new_reader())
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        room = self._room
+        if room is not None and not room.done():
+            room.set_result(None)
+
+    async def wait_for_room(self, limit: int) -> None:
+        """Wait until fewer than ``limit`` requests are in flight (backpressure)."""
+        while len(self.tasks) >= limit:
+            self._room = asyncio.get_running_loop().create_future()
+            try:
+                await self._room
+            finally:
+                self._room = None
+
+    async def cancel_tasks(self) -> None:
+        """Cancel the reader and the requests in flight; wait until they have unwound."""
+        tasks = (*self.tasks, self.reader) if self.reader is not None else tuple(self.tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def log_refusal(self, interval: float) -> int | None:
+        """Whether this refusal is the connection's INFO sample (at most one per ``interval``
+        seconds): returns how many refusals went unlogged at INFO before it, else ``None``."""
+        now = time.monotonic()
+        if now - self._last_refusal_log < interval:
+            self.refusals_unlogged += 1
+            return None
+        self._last_refusal_log = now
+        skipped, self.refusals_unlogged = self.refusals_unlogged, 0
+        return skipped
 
     @property
     def ws_server(self) -> ServerConnection:

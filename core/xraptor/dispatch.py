@@ -7,12 +7,14 @@ endpoints) lives in :mod:`xraptor.server`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import ClassVar
 
 import orjson
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
 
 from .antenna import Antenna, AntennaError, AntennaUnavailable, MessageTooLarge
 from .broadcast import Broadcast
@@ -20,11 +22,13 @@ from .connection import LOCAL_STREAMS, Connection, Stream
 from .metrics import Metrics
 from .middleware import MiddlewareChain
 from .protocol import (
+    ACK,
     ErrorCode,
     MethodType,
     Request,
     RequestError,
     Response,
+    ack_frame,
     parse_request,
 )
 from .routing import Handler, Router
@@ -33,15 +37,40 @@ logger = logging.getLogger("xraptor")
 
 _UNSUB_ACK = orjson.dumps({"message": "unsubscribed"}).decode()
 
+#: served before the connection's next message is read (their order matters)
+_INLINE = (MethodType.SUB, MethodType.UNSUB)
+
+
+def _bad_utf8(data: bytes) -> bool:
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+#: seconds between two INFO log lines about refused requests of one connection
+REFUSAL_LOG_INTERVAL = 5.0
+
 
 class Dispatch:
-    """Serves one connection at a time: parse, middleware, route, answer, streams."""
+    """Serves connections: parse, middleware, route, answer, streams.
+
+    GET, POST and PUT requests of one connection run concurrently, each in its own
+    task, at most ``max_inflight`` at a time; SUB and UNSUB are served before the
+    connection's next message is read, so a request sent after a SUB finds its
+    stream registered and the rooms its handler joined subscribed.
+    """
 
     _middlewares: ClassVar[MiddlewareChain]
     metrics: Metrics
     _router: Router
     _max_buffer: int
     _max_streams: int
+    _max_inflight: int
+    _max_id_length: int
+    _draining: bool
+    _connections: set[Connection]
 
     @property
     def antenna(self) -> Antenna:
@@ -50,32 +79,108 @@ class Dispatch:
     # ----- connections --------------------------------------------------------------
 
     async def _handle_connection(self, ws: ServerConnection) -> None:
+        """websockets' handler of one connection: start its reader, wait for the end."""
         connection = Connection(ws, self._max_buffer, self.metrics)
         self.metrics.connections_total += 1
         self.metrics.connections_active += 1
+        self._connections.add(connection)
+        ended = asyncio.get_running_loop().create_future()
+        connection.start_reader(lambda: self._read_loop(connection, ended))
+        try:
+            await ended
+        finally:
+            self._connections.discard(connection)
+            self.metrics.connections_active -= 1
+            await connection.cancel_tasks()
+            await self._release(connection)
+
+    async def _read_loop(self, connection: Connection, ended: asyncio.Future[None]) -> None:
+        """Read and serve the connection's messages, one reader task at a time.
+
+        GET, POST and PUT run in the reader itself, so a handler that returns without
+        waiting costs no task. If one waits (a database, the backend...), a loop
+        callback notices at the next turn of the event loop and hands the reading
+        over to a new reader task; the old one finishes that request and ends. At
+        most ``max_inflight`` requests are in flight; past it the reader waits for one
+        to finish before it reads on (backpressure). SUB and UNSUB never hand over:
+        the next message is read only once they were served.
+        """
+        ws = connection.ws
+        me = asyncio.current_task()
+        max_inflight = self._max_inflight
+        metrics = self.metrics
+        loop = asyncio.get_running_loop()
+        # websockets' queue of received frames, read only to tell whether another
+        # message is already waiting (then the loop yields, so one connection's burst
+        # cannot starve the others: recv() returns without suspending while it has one)
+        backlog = connection.frames
         try:
             while True:
                 data = await ws.recv(decode=False)
-                await self._handle_message(connection, data)
+                metrics.requests_total += 1
+                try:
+                    request = self._read(data)
+                except RequestError as error:
+                    if backlog.text and error.code == ErrorCode.INVALID_JSON and _bad_utf8(data):
+                        # RFC 6455: a text message must be UTF-8; close with 1007
+                        await ws.close(CloseCode.INVALID_DATA, "invalid UTF-8 in a text message")
+                        continue
+                    await self._refuse(connection, error, data)
+                else:
+                    if request.method in _INLINE or max_inflight == 1:
+                        connection.serving_inline = True
+                        try:
+                            await self._serve(connection, request)
+                        finally:
+                            connection.serving_inline = False
+                    else:
+                        if len(connection.tasks) >= max_inflight:
+                            await connection.wait_for_room(max_inflight)
+                        handover = loop.call_soon(connection.hand_over)
+                        await self._serve(connection, request)
+                        if connection.reader is not me:
+                            return  # another task reads now; this one served its request
+                        handover.cancel()
+                if backlog:
+                    await asyncio.sleep(0)
         except ConnectionClosed:
             pass
         except Exception:
             logger.exception("connection %s failed", connection.connection_id)
-        finally:
-            self.metrics.connections_active -= 1
-            await self._release(connection)
+        if not ended.done():
+            ended.set_result(None)
 
     async def _release(self, connection: Connection) -> None:
         for stream in tuple(connection.streams.values()):
             await self._end_stream(stream)
 
-    async def _handle_message(self, connection: Connection, data: bytes) -> None:
-        self.metrics.requests_total += 1
-        try:
-            request = parse_request(data)
-        except RequestError as error:
-            await self._refuse(connection, error, data)
-            return
+    def _read(self, data: bytes) -> Request:
+        """Parse one message into a request this server will serve.
+
+        :raises RequestError: the message is not a valid request, an id is over
+            ``max_id_length``, or the server is draining
+        """
+        request = parse_request(data)
+        limit = self._max_id_length
+        if len(request.request_id) > limit or len(request.route) > limit:
+            long_id = len(request.request_id) > limit
+            raise RequestError(
+                ErrorCode.INVALID_FIELD,
+                f"field {'request_id' if long_id else 'route'!r} is longer than the "
+                f"server's limit of {limit} characters",
+                "" if long_id else request.request_id,
+                request.method.value,
+            )
+        if self._draining:
+            raise RequestError.about(
+                request,
+                ErrorCode.SHUTTING_DOWN,
+                "the server is shutting down; reconnect and send the request again",
+            )
+        return request
+
+    async def _serve(self, connection: Connection, request: Request) -> None:
+        """Run the middlewares and the handler of one request and write its answer."""
         try:
             if self._middlewares:
                 try:
@@ -172,16 +277,38 @@ class Dispatch:
         await connection.send(result.encode(request.method))
 
     async def _refuse(self, connection: Connection, error: RequestError, data: bytes = b"") -> None:
-        self.metrics.request_errors_total += 1
-        if data:
-            logger.info(
-                "refused request (%s): %s; starts with %.48r", error.code, error.message, data[:48]
-            )
-        else:
-            logger.info(
-                "refused request %.64r (%s): %s", error.request_id, error.code, error.message
-            )
+        self._log_refusal(connection, error, data)
         await connection.send(error.frame())
+
+    def _log_refusal(self, connection: Connection, error: RequestError, data: bytes) -> None:
+        """Count every refusal; log one sample per connection at INFO at most every
+        ``REFUSAL_LOG_INTERVAL`` seconds and each one at DEBUG, so a flood of bad
+        frames costs CPU for the refusals only."""
+        self.metrics.request_errors_total += 1
+        what = f"starts with {data[:48]!r}" if data else f"request_id {error.request_id[:64]!r}"
+        skipped = connection.log_refusal(REFUSAL_LOG_INTERVAL)
+        if skipped is None:
+            self.metrics.refusal_logs_suppressed_total += 1
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug(
+                    "refused request from %s (%s): %s; %s",
+                    connection.remote_ip,
+                    error.code,
+                    error.message,
+                    what,
+                )
+            return
+        logger.info(
+            "refused request from %s (%s): %s; %s%s",
+            connection.remote_ip,
+            error.code,
+            error.message[:200],
+            what,
+            f" ({skipped} more refusals on this connection since the last sample; "
+            "each one is logged at DEBUG)"
+            if skipped
+            else "",
+        )
 
     # ----- streams ------------------------------------------------------------------
 
@@ -233,6 +360,8 @@ class Dispatch:
             await self._end_stream(stream)
             raise
         await self._answer(connection, request, result)
+        if request.header.get(ACK) is True:
+            await connection.send(ack_frame(request_id))
 
     async def _unsubscribe(self, connection: Connection, request: Request) -> None:
         request_id = request.request_id

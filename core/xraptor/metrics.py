@@ -19,6 +19,11 @@ _COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("streams_active", "gauge", "Open SUB streams"),
     ("slow_consumer_disconnects_total", "counter", "Connections closed as slow consumers"),
     ("gap_notices_total", "counter", "Backend gaps reported to streams"),
+    (
+        "refusal_logs_suppressed_total",
+        "counter",
+        "Refused requests logged at DEBUG only (past the per-connection INFO sample rate)",
+    ),
 )
 
 
@@ -34,6 +39,7 @@ class Metrics:
         self.streams_active = 0
         self.slow_consumer_disconnects_total = 0
         self.gap_notices_total = 0
+        self.refusal_logs_suppressed_total = 0
         self._start = time.monotonic()
 
     def uptime_seconds(self) -> float:
@@ -42,10 +48,12 @@ class Metrics:
     def as_dict(self) -> dict[str, int]:
         return {name: int(getattr(self, name)) for name, _, _ in _COUNTERS}
 
-    def health(self, antenna: dict[str, Any] | None = None) -> dict[str, Any]:
+    def health(
+        self, antenna: dict[str, Any] | None = None, *, draining: bool = False
+    ) -> dict[str, Any]:
         up = antenna is None or _is_up(antenna)
         body: dict[str, Any] = {
-            "status": "ok" if up else "degraded",
+            "status": "draining" if draining else "ok" if up else "degraded",
             "uptime_seconds": round(self.uptime_seconds(), 1),
             "active_connections": self.connections_active,
         }

@@ -50,6 +50,7 @@ class ErrorCode:
     INVALID_RESPONSE = "invalid_response"
     MESSAGE_TOO_LARGE = "message_too_large"
     TOO_MANY_STREAMS = "too_many_streams"
+    SHUTTING_DOWN = "shutting_down"
 
 
 class RequestError(Exception):
@@ -292,6 +293,27 @@ def push_tail(message: str, header: bytes = b"{}") -> bytes:
 
 #: built-in route answered ``pong`` by every server (GET)
 PING_ROUTE = "/_xraptor/ping"
+
+#: header keys the protocol reserves (clients and handlers should not use them otherwise):
+#: ``ack`` (a SUB asks for, and its acknowledgment carries, ``{"ack": true}``), ``since``,
+#: ``notice`` (gap notices), ``error`` (error responses), ``room`` and ``position``
+RESERVED_HEADERS = ("ack", "since", "notice", "error", "room", "position")
+
+#: the header key of a SUB that asks for an acknowledgment
+ACK = "ack"
+
+
+def ack_frame(request_id: str) -> bytes:
+    """The acknowledgment of a SUB that asked for one: the stream is open and subscribed."""
+    return _dumps(
+        {
+            "request_id": request_id,
+            "payload": '{"message": "subscribed"}',
+            "header": {ACK: True},
+            "method": "SUB",
+        }
+    )
+
 
 GAP_HEADER = b'{"notice":"gap"}'
 GAP_PAYLOAD = (

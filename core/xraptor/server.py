@@ -18,6 +18,7 @@ from websockets.http11 import Response as HttpResponse
 from . import static
 from .antenna import Antenna
 from .broadcast import Broadcast
+from .connection import Connection
 from .dispatch import Dispatch
 from .metrics import Metrics
 from .middleware import MiddlewareChain, MiddlewareFunc
@@ -27,7 +28,8 @@ from .routing import Handler, Route, Router
 
 logger = logging.getLogger("xraptor")
 
-_UNSUB_ACK = orjson.dumps({"message": "unsubscribed"}).decode()
+#: seconds between two looks at the requests in flight while draining
+_DRAIN_POLL = 0.02
 
 
 class XRaptor(Dispatch):
@@ -49,6 +51,14 @@ class XRaptor(Dispatch):
         refused with ``too_many_streams``
     :param reuse_port: bind with SO_REUSEPORT so several processes share the port
         (``xraptor run --workers N``)
+    :param max_inflight: GET/POST/PUT requests of one connection served at once, each
+        in its own task; past it the server stops reading that connection until one
+        finishes (``1``: strictly one after the other, as in 0.4)
+    :param max_id_length: longest ``request_id`` and ``route`` accepted (characters);
+        longer ones are refused with ``invalid_field``
+    :param drain_timeout: seconds a shutdown waits for requests in flight to finish
+    :param close_timeout: seconds the closing handshake of each connection may take at
+        shutdown before the connection is dropped
 
     Every server also serves the browser client at ``/_xraptor/client.js``.
     """
@@ -74,6 +84,10 @@ class XRaptor(Dispatch):
         max_buffer: int = 4 * 2**20,
         max_streams: int = 1000,
         reuse_port: bool = False,
+        max_inflight: int = 64,
+        max_id_length: int = 256,
+        drain_timeout: float = 10.0,
+        close_timeout: float = 2.0,
     ) -> None:
         if not isinstance(port, int) or not 0 <= port <= 65535:
             raise ValueError(f"port must be an int from 0 to 65535, got {port!r}")
@@ -81,6 +95,12 @@ class XRaptor(Dispatch):
             raise ValueError(f"max_streams must be a positive int, got {max_streams!r}")
         if not isinstance(max_buffer, int) or max_buffer <= 0:
             raise ValueError(f"max_buffer must be a positive int, got {max_buffer!r}")
+        for name, value in (("max_inflight", max_inflight), ("max_id_length", max_id_length)):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        for name, seconds in (("drain_timeout", drain_timeout), ("close_timeout", close_timeout)):
+            if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds < 0:
+                raise ValueError(f"{name} must be a number of seconds >= 0, got {seconds!r}")
         self.host = ip_address
         self.reuse_port = reuse_port
         self.port = port
@@ -88,6 +108,12 @@ class XRaptor(Dispatch):
         self._metrics_path = metrics_path
         self._max_buffer = max_buffer
         self._max_streams = max_streams
+        self._max_inflight = max_inflight
+        self._max_id_length = max_id_length
+        self.drain_timeout = float(drain_timeout)
+        self.close_timeout = float(close_timeout)
+        self._draining = False
+        self._connections: set[Connection] = set()
         self._serve_options: dict[str, Any] = {
             "max_size": max_size,
             "max_queue": max_queue,
@@ -214,6 +240,7 @@ class XRaptor(Dispatch):
         XRaptor._antenna = antenna
         XRaptor._current = self
         self.metrics = Metrics()
+        self._draining = False
         await antenna.start()
         self._server = await serve(
             self._handle_connection,
@@ -221,6 +248,7 @@ class XRaptor(Dispatch):
             self.port,
             process_request=self._process_request,
             reuse_port=self.reuse_port or None,
+            close_timeout=self.close_timeout,
             **self._serve_options,
         )
         for sock in self._server.sockets:
@@ -232,17 +260,44 @@ class XRaptor(Dispatch):
         )
 
     async def close(self) -> None:
-        """Stop accepting, close every connection, then close the antenna."""
-        server, self._server = self._server, None
-        if server is None:
+        """Shut down gracefully: drain, close every connection with 1001, close the antenna.
+
+        While draining, the server keeps listening but answers new WebSocket upgrades
+        and ``/health`` with 503, and requests read meanwhile with ``shutting_down``;
+        requests already in flight get up to :attr:`drain_timeout` seconds to finish.
+        Then every connection is closed with code 1001 (going away), each closing
+        handshake bounded by :attr:`close_timeout`.
+        """
+        server = self._server
+        if server is None or self._draining:
             return
+        self._draining = True
         try:
+            await self._drain()
             await get_plugins().call_lifecycle("xraptor_shutdown", server=self)
         finally:
+            self._server = None
             server.close()
             await server.wait_closed()
             await Broadcast.settle()
             await self.antenna.close()
+
+    async def _drain(self) -> None:
+        """Wait up to ``drain_timeout`` for the requests in flight to finish."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.drain_timeout
+        # polled: a shutdown-only path, over every connection's tasks and inline requests
+        while (busy := self._requests_in_flight()) and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(_DRAIN_POLL)
+        if busy:
+            logger.warning(
+                "%d requests still in flight after drain_timeout (%.1f s); they are cancelled",
+                busy,
+                self.drain_timeout,
+            )
+
+    def _requests_in_flight(self) -> int:
+        return sum(len(c.tasks) + c.serving_inline for c in self._connections)
 
     async def serve(self) -> None:
         """Serve until :meth:`stop` is called or SIGTERM/SIGINT arrives, then shut down."""
@@ -279,9 +334,15 @@ class XRaptor(Dispatch):
         path = request.path.split("?", 1)[0]
         if self._health_path is not None and path == self._health_path:
             antenna = self.antenna.describe()
-            body = self.metrics.health(antenna)
+            body = self.metrics.health(antenna, draining=self._draining)
             status = HTTPStatus.OK if body["status"] == "ok" else HTTPStatus.SERVICE_UNAVAILABLE
             return _http(status, "application/json", orjson.dumps(body))
+        if self._draining and "websocket" in request.headers.get("Upgrade", "").lower():
+            return _http(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                "text/plain; charset=utf-8",
+                b"the server is shutting down; connect again to another instance\n",
+            )
         if self._metrics_path is not None and path == self._metrics_path:
             text = self.metrics.prometheus(self.antenna.describe())
             return _http(HTTPStatus.OK, "text/plain; version=0.0.4; charset=utf-8", text.encode())
@@ -302,9 +363,7 @@ def run_coroutine(main: Coroutine[Any, Any, None]) -> None:
 
 
 async def _pong(request: Request) -> Response:
-    """``GET /_xraptor/ping``: answers ``pong``. Requests on a connection are served
-    in order, so its answer also tells a client that everything sent before it has
-    been answered (the Python client uses it to learn whether a SUB was refused)."""
+    """``GET /_xraptor/ping``: answers ``pong`` (a liveness check for clients)."""
     return Response(request.request_id, "pong", {}, MethodType.GET)
 
 
