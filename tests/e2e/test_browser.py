@@ -124,9 +124,11 @@ def test_browser_client_module_shape(
         }
         const pushes = [];
         const refused = [];
-        client.subscribe("/nowhere", "", {}, () => {}, (e) => refused.push(e.code));
+        const nowhere = client.subscribe("/nowhere", "", {}, () => {}, (e) => refused.push(e.code));
+        try { await nowhere.ready; out.ready = "resolved"; } catch (e) { out.notReady = e.code; }
         const sub = client.subscribe("/chat_messages", {chat_id: "shape"}, {},
                                      (m) => pushes.push(m));
+        out.acked = (await sub.ready) === undefined;
         const reply = await client.post("/send_message_to_chat_room",
             {chat_id: "shape", client_id: "me", message: "x"}, {trace: "1"});
         out.reply = reply;
@@ -145,6 +147,8 @@ def test_browser_client_module_shape(
     )
     assert result["code"] == "unknown_route" and result["isError"] is True
     assert result["refused"] == ["unknown_route"]
+    assert result["notReady"] == "unknown_route" and "ready" not in result
+    assert result["acked"] is True  # the acknowledgment is not passed on as a push
     assert result["reply"]["payload"] == '{"message": "Message sent"}'
     assert result["reply"]["method"] == "POST"
     assert set(result["reply"]) == {"request_id", "payload", "header", "method"}

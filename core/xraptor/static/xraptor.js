@@ -6,6 +6,7 @@
 //   const client = await XRaptorClient.connect("ws://127.0.0.1:8765");
 //   const reply = await client.post("/route", { any: "json" }, { token: "..." });
 //   const sub = client.subscribe("/chat_messages", { chat_id: "lobby" }, {}, (msg) => {});
+//   await sub.ready;   // subscribed (rejects if the server refused the SUB)
 //   sub.unsubscribe();
 //
 // Replies are {request_id, payload, header, method}. Error responses (header
@@ -129,28 +130,38 @@ export class XRaptorClient {
   /**
    * Open a stream: SUB now, `onMessage(response)` for each push (gap notices have
    * header {notice: "gap"}), `onError(error)` if the server refuses the SUB or the
-   * connection closes. Returns {request_id, unsubscribe()}.
+   * connection closes. Returns {request_id, ready, unsubscribe()}: `ready` is a
+   * promise that resolves once the server acknowledged the SUB (the stream is
+   * subscribed, its rooms too) and rejects with the XRaptorError of a refusal.
    */
   subscribe(route, payload = "", header = {}, onMessage = () => {}, onError = null) {
     const requestId = newId();
     const body = encodePayload(payload);
-    const state = { route, payload: body, header, onMessage, onError, open: true };
+    const state = { route, payload: body, header, onMessage, onError, open: true, acked: false };
+    const ready = new Promise((resolve, reject) => {
+      state.ack = resolve;
+      state.refuse = reject;
+    });
+    ready.catch(() => {}); // a refusal also reaches onError; awaiting `ready` is optional
     const fail = (error) => {
       if (!state.open) return;
       state.open = false;
       this._streams.delete(requestId);
+      if (!state.acked) state.refuse(error);
       if (state.onError) state.onError(error);
       else console.error("xraptor stream ended:", error);
     };
     state.fail = fail;
     this._streams.set(requestId, state);
     try {
-      this._send(requestId, route, "SUB", body, header);
+      // {"ack": true}: the server answers {"ack": true} once the stream is subscribed
+      this._send(requestId, route, "SUB", body, { ...(header ?? {}), ack: true });
     } catch (error) {
       queueMicrotask(() => fail(error));
     }
     return {
       request_id: requestId,
+      ready,
       unsubscribe: () => {
         if (!state.open) return;
         state.open = false;
@@ -207,7 +218,10 @@ export class XRaptorClient {
     const stream = this._streams.get(response.request_id);
     if (stream) {
       if (isError) stream.fail(XRaptorError.fromResponse(response));
-      else stream.onMessage(response);
+      else if (!stream.acked && response.header.ack === true) {
+        stream.acked = true;
+        stream.ack();
+      } else stream.onMessage(response);
       return;
     }
     if (isError && !response.request_id) console.warn("xraptor error:", response.payload);
