@@ -632,6 +632,7 @@ def summarise(
                 "case": case.name,
                 "metric": metric.key,
                 "label": f"{case.name}: {metric.label}",
+                "systems": list(case.systems),
             }
             for system in SYSTEMS:
                 row[system] = median([s.get(metric.key) for s in samples.get(system, []) if s])
@@ -659,9 +660,8 @@ RATIO_KEYS = {"raw": "vs_raw", "x041": "vs_041", "sio": "vs_sio"}
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    # the classic columns always (the smoke test and RESULTS.md read them), socket.io's
-    # only when a case measured it
-    shown = [s for s in SYSTEMS if s in CLASSIC or any(r[f"{s}_n"] for r in rows)]
+    # a column for every system a selected case compares
+    shown = [s for s in SYSTEMS if any(s in r["systems"] for r in rows)]
     others = [s for s in shown if s != "xraptor"]
     head = [
         "metric",
