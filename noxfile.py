@@ -87,11 +87,12 @@ def demo(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Benchmarks against raw websockets and xraptor 0.4.1 (bench/run.py; not run by default).
+    """Benchmarks against raw websockets, xraptor 0.4.1 and python-socketio on uvicorn.
 
-    Creates bench/.venv-041 for 0.4.1 on first use. ``nox -s bench -- --quick`` for a smoke
-    run, ``-- --only rr --pairs 5`` for one case.
+    bench/run.py; not run by default. Creates bench/.venv-041 for 0.4.1 on first use.
+    ``nox -s bench -- --quick`` for a smoke run, ``-- --only rr --pairs 5`` for one case,
+    ``-- --only mixed`` for the 5 ms handler case against python-socketio.
     """
     session.install("-e", ".", *(f"-e{path}" for path in PLUGINS.values()))
-    session.install("picows", "uvloop", "psutil", "redis", "nats-py")
+    session.install("picows", "uvloop", "psutil", "redis", "nats-py", "python-socketio", "uvicorn")
     session.run("python", "bench/run.py", *session.posargs)

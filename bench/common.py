@@ -20,6 +20,8 @@ ROOM = "bench-room"
 MARK = re.compile(rb"@(\d+)#(\d+)@")
 #: sequence numbers of warm-up probes start here; measured messages count from 0
 PROBE_BASE = 1_000_000_000
+#: what the slow handler of the ``mixed`` case awaits (xraptor ``GET /slow``, socket.io ``slow``)
+SLOW_SECONDS = 0.005
 
 
 def raise_nofile() -> int:

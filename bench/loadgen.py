@@ -1,6 +1,6 @@
 """The load generator: one process, picows on uvloop (or the websockets client as a fallback).
 
-``python bench/loadgen.py rr|fanout|idle --url ws://127.0.0.1:P --wire framework|raw ...``
+``python bench/loadgen.py rr|fanout|idle|mixed --url ws://127.0.0.1:P --wire framework|raw|sio ...``
 
 It talks to the orchestrator (``bench/run.py``) over stdin/stdout, one line each:
 it prints ``READY`` once connected and warmed up, waits for ``GO``, measures,
@@ -137,6 +137,10 @@ def echo_frame(i: int) -> bytes:
 
 def join_frames(wire: str, kind: str, i: int) -> list[bytes]:
     """What a connection sends after connecting; the server answers exactly one frame."""
+    if wire == "sio":
+        # Socket.IO CONNECT to the main namespace; Engine.IO's open packet comes first
+        # (``0{...}``), but it is not the answer ``is_join_answer`` waits for
+        return [b"40"]
     if wire == "raw":
         return [echo_frame(i)] if kind == "plain" else [b"join"]
     if kind == "member":
@@ -149,7 +153,15 @@ def join_frames(wire: str, kind: str, i: int) -> list[bytes]:
     return [echo_frame(i)]
 
 
+def is_join_answer(wire: str, data: bytes) -> bool:
+    """Socket.IO's CONNECT answer is ``40{"sid":...}``; other wires answer with one frame."""
+    return data.startswith(b"40") if wire == "sio" else True
+
+
 def path_for(wire: str, kind: str) -> str:
+    if wire == "sio":
+        # Engine.IO 4 straight over WebSocket, no long-polling first
+        return "/socket.io/?EIO=4&transport=websocket"
     if wire != "raw":
         return "/"
     return {"member": "/member", "sub": "/sub", "pub": "/pub"}.get(kind, "/echo")
@@ -180,7 +192,7 @@ async def open_joined(
                 answered: asyncio.Future[None] = loop.create_future()
 
                 def on_answer(data: bytes) -> None:
-                    if not answered.done():
+                    if not answered.done() and is_join_answer(wire, data):
                         answered.set_result(None)
 
                 conn.handler = on_answer
@@ -457,17 +469,209 @@ async def scenario_idle(args: argparse.Namespace, connect: Connector, control: C
     await asyncio.sleep(0.2)
 
 
-SCENARIOS = {"rr": scenario_rr, "fanout": scenario_fanout, "idle": scenario_idle}
+# ----- mixed: pipelined requests, half of them to a handler that awaits 5 ms ----------------
+
+FAST_DATA = "f" * 24
+SLOW_DATA = "s" * 24
+_ID_KEY = b'"request_id":"'
+
+
+class MixedWire:
+    """One wire's request encoding and answer decoding for the ``mixed`` scenario.
+
+    ``request(ident, slow)`` is the frame of request ``ident``; ``answer(data)`` is that
+    answer's ident, or ``None`` for a frame that is no answer; ``check(data, slow)`` says
+    whether the answer carries what the request sent. Both sides cost about the same
+    (a prefix + number + constant tail; a find and an int()), so the client's cost does
+    not differ between systems beyond the frames' sizes.
+    """
+
+    def __init__(self, wire: str) -> None:
+        self.sio = wire == "sio"
+        if self.sio:
+            # Socket.IO EVENT with an ack id: 42<id>["slow","sss..."]; the ack: 43<id>["sss..."]
+            self.head = b"42"
+            self.tails = (
+                json.dumps(["fast", FAST_DATA], separators=(",", ":")).encode(),
+                json.dumps(["slow", SLOW_DATA], separators=(",", ":")).encode(),
+            )
+        else:
+            # an xraptor GET; the answer echoes request_id and payload
+            self.head = b"{" + _ID_KEY
+            tail = '","payload":"{}","header":{{}},"route":"{}","method":"GET"}}'
+            self.tails = (
+                tail.format(FAST_DATA, "/echo").encode(),
+                tail.format(SLOW_DATA, "/slow").encode(),
+            )
+        self.marks = (FAST_DATA.encode(), SLOW_DATA.encode())
+
+    def request(self, ident: int, slow: bool) -> bytes:
+        return self.head + str(ident).encode() + self.tails[slow]
+
+    def answer(self, data: bytes) -> int | None:
+        if self.sio:
+            if not data.startswith(b"43"):
+                return None
+            end = data.find(b"[", 2)
+            return int(data[2:end]) if end > 2 else None
+        start = data.find(_ID_KEY)
+        if start < 0:
+            return None
+        start += len(_ID_KEY)
+        end = data.find(b'"', start)
+        digits = data[start:end]
+        return int(digits) if digits.isdigit() else None
+
+    def check(self, data: bytes, slow: bool) -> bool:
+        return self.marks[slow] in data
+
+
+class Mixed:
+    __slots__ = ("answers", "bad", "deadline", "finished", "inflight", "limit", "next_id", "sent")
+
+    def __init__(self) -> None:
+        self.deadline = 0
+        self.limit = 0
+        self.sent = 0
+        self.answers = 0
+        self.inflight = 0
+        self.bad = 0
+        self.next_id = 0
+        self.finished = asyncio.Event()
+
+
+async def scenario_mixed(args: argparse.Namespace, connect: Connector, control: Control) -> None:
+    """Each connection keeps ``--inflight`` requests outstanding, alternately fast and slow.
+
+    Answers may come back in any order; each is matched to its request by id (xraptor's
+    ``request_id``, Socket.IO's ack id). An answer sends the connection's next request
+    until the phase's deadline or request limit; the phase ends when every request is
+    answered. Throughput counts every answer; latency is kept apart for fast and slow.
+    """
+    n = args.conns
+    window = args.inflight
+    conns, failures = await open_joined(
+        connect, args.url + path_for(args.wire, "plain"), args.wire, "plain", n, 0, 20
+    )
+    if failures:
+        raise SystemExit(f"{failures} of {n} connections failed")
+    codec = MixedWire(args.wire)
+    st = Mixed()
+    #: per connection: request id -> (sent at ns, slow)
+    pending: list[dict[int, tuple[int, bool]]] = [{} for _ in range(n)]
+    turns = [0] * n
+    fast_ns: array[int] = array("q")
+    slow_ns: array[int] = array("q")
+
+    def send_next(i: int) -> None:
+        slow = bool(turns[i] & 1)
+        turns[i] += 1
+        st.next_id += 1
+        ident = st.next_id
+        st.sent += 1
+        st.inflight += 1
+        pending[i][ident] = (time.perf_counter_ns(), slow)
+        conns[i].send(codec.request(ident, slow))
+
+    def make_handler(i: int) -> Handler:
+        mine = pending[i]
+        conn = conns[i]
+
+        def on_message(data: bytes) -> None:
+            ident = codec.answer(data)
+            if ident is None:
+                if data == b"2":  # Engine.IO ping (every 25 s by default): pong
+                    conn.send(b"3")
+                return
+            entry = mine.pop(ident, None)
+            if entry is None:
+                st.bad += 1
+                return
+            now = time.perf_counter_ns()
+            sent_ns, slow = entry
+            (slow_ns if slow else fast_ns).append(now - sent_ns)
+            st.answers += 1
+            st.inflight -= 1
+            if not codec.check(data, slow):
+                st.bad += 1
+            if st.sent < st.limit and now < st.deadline:
+                send_next(i)
+            elif st.inflight == 0:
+                st.finished.set()
+
+        return on_message
+
+    for i, conn in enumerate(conns):
+        conn.handler = make_handler(i)
+
+    async def phase(limit: int, seconds: float) -> float:
+        fast_ns[:] = array("q")
+        slow_ns[:] = array("q")
+        st.finished.clear()
+        st.answers = st.sent = 0
+        st.limit = limit
+        st.deadline = time.perf_counter_ns() + int(seconds * 1e9)
+        start = time.perf_counter()
+        for _ in range(window):
+            for i in range(n):
+                if st.sent < limit:
+                    send_next(i)
+        if st.inflight:
+            await asyncio.wait_for(st.finished.wait(), seconds + 20)
+        return time.perf_counter() - start
+
+    await phase(max(n * window * 4, args.round_trips // 20), min(0.5, args.seconds))
+    control.say("READY")
+    if await control.line(120) != "GO":
+        return
+    cpu0 = time.process_time()
+    elapsed = await phase(args.round_trips, args.seconds)
+    cpu = time.process_time() - cpu0
+    if st.bad:
+        raise SystemExit(f"{st.bad} answers were unexpected or did not echo their request")
+    fast = sorted(fast_ns)
+    slow = sorted(slow_ns)
+    done = st.answers
+    control.say(
+        "RESULT",
+        {
+            "answers": done,
+            "fast": len(fast),
+            "slow": len(slow),
+            "elapsed_s": elapsed,
+            "rate": done / elapsed,
+            "fast_p50_us": percentile(fast, 0.50, 1e3),
+            "fast_p99_us": percentile(fast, 0.99, 1e3),
+            "slow_p50_us": percentile(slow, 0.50, 1e3),
+            "client_cpu_s": cpu,
+            "client_cpu_us_per_op": cpu / done * 1e6 if done else None,
+            "ops": done,
+        },
+    )
+    await control.line(60)
+    for conn in conns:
+        conn.close()
+
+
+SCENARIOS = {
+    "rr": scenario_rr,
+    "fanout": scenario_fanout,
+    "idle": scenario_idle,
+    "mixed": scenario_mixed,
+}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("scenario", choices=sorted(SCENARIOS))
     parser.add_argument("--url", required=True, help="ws://host:port (no path)")
-    parser.add_argument("--wire", choices=["framework", "raw"], default="framework")
+    parser.add_argument("--wire", choices=["framework", "raw", "sio"], default="framework")
     parser.add_argument("--client", choices=["auto", "picows", "websockets"], default="auto")
     parser.add_argument("--conns", type=int, default=50)
     parser.add_argument("--round-trips", type=int, default=200_000)
+    parser.add_argument(
+        "--inflight", type=int, default=16, help="mixed: requests outstanding per connection"
+    )
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--members", type=int, default=100)
     parser.add_argument("--messages", type=int, default=1000)

@@ -1,11 +1,15 @@
-"""The servers under test, one per process: ``python bench/servers.py raw|xraptor ...``.
+"""The servers under test, one per process: ``python bench/servers.py raw|xraptor|sio ...``.
 
 * ``raw``: plain ``websockets`` (new asyncio API), the baseline. By path:
   ``/echo`` echoes; ``/member`` joins the room; ``/pub`` publishes to the room
   (``websockets.broadcast()`` directly, or through one Redis / NATS subscription
   that broadcasts what it receives); ``/sub`` holds one subscription per connection.
 * ``xraptor``: this repository's xraptor through its public API: ``GET /echo``,
-  ``SUB /stream`` and the chat routes of :mod:`xraptor.demo`.
+  ``GET /slow`` (awaits 5 ms, then echoes), ``SUB /stream`` and the chat routes of
+  :mod:`xraptor.demo`.
+* ``sio``: python-socketio's ``AsyncServer(async_mode="asgi")`` in ``socketio.ASGIApp``,
+  served by uvicorn on this process's event loop (the same ``--loop`` as the others):
+  events ``fast`` (acknowledged with its data) and ``slow`` (awaits 5 ms first).
 
 The 0.4.1 server is ``bench/_041_app.py``, run in its own virtualenv.
 """
@@ -16,13 +20,14 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
+import functools
 import pstats
 import signal
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from common import ROOM, raise_nofile, run_loop
+from common import ROOM, SLOW_SECONDS, raise_nofile, run_loop
 
 
 class RawBackend:
@@ -140,6 +145,11 @@ async def xraptor_main(port: int, antenna: str, url: str, stop: asyncio.Event) -
     async def echo(request: xraptor.Request) -> xraptor.Response:
         return xraptor.Response.create(request.request_id, {}, request.payload, request.method)
 
+    @xraptor.XRaptor.register("/slow").as_get
+    async def slow(request: xraptor.Request) -> xraptor.Response:
+        await asyncio.sleep(SLOW_SECONDS)
+        return xraptor.Response.create(request.request_id, {}, request.payload, request.method)
+
     @xraptor.XRaptor.register("/stream").as_sub
     async def stream(request: xraptor.Request) -> None:
         return None
@@ -152,9 +162,48 @@ async def xraptor_main(port: int, antenna: str, url: str, stop: asyncio.Event) -
         await server.close()
 
 
+async def sio_main(
+    port: int, antenna: str, url: str, stop: asyncio.Event, ws: str = "auto"
+) -> None:
+    """python-socketio on uvicorn; handlers run concurrently (its default ``async_handlers``)."""
+    import socketio  # type: ignore[import-untyped,unused-ignore]
+    import uvicorn
+
+    sio = socketio.AsyncServer(async_mode="asgi")
+
+    async def fast(sid: str, data: Any) -> Any:
+        return data
+
+    async def slow(sid: str, data: Any) -> Any:
+        await asyncio.sleep(SLOW_SECONDS)
+        return data
+
+    sio.on("fast", fast)
+    sio.on("slow", slow)
+    config = uvicorn.Config(
+        socketio.ASGIApp(sio),
+        host="127.0.0.1",
+        port=port,
+        loop="none",  # serve() runs on the loop common.run_loop made (uvloop or asyncio)
+        lifespan="off",
+        ws=ws,  # uvicorn's WebSocket implementation; "auto" is websockets-sansio
+        log_level="warning",
+        access_log=False,
+    )
+    server = uvicorn.Server(config)
+    serving = asyncio.get_running_loop().create_task(server.serve())
+    stopping = asyncio.get_running_loop().create_task(stop.wait())
+    # uvicorn catches SIGTERM/SIGINT itself while serving; either way, both tasks end here
+    await asyncio.wait([serving, stopping], return_when=asyncio.FIRST_COMPLETED)
+    server.should_exit = True
+    stopping.cancel()
+    await serving
+
+
 MAINS: dict[str, Callable[[int, str, str, asyncio.Event], Awaitable[None]]] = {
     "raw": raw_main,
     "xraptor": xraptor_main,
+    "sio": sio_main,
 }
 
 
@@ -166,7 +215,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--url", default="", help="the Redis / NATS URL")
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
     parser.add_argument("--profile", default="", help="write cProfile stats here on exit")
+    parser.add_argument(
+        "--ws", default="auto", help="sio: uvicorn's WebSocket implementation (auto, wsproto ...)"
+    )
     args = parser.parse_args(argv)
+    serve = MAINS[args.system]
+    if args.system == "sio":
+        serve = functools.partial(sio_main, ws=args.ws)
     raise_nofile()
     profile = cProfile.Profile() if args.profile else None
 
@@ -178,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
         if profile is not None:
             profile.enable()
         try:
-            await MAINS[args.system](args.port, args.antenna, args.url, stop)
+            await serve(args.port, args.antenna, args.url, stop)
         finally:
             if profile is not None:
                 profile.disable()
