@@ -73,6 +73,9 @@ class NatsAntenna(Antenna):
     :param connect_timeout: seconds for the first connection; default 2.0
     :param reconnect_time_wait: seconds between reconnection attempts; default 0.5
     :param name: connection name shown in NATS monitoring; default ``"xraptor"``
+    :param health_timeout: seconds the health probe (:meth:`ping`) may wait for its
+        round trip before the antenna reports ``down``; default 3.0
+    :param health_interval: seconds between health probes; default 1.0
     :param connect_options: further keyword arguments for ``nats.connect`` (``user``,
         ``password``, ``token``, ``tls``, ``user_credentials``, ...)
     """

@@ -85,6 +85,8 @@ class RedisAntenna(Antenna):
     * ``health_check_interval``: seconds of silence on the subscriber connection
       after which it is PINGed, and dropped and reconnected when the PING gets no
       answer within as long again; default 5.0, 0 disables;
+    * ``health_timeout`` / ``health_interval``: the base class's health probe
+      (:meth:`ping`), default 3.0 / 1.0;
     * ``max_pending_publishes``: publishes that may wait for Redis before new ones
       fail at once with :class:`~xraptor.AntennaUnavailable`, default 10000.
     """
