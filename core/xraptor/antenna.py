@@ -14,8 +14,12 @@ coroutines, the *driver* side:
 
 A driver that lost its backend and resubscribed calls :meth:`Antenna.report_gap`
 so that clients learn messages may have been missed, and keeps :attr:`state`
-truthful. Everything else (``post``, ``subscribe``, ``listen``, lifecycle) is
-provided here. The suite in :mod:`xraptor.testing` states the contract as tests.
+truthful with :meth:`Antenna.set_state`. A driver may also implement the
+optional :meth:`Antenna.ping` (one round trip to the backend): the base class
+then probes it in the background (:mod:`xraptor.probe`), so that a backend that
+freezes without dropping the connection is reported ``down`` too. Everything
+else (``post``, ``subscribe``, ``listen``, lifecycle) is provided here. The
+suite in :mod:`xraptor.testing` states the contract as tests.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from types import TracebackType
 from typing import Any, ClassVar, Literal, Self
 
 from .hub import Hub, Listener
+from .probe import DEFAULT_INTERVAL, DEFAULT_TIMEOUT, Prober, seconds_option
 
 State = Literal["new", "up", "down", "closed"]
 
@@ -51,7 +56,13 @@ class Antenna(ABC):
     """Base class of every antenna (built-in or from a plugin).
 
     :param options: backend options (``url``, timeouts, ...); merged over the
-        class-wide ones given to :meth:`set_config`.
+        class-wide ones given to :meth:`set_config`. Every antenna takes
+        ``health_timeout`` (seconds a :meth:`ping` may wait for its answer before
+        the antenna reports ``down``, default 3) and ``health_interval`` (seconds
+        between probes, default 1); they matter only for antennas that implement
+        :meth:`ping`.
+    :raises ValueError: when ``health_timeout`` or ``health_interval`` is not a
+        positive number of seconds
     """
 
     #: the name applications select the antenna by, e.g. ``"redis"``
@@ -63,6 +74,16 @@ class Antenna(ABC):
         self._hub = Hub(self.watch, self.unwatch)
         self._state: State = "new"
         self._start_lock = asyncio.Lock()
+        self.health_timeout = seconds_option(self.options, "health_timeout", DEFAULT_TIMEOUT)
+        self.health_interval = seconds_option(self.options, "health_interval", DEFAULT_INTERVAL)
+        self._prober: Prober | None = None
+        if self.can_ping:
+            self._prober = Prober(
+                self.ping,
+                label=self.name or type(self).__name__,
+                interval=self.health_interval,
+                timeout=self.health_timeout,
+            )
 
     # ----- driver side: what a plugin implements -------------------------------
 
@@ -98,6 +119,23 @@ class Antenna(ABC):
     async def is_alive(self, channel: str) -> bool:
         """Whether some process (this one included) listens to ``channel`` now."""
 
+    async def ping(self) -> None:
+        """Optional: one round trip to the backend; return once it answered.
+
+        An antenna that implements it is probed in the background while it is
+        started: a ping that does not return within ``health_timeout`` (or raises)
+        makes :attr:`state` ``down`` until a later one returns. It must be safe to
+        cancel (the probe's timeout cancels it) and should travel the path that
+        would stall first (e.g. the subscriber connection). Not implementing it
+        is fine: the antenna is then as healthy as its driver reports.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement ping()")
+
+    @property
+    def can_ping(self) -> bool:
+        """Whether this antenna implements :meth:`ping` (and so is probed)."""
+        return type(self).ping is not Antenna.ping
+
     # ----- helpers for drivers -------------------------------------------------
 
     def deliver(self, channel: str, message: str) -> None:
@@ -114,12 +152,27 @@ class Antenna(ABC):
 
     @property
     def state(self) -> State:
-        """``new`` before start, ``up``, ``down`` while the backend is unreachable, ``closed``."""
+        """``new`` before start, ``up``, ``down`` while the backend is unreachable, ``closed``.
+
+        ``down`` when the driver says so (:meth:`set_state`) or, for an antenna
+        that implements :meth:`ping`, when the last probe got no answer in time.
+        """
+        prober = self._prober
+        if self._state == "up" and prober is not None and prober.failure is not None:
+            return "down"
+        return self._state
+
+    @property
+    def connection_state(self) -> State:
+        """The state the driver reported with :meth:`set_state`, without the probe's verdict."""
         return self._state
 
     def set_state(self, state: State) -> None:
         """Drivers report backend reachability here (drives ``/health``)."""
+        changed = state != self._state
         self._state = state
+        if changed and self._prober is not None:
+            self._prober.connection_changed(state == "up")
 
     # ----- application side ----------------------------------------------------
 
@@ -145,12 +198,16 @@ class Antenna(ABC):
             await self.connect()
             if self._state == "new":
                 self._state = "up"
+            if self._prober is not None:
+                self._prober.start(connected=self._state == "up")
 
     async def close(self) -> None:
         """Stop every listener and release the backend. Safe to call again."""
         if self._state == "closed":
             return
         self._hub.clear()
+        if self._prober is not None:
+            await self._prober.stop()
         try:
             if self._state != "new":
                 await self.disconnect()
@@ -212,8 +269,15 @@ class Antenna(ABC):
         return Subscription(self, channel, max_pending)
 
     def describe(self) -> dict[str, Any]:
-        """What ``/health`` reports about this antenna."""
-        return {"name": self.name, "state": self._state, "channels": len(self._hub.channels())}
+        """What ``/health`` reports about this antenna (and its probe's figures, if any)."""
+        info: dict[str, Any] = {
+            "name": self.name,
+            "state": self.state,
+            "channels": len(self._hub.channels()),
+        }
+        if self._prober is not None:
+            info.update(self._prober.describe())
+        return info
 
 
 def _check_channel(channel: object) -> None:

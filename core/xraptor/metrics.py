@@ -76,6 +76,17 @@ class Metrics:
             lines.append("# TYPE xraptor_antenna_up gauge")
             up = 1 if _is_up(antenna) else 0
             lines.append(f'xraptor_antenna_up{{antenna="{antenna.get("name", "")}"}} {up}')
+            round_trip = antenna.get("round_trip_ms")
+            if isinstance(round_trip, int | float):
+                lines.append(
+                    "# HELP xraptor_antenna_round_trip_seconds Last answered health probe's "
+                    "round trip to the backend."
+                )
+                lines.append("# TYPE xraptor_antenna_round_trip_seconds gauge")
+                lines.append(
+                    f'xraptor_antenna_round_trip_seconds{{antenna="{antenna.get("name", "")}"}} '
+                    f"{round_trip / 1e3:.6f}"
+                )
             reconnects = antenna.get("reconnects")
             if isinstance(reconnects, int):
                 lines.append(

@@ -244,6 +244,28 @@ class AntennaConformance:
             await antenna.start()
         await antenna.close()
 
+    @pytest.mark.asyncio
+    async def test_optional_round_trip_check(self, antenna_factory: AntennaFactory) -> None:
+        """An antenna that implements ``ping`` answers it and is probed while started, and
+        ``close()`` ends the probe; one that does not is never probed."""
+        antenna = antenna_factory()
+        await antenna.start()
+        try:
+            if not antenna.can_ping:
+                assert "round_trip_ms" not in antenna.describe()
+                return
+            await asyncio.wait_for(antenna.ping(), antenna.health_timeout)
+
+            async def probed() -> bool:
+                return antenna.describe()["round_trip_ms"] is not None
+
+            assert await eventually(probed, antenna.health_interval + antenna.health_timeout)
+            assert antenna.state == "up" and antenna.describe()["probe_failure"] is None
+        finally:
+            await antenna.close()
+        probes = [task for task in asyncio.all_tasks() if "health probe" in task.get_name()]
+        assert probes == []
+
 
 def _negate(condition: Callable[[], Awaitable[bool]]) -> Callable[[], Awaitable[bool]]:
     async def negated() -> bool:

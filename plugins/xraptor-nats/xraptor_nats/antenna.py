@@ -9,6 +9,11 @@ Subjects (``P`` is the ``subject_prefix`` option, ``T`` the channel's token from
   nobody subscribes to gets the server's "no responders" status at once, so
   :meth:`is_alive` is truthful across processes. One subscription per channel
   serves both (one nats-py task per channel).
+
+Health: :meth:`NatsAntenna.ping` (the contract's optional round trip, probed by
+the base class) is the same server round trip as :meth:`NatsAntenna._sync`: a
+marker published to this connection's own inbox subject comes back. Not
+``flush()``, whose cancellation (the probe's timeout) is unsafe, see ``_sync``.
 """
 
 from __future__ import annotations
@@ -68,6 +73,9 @@ class NatsAntenna(Antenna):
     :param connect_timeout: seconds for the first connection; default 2.0
     :param reconnect_time_wait: seconds between reconnection attempts; default 0.5
     :param name: connection name shown in NATS monitoring; default ``"xraptor"``
+    :param health_timeout: seconds the health probe (:meth:`ping`) may wait for its
+        round trip before the antenna reports ``down``; default 3.0
+    :param health_interval: seconds between health probes; default 1.0
     :param connect_options: further keyword arguments for ``nats.connect`` (``user``,
         ``password``, ``token``, ``tls``, ``user_credentials``, ...)
     """
@@ -181,7 +189,7 @@ class NatsAntenna(Antenna):
                 self.report_gap([channel])
                 return
         # while down, nats-py reports each failed reconnection attempt: keep them quiet
-        level = logging.DEBUG if self.state == "down" else logging.WARNING
+        level = logging.DEBUG if self.connection_state == "down" else logging.WARNING
         logger.log(level, "NATS: %s: %s", type(error).__name__, error)
 
     async def _on_disconnected(self) -> None:
@@ -299,8 +307,15 @@ class NatsAntenna(Antenna):
             except _ANY_NATS as error:
                 logger.debug("confirming the unsubscribe of %.64r: %s", channel, error)
 
-    async def _sync(self, nc: Client) -> None:
+    async def ping(self) -> None:
+        """One round trip through the server (a :meth:`_sync` marker), bounded by the caller."""
+        await self._sync(self._connected(), bounded=False)
+
+    async def _sync(self, nc: Client, *, bounded: bool = True) -> None:
         """Return once the server has processed every command sent so far.
+
+        Within ``publish_timeout`` when ``bounded``, else the caller bounds it
+        (the health probe, with ``health_timeout``); cancelling it is safe.
 
         This publishes a marker to a subject only this connection subscribes to
         and waits for it to come back: the server handles a connection's commands
@@ -319,7 +334,7 @@ class NatsAntenna(Antenna):
         try:
             await self._wait_for_room(nc, 64 + len(self._sync_subject))
             await nc.publish(self._sync_subject, str(marker).encode())
-            async with asyncio.timeout(self.publish_timeout):
+            async with asyncio.timeout(self.publish_timeout if bounded else None):
                 await done
         finally:
             self._sync_waiters.pop(marker, None)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -93,6 +94,15 @@ class RedisServer:
     def restart(self) -> None:
         self.kill()
         self.start()
+
+    def pause(self) -> None:
+        """SIGSTOP: connections stay open but nothing is read or answered."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
 
 
 def _no_backend(reason: str) -> None:

@@ -15,6 +15,13 @@ backoff (it never gives up), resubscribes every wanted channel, waits for Redis
 to confirm them, then reports ``up`` and a gap on those channels. redis-py's own
 silent reconnect-and-resubscribe is switched off for the subscriber connection:
 it would hide the gap.
+
+Health: :meth:`RedisAntenna.ping` (the contract's optional round trip, probed by
+the base class every ``health_interval``) sends ``PING`` on the subscriber
+connection, the one that stalls when Redis freezes; its answer comes back in the
+pub/sub stream and the reader hands it over (:mod:`xraptor_redis.pongs`). The
+probe only reports ``down``; the ``health_check_interval`` watchdog is what drops
+and reconnects a silent connection.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from xraptor.antenna import Antenna, AntennaError, AntennaUnavailable
 
 from ._bounded import bounded
+from .pongs import Pongs
 from .publisher import Publisher
 
 logger = logging.getLogger("xraptor_redis")
@@ -77,6 +85,8 @@ class RedisAntenna(Antenna):
     * ``health_check_interval``: seconds of silence on the subscriber connection
       after which it is PINGed, and dropped and reconnected when the PING gets no
       answer within as long again; default 5.0, 0 disables;
+    * ``health_timeout`` / ``health_interval``: the base class's health probe
+      (:meth:`ping`), default 3.0 / 1.0;
     * ``max_pending_publishes``: publishes that may wait for Redis before new ones
       fail at once with :class:`~xraptor.AntennaUnavailable`, default 10000.
     """
@@ -105,6 +115,8 @@ class RedisAntenna(Antenna):
         self._reader: asyncio.Task[None] | None = None
         self._publisher: Publisher | None = None
         self._watchdog: asyncio.Task[None] | None = None
+        #: health-probe PINGs waiting for the reader to see their answer
+        self._pongs = Pongs()
         #: loop time of the last thing read on the subscriber connection
         self._last_read = 0.0
         #: channels that should be subscribed (watched, or being watched)
@@ -255,6 +267,18 @@ class RedisAntenna(Antenna):
         self._forget(channel)
         await self._send_unsubscribe(channel, wait=True)
 
+    async def ping(self) -> None:
+        """``PING`` on the subscriber connection; returns once the reader saw the answer."""
+        pubsub = self._usable_pubsub()
+        if pubsub is None:
+            raise AntennaUnavailable(f"the subscriber connection to {self._where()} is down")
+        token, answered = self._pongs.expect()
+        try:
+            await pubsub.ping(token)
+            await answered
+        finally:
+            self._pongs.forget(token)
+
     def describe(self) -> dict[str, Any]:
         """``/health``: the base fields, plus the URL (no credentials) and outage figures."""
         description = super().describe()
@@ -384,7 +408,7 @@ class RedisAntenna(Antenna):
             try:
                 await self._read(pubsub)
             except Exception as error:
-                if self.state == "up":
+                if self.connection_state == "up":
                     logger.warning(
                         "redis antenna: lost the subscriber connection to %s (%s: %s)",
                         self._where(),
@@ -394,6 +418,9 @@ class RedisAntenna(Antenna):
                 if not isinstance(error, _UNREACHABLE):
                     logger.exception("redis antenna: unexpected error in the reader")
                 self.set_state("down")
+                self._pongs.fail_all(
+                    AntennaUnavailable(f"lost the subscriber connection to {self._where()}")
+                )
                 self._gap_channels = self.watched_channels()
                 self._resubscribing = set()
                 await self._close_pubsub()
@@ -413,6 +440,9 @@ class RedisAntenna(Antenna):
             self._last_read = loop.time()
             if not response:
                 continue
+            if isinstance(response, str):  # PING's plain answer: nothing subscribed yet
+                self._pongs.answered(response)
+                continue
             kind = response[0]
             if kind == "message":
                 deliver(response[1], response[2])
@@ -422,6 +452,8 @@ class RedisAntenna(Antenna):
                 future = self._unsubscribed.pop(response[1], None)
                 if future is not None and not future.done():
                     future.set_result(None)
+            elif kind == "pong":
+                self._pongs.answered(response[1])
 
     async def _watch_health(self) -> None:
         """Detect a subscriber connection that went silent (frozen server, half-open TCP).
@@ -469,7 +501,7 @@ class RedisAntenna(Antenna):
 
     def _maybe_recovered(self) -> None:
         """After a reconnect: once every resubscription is confirmed, report up and the gap."""
-        if self._resubscribing or self._pubsub is None or self.state != "down":
+        if self._resubscribing or self._pubsub is None or self.connection_state != "down":
             return
         channels, self._gap_channels = self._gap_channels, []
         self.set_state("up")
