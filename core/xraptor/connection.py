@@ -12,6 +12,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
+from .handshake import identity_of
 from .hub import gap_round
 from .protocol import GAP_TAIL, push_prefix, push_tail
 
@@ -63,11 +64,15 @@ class Connection:
 
     :param max_buffer: bytes allowed in the outgoing buffer before the
         slow-consumer policy closes the connection
+
+    :ivar identity: what the connect guards returned at the handshake (``None``
+        without guards)
     """
 
     __slots__ = (
         "_closing",
         "connection_id",
+        "identity",
         "max_buffer",
         "metrics",
         "path",
@@ -83,6 +88,7 @@ class Connection:
         remote = ws.remote_address
         self.remote_ip: str = remote[0] if remote else ""
         self.connection_id = uuid.uuid4().hex
+        self.identity: object = identity_of(ws)
         self.streams: dict[str, Stream] = {}
         self.max_buffer = max_buffer
         self.metrics = metrics

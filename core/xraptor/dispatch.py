@@ -76,6 +76,7 @@ class Dispatch:
         except RequestError as error:
             await self._refuse(connection, error, data)
             return
+        request.connection = connection
         try:
             if self._middlewares:
                 try:
