@@ -215,3 +215,81 @@ def test_workers_stop_when_the_supervisor_is_killed(app_dir: Path) -> None:
         if process.poll() is None:
             process.kill()
         process.communicate(timeout=20)
+
+
+# ----- --origin / XRAPTOR_ORIGINS -----------------------------------------------------------
+
+
+def test_origins_from_flags_or_env(app_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    app, _ = _configure("cliapp:app")
+    assert app._origin_policy.describe() == "same-origin pages only"
+    sys.modules.pop("cliapp", None)
+    monkeypatch.setenv("XRAPTOR_ORIGINS", "https://a.example, http://localhost:8000")
+    app, _ = _configure("cliapp:app")
+    assert app._origin_policy.describe() == "http://localhost:8000, https://a.example"
+    sys.modules.pop("cliapp", None)
+    app, _ = _configure("cliapp:app", "--origin", "*")
+    assert app._origin_policy.describe() == "every origin"  # flags win
+    sys.modules.pop("cliapp", None)
+    app, _ = _configure("cliapp:app", "--origin", "https://b.example")
+    assert app._origin_policy.describe() == "https://b.example"
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (["--origin", "null"], "", "--origin: origins cannot allow 'null'"),
+        ([], "app.example", "XRAPTOR_ORIGINS: invalid entry in origins: 'app.example'"),
+    ],
+)
+def test_a_bad_origin_is_a_usage_error(
+    app_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    env: str,
+    message: str,
+) -> None:
+    if env:
+        monkeypatch.setenv("XRAPTOR_ORIGINS", env)
+    assert cli.main(["run", "cliapp:app", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_workers_get_the_origins(app_dir: Path) -> None:
+    args = cli.build_parser().parse_args(
+        ["run", "cliapp_shared:app", "--origin", "https://a.example", "--origin", "https://b.x"]
+    )
+    app, _ = cli._configure(args)
+    command = cli._worker_command(args, app)
+    assert command[-4:] == ["--origin", "https://a.example", "--origin", "https://b.x"]
+
+
+async def _upgrade_status(port: int, origin: str) -> int:
+    from handshake_support import raw_get
+
+    return (await raw_get(port, headers=[("Origin", origin)])).status
+
+
+@pytest.mark.parametrize("source", ["flag", "env"])
+def test_run_applies_the_origins(app_dir: Path, source: str) -> None:
+    port = free_port()
+    allowed = "https://app.example"
+    argv = ["cliapp:app", "--port", str(port)]
+    env = {}
+    if source == "flag":
+        argv += ["--origin", allowed, "--origin", "http://localhost:1"]
+    else:
+        env["XRAPTOR_ORIGINS"] = f"{allowed},http://localhost:1"
+    process = start_run(app_dir, *argv, env=env)
+    try:
+        wait_for_port(port, process)
+        assert asyncio.run(_upgrade_status(port, allowed)) == 101
+        assert asyncio.run(_upgrade_status(port, "http://localhost:1")) == 101
+        assert asyncio.run(_upgrade_status(port, f"http://127.0.0.1:{port}")) == 403
+        assert asyncio.run(_upgrade_status(port, "https://evil.example")) == 403
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=20)[0]
+    assert process.returncode == 0, output
+    assert "refused a WebSocket upgrade" in output and "'https://evil.example'" in output

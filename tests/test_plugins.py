@@ -134,6 +134,7 @@ def test_a_third_party_plugin_is_found_listed_and_selected_by_name(
     assert listed.returncode == 0, listed.stderr
     assert "fake: xraptor-fake 0.1.0" in listed.stdout
     assert "antennas: fake" in listed.stdout and "middlewares: fake-ping" in listed.stdout
+    assert "guards: fake-allow-list" in listed.stdout
     assert "memory: xraptor (built-in)" in listed.stdout
 
     code = serve_once(
@@ -147,6 +148,39 @@ def test_a_third_party_plugin_is_found_listed_and_selected_by_name(
     assert hello["payload"] == "hi from fake"
     assert ping["payload"] == "pong!" and ping["method"] == "GET"
     assert ping["header"] == {"started": "fake"}  # the startup hook's awaitable was awaited
+
+
+GUARDED = """
+    import asyncio, json
+    import xraptor
+    from websockets.exceptions import InvalidStatus
+
+    @xraptor.XRaptor.register("/whoami").as_get
+    async def whoami(request):
+        return xraptor.Response.create(request.request_id, {}, str(request.connection.identity))
+
+    async def main():
+        server = xraptor.XRaptor("127.0.0.1", 0)
+        server.use_guard("fake-allow-list", tokens={"t-1": "dana"})
+        await server.start()
+        url = f"ws://127.0.0.1:{server.port}"
+        async with xraptor.Client(url, token="t-1") as client:
+            identity = (await client.get("/whoami")).payload
+        try:
+            await xraptor.Client(url, token="t-2").connect()
+        except InvalidStatus as refused:
+            status = refused.response.status_code
+        await server.close()
+        print(json.dumps([identity, status]))
+
+    asyncio.run(main())
+"""
+
+
+def test_a_plugin_guard_is_enabled_by_name(deps_dir: Path, fake_plugin_dir: Path) -> None:
+    result = run_isolated(GUARDED, deps_dir, fake_plugin_dir)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == ["dana", 401]
 
 
 def test_installing_a_plugin_changes_nothing_by_itself(

@@ -11,9 +11,10 @@ from .antenna import (
 from .broadcast import Broadcast
 from .client import Client, ClientError
 from .connection import Connection
+from .handshake import Handshake, Refuse
 from .hookspecs import hookimpl
 from .metrics import Metrics
-from .plugins import UnknownAntennaError, UnknownMiddlewareError, get_plugins
+from .plugins import UnknownAntennaError, UnknownGuardError, UnknownMiddlewareError, get_plugins
 from .protocol import ErrorCode, MethodType, Request, RequestError, Response, error_response
 from .server import XRaptor
 
@@ -26,14 +27,17 @@ __all__ = [
     "ClientError",
     "Connection",
     "ErrorCode",
+    "Handshake",
     "MessageTooLarge",
     "MethodType",
     "Metrics",
+    "Refuse",
     "Request",
     "RequestError",
     "Response",
     "Subscription",
     "UnknownAntennaError",
+    "UnknownGuardError",
     "UnknownMiddlewareError",
     "XRaptor",
     "antennas",

@@ -38,6 +38,7 @@ ENV = {
     "antenna": "XRAPTOR_ANTENNA",
     "workers": "XRAPTOR_WORKERS",
     "log_level": "XRAPTOR_LOG_LEVEL",
+    "origin": "XRAPTOR_ORIGINS",
 }
 
 
@@ -55,6 +56,7 @@ def _plugins(_: argparse.Namespace) -> int:
             continue
         print(f"  antennas: {', '.join(info.antennas) or '-'}")
         print(f"  middlewares: {', '.join(info.middlewares) or '-'}")
+        print(f"  guards: {', '.join(info.guards) or '-'}")
     return 0
 
 
@@ -118,8 +120,19 @@ def _int_setting(args: argparse.Namespace, name: str) -> int | None:
         raise UsageError(f"{name} must be an integer, got {value!r} (from {ENV[name]})") from None
 
 
+def _origins(args: argparse.Namespace) -> list[str] | None:
+    """``--origin`` (repeatable), else ``XRAPTOR_ORIGINS`` (comma-separated), else None."""
+    origins: list[str] | None = getattr(args, "origin", None)
+    if origins is None:
+        value = os.environ.get(ENV["origin"])
+        if not value:
+            return None
+        origins = [item.strip() for item in value.split(",") if item.strip()]
+    return origins
+
+
 def _configure(args: argparse.Namespace) -> tuple[XRaptor, int]:
-    """Load the app, apply host, port and antenna; return it and the worker count."""
+    """Load the app, apply host, port, antenna and origins; return it and the worker count."""
     app = load_app(args.target)
     host = _setting(args, "host")
     if host is not None:
@@ -132,6 +145,13 @@ def _configure(args: argparse.Namespace) -> tuple[XRaptor, int]:
     antenna = _setting(args, "antenna")
     if antenna is not None:
         app.set_antenna(antenna)
+    origins = _origins(args)
+    if origins is not None:
+        source = "--origin" if getattr(args, "origin", None) else ENV["origin"]
+        try:
+            app.set_origins(origins)
+        except (TypeError, ValueError) as error:
+            raise UsageError(f"{source}: {error}") from None
     workers = _int_setting(args, "workers")
     workers = 1 if workers is None else workers
     if workers < 1:
@@ -189,6 +209,8 @@ def _worker_command(args: argparse.Namespace, app: XRaptor) -> list[str]:
     antenna = _setting(args, "antenna")
     if antenna is not None:
         command += ["--antenna", antenna]
+    for origin in _origins(args) or []:
+        command += ["--origin", origin]
     return command
 
 
@@ -291,6 +313,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--antenna",
         help=f"antenna name or URL, e.g. redis://127.0.0.1:6379/0 (env {ENV['antenna']})",
+    )
+    run.add_argument(
+        "--origin",
+        action="append",
+        metavar="URL",
+        help="a browser origin allowed to connect, e.g. https://app.example; repeat for "
+        "more, '*' for any (default: same-origin pages only; env "
+        f"{ENV['origin']}, comma-separated)",
     )
     run.add_argument(
         "--workers",

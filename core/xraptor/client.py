@@ -19,6 +19,7 @@ import contextlib
 import logging
 import uuid
 from collections import deque
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Self
 
@@ -26,7 +27,9 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 
+from .handshake import handshake_headers
 from .protocol import ACK, MethodType, Response
+from .redaction import redacting_logger
 
 logger = logging.getLogger("xraptor.client")
 
@@ -244,7 +247,16 @@ class Client:
         ``False`` returns them like any other response
     :param max_queue: unread messages buffered per stream; a stream whose consumer
         falls further behind ends with :class:`ClientError` code ``client_overflow``
+    :param token: a bearer token, sent as ``Authorization: Bearer <token>`` on the
+        handshake for the server's connect guards (``handshake.token``)
+    :param headers: extra HTTP headers for the handshake (``{"X-Api-Key": ...}``)
     :param connect_options: passed to :func:`websockets.asyncio.client.connect`
+
+    A server that refuses the handshake (an Origin it does not allow, a guard's
+    ``Refuse``) makes :meth:`connect` raise websockets'
+    :class:`~websockets.exceptions.InvalidStatus`: ``error.response.status_code``
+    is the HTTP status (401, 403 ...), ``error.response.body`` the reason.
+    websockets' DEBUG log of the handshake has the token and credentials redacted.
     """
 
     def __init__(
@@ -254,12 +266,18 @@ class Client:
         *,
         raise_errors: bool = True,
         max_queue: int = 1024,
+        token: str | None = None,
+        headers: Mapping[str, str] | None = None,
         **connect_options: Any,
     ) -> None:
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout!r}")
         if max_queue <= 0:
             raise ValueError(f"max_queue must be positive, got {max_queue!r}")
+        connect_options["additional_headers"] = handshake_headers(
+            token, headers, connect_options.get("additional_headers")
+        )
+        connect_options.setdefault("logger", redacting_logger("websockets.client"))
         self.url = url
         self.timeout = timeout
         self.raise_errors = raise_errors

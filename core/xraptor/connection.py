@@ -17,6 +17,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
+from .handshake import identity_of
 from .hub import gap_round
 from .protocol import GAP_TAIL, push_prefix, push_tail
 
@@ -97,6 +98,9 @@ class Connection:
 
     :param max_buffer: bytes allowed in the outgoing buffer before the
         slow-consumer policy closes the connection
+
+    :ivar identity: what the connect guards returned at the handshake (``None``
+        without guards)
     """
 
     __slots__ = (
@@ -106,6 +110,7 @@ class Connection:
         "_room",
         "connection_id",
         "frames",
+        "identity",
         "max_buffer",
         "metrics",
         "path",
@@ -125,6 +130,7 @@ class Connection:
         remote = ws.remote_address
         self.remote_ip: str = remote[0] if remote else ""
         self.connection_id = uuid.uuid4().hex
+        self.identity: object = identity_of(ws)
         self.streams: dict[str, Stream] = {}
         self.max_buffer = max_buffer
         self.metrics = metrics

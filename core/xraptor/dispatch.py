@@ -127,6 +127,7 @@ class Dispatch:
                         continue
                     await self._refuse(connection, error, data)
                 else:
+                    request.connection = connection
                     if request.method in _INLINE or max_inflight == 1:
                         connection.serving_inline = True
                         try:

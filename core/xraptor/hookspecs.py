@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from .plugins import AntennaRegistry, MiddlewareRegistry
+    from .plugins import AntennaRegistry, GuardRegistry, MiddlewareRegistry
     from .server import XRaptor
 
 PROJECT = "xraptor"
@@ -36,6 +36,16 @@ def xraptor_register_middlewares(registry: MiddlewareRegistry) -> None:
 
     Nothing runs until the application enables a middleware by name with
     ``XRaptor.use_middleware(name, priority=..., **options)``.
+    """
+
+
+@hookspec
+def xraptor_register_guards(registry: GuardRegistry) -> None:
+    """Offer named connect-guard factories with ``registry.add(name, factory)``.
+
+    ``factory(**options)`` returns ``async def guard(handshake) -> identity``. Nothing
+    runs until the application enables a guard by name with
+    ``XRaptor.use_guard(name, **options)`` (or ``app.use_guard``).
     """
 
 

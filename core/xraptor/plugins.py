@@ -21,6 +21,7 @@ from . import hookspecs
 
 if TYPE_CHECKING:
     from .antenna import Antenna
+    from .guards import GuardFactory
     from .middleware import MiddlewareFunc
 
 logger = logging.getLogger("xraptor.plugins")
@@ -42,6 +43,7 @@ class PluginInfo:
     version: str
     antennas: list[str] = field(default_factory=list)
     middlewares: list[str] = field(default_factory=list)
+    guards: list[str] = field(default_factory=list)
     error: str | None = None
 
 
@@ -78,6 +80,15 @@ class UnknownMiddlewareError(_UnknownName):
     """No installed plugin offers a middleware of that name."""
 
     kind = "middleware"
+
+    def advice(self) -> str:
+        return "Install the plugin that offers it (xraptor plugins lists what is found)"
+
+
+class UnknownGuardError(_UnknownName):
+    """No installed plugin offers a connect guard of that name."""
+
+    kind = "guard"
 
     def advice(self) -> str:
         return "Install the plugin that offers it (xraptor plugins lists what is found)"
@@ -166,6 +177,29 @@ class MiddlewareRegistry(_Registry[MiddlewareFactory]):
             raise UnknownMiddlewareError(name, list(self._entries)) from None
 
 
+class GuardRegistry(_Registry["GuardFactory"]):
+    """Handed to ``xraptor_register_guards``: ``registry.add(name, factory)``.
+
+    ``factory(**options)`` returns a connect guard, an async function
+    ``(handshake) -> identity`` that may raise :class:`~xraptor.Refuse`.
+    """
+
+    kind = "guard"
+
+    def add(self, name: str, factory: GuardFactory) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValueError("a guard name must be a non-empty str")
+        if not callable(factory):
+            raise TypeError(f"guard factory for {name!r} is not callable")
+        self._put(name, factory)
+
+    def get(self, name: str) -> GuardFactory:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise UnknownGuardError(name, list(self._entries)) from None
+
+
 class Plugins:
     """The loaded plugins of this process and what they offer."""
 
@@ -174,6 +208,7 @@ class Plugins:
         self.manager.add_hookspecs(hookspecs)
         self.antennas = AntennaRegistry()
         self.middlewares = MiddlewareRegistry()
+        self.guards = GuardRegistry()
         self.info: dict[str, PluginInfo] = {}
         from .antennas import memory
 
@@ -192,6 +227,7 @@ class Plugins:
             self.manager.unregister(plugin, name=name)
         self.antennas.remove_owned(name)
         self.middlewares.remove_owned(name)
+        self.guards.remove_owned(name)
         self.info.pop(name, None)
 
     def _add(self, name: str, plugin: object, info: PluginInfo) -> None:
@@ -208,16 +244,19 @@ class Plugins:
                 f"plugin {name!r} implements unknown hooks {', '.join(sorted(unknown))}; "
                 f"known hooks: {', '.join(_HOOK_NAMES)}",
             )
-        self.antennas.current_plugin = name
-        self.middlewares.current_plugin = name
+        registries = (self.antennas, self.middlewares, self.guards)
+        for registry in registries:
+            registry.current_plugin = name
         try:
             self._call_for(name, "xraptor_register_antennas", registry=self.antennas)
             self._call_for(name, "xraptor_register_middlewares", registry=self.middlewares)
+            self._call_for(name, "xraptor_register_guards", registry=self.guards)
         finally:
-            self.antennas.current_plugin = BUILTIN
-            self.middlewares.current_plugin = BUILTIN
+            for registry in registries:
+                registry.current_plugin = BUILTIN
         info.antennas = self.antennas.owned_by(name)
         info.middlewares = self.middlewares.owned_by(name)
+        info.guards = self.guards.owned_by(name)
         self.info[name] = info
 
     def _call_for(self, name: str, hook: str, **kwargs: object) -> None:
@@ -263,6 +302,7 @@ class Plugins:
                     self.manager.unregister(name=entry_point.name)
                 self.antennas.remove_owned(entry_point.name)
                 self.middlewares.remove_owned(entry_point.name)
+                self.guards.remove_owned(entry_point.name)
                 self.info[entry_point.name] = PluginInfo(
                     entry_point.name, dist_name, version, error=f"{type(error).__name__}: {error}"
                 )

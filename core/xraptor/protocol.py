@@ -6,11 +6,14 @@ Response: ``{"request_id": str, "payload": str, "header": {..}, "method": str}``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+if TYPE_CHECKING:
+    from .connection import Connection
 
 
 class MethodType(Enum):
@@ -81,11 +84,15 @@ class RequestError(Exception):
 
 @dataclass(slots=True)
 class Request:
+    """A request; ``connection`` is the :class:`~xraptor.Connection` it came on
+    (set by the server, not part of the wire format; ``None`` for a request built by hand)."""
+
     request_id: str
     payload: str
     header: dict[str, Any]
     route: str
     method: MethodType
+    connection: Connection | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if type(self.request_id) is not str and not isinstance(self.request_id, str):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from http import HTTPStatus
 from typing import Any, ClassVar, Self
 
@@ -16,14 +16,19 @@ from websockets.http11 import Request as HttpRequest
 from websockets.http11 import Response as HttpResponse
 
 from . import static
+from .admission import admit, is_upgrade
 from .antenna import Antenna
 from .broadcast import Broadcast
 from .connection import Connection
 from .dispatch import Dispatch
+from .guards import Guard, GuardList, OnConnect, PerApp, UseGuard
+from .handshake import select_subprotocol
 from .metrics import Metrics
 from .middleware import MiddlewareChain, MiddlewareFunc
+from .origins import OriginPolicy
 from .plugins import get_plugins, resolve_antenna
 from .protocol import PING_ROUTE, MethodType, Request, Response
+from .redaction import redacting_logger
 from .routing import Handler, Route, Router
 
 logger = logging.getLogger("xraptor")
@@ -59,6 +64,13 @@ class XRaptor(Dispatch):
     :param drain_timeout: seconds a shutdown waits for requests in flight to finish
     :param close_timeout: seconds the closing handshake of each connection may take at
         shutdown before the connection is dropped
+    :param origins: the browser origins allowed to open a WebSocket: ``None`` (the
+        default) for same-origin pages only, ``["https://app.example", ...]`` for
+        exactly those, ``["*"]`` for every origin. Upgrades without an ``Origin``
+        header (non-browser clients) are always allowed; others get HTTP 403.
+
+    Connect guards (``@XRaptor.on_connect``, ``@app.on_connect``, ``use_guard``)
+    run after the Origin check, before the upgrade.
 
     Every server also serves the browser client at ``/_xraptor/client.js``.
     """
@@ -67,6 +79,14 @@ class XRaptor(Dispatch):
     _middlewares: ClassVar[MiddlewareChain] = MiddlewareChain()
     _antenna: ClassVar[Antenna | None] = None
     _current: ClassVar[XRaptor | None] = None
+    _class_guards: ClassVar[GuardList] = GuardList()
+
+    #: ``@XRaptor.on_connect`` (every server) / ``@app.on_connect`` (this one):
+    #: register ``async def guard(handshake) -> identity``; see :class:`~xraptor.guards.OnConnect`
+    on_connect = PerApp(OnConnect)
+    #: ``XRaptor.use_guard(name, **options)`` / ``app.use_guard(...)``: enable a
+    #: plugin's guard by name; see :class:`~xraptor.guards.UseGuard`
+    use_guard = PerApp(UseGuard)
 
     def __init__(
         self,
@@ -88,6 +108,7 @@ class XRaptor(Dispatch):
         max_id_length: int = 256,
         drain_timeout: float = 10.0,
         close_timeout: float = 2.0,
+        origins: Iterable[str] | None = None,
     ) -> None:
         if not isinstance(port, int) or not 0 <= port <= 65535:
             raise ValueError(f"port must be an int from 0 to 65535, got {port!r}")
@@ -114,6 +135,8 @@ class XRaptor(Dispatch):
         self.close_timeout = float(close_timeout)
         self._draining = False
         self._connections: set[Connection] = set()
+        self._origin_policy = OriginPolicy(origins)
+        self._app_guards = GuardList()
         self._serve_options: dict[str, Any] = {
             "max_size": max_size,
             "max_queue": max_queue,
@@ -142,6 +165,15 @@ class XRaptor(Dispatch):
         self._instance_antenna = instance
         XRaptor._antenna = instance
         return self
+
+    def set_origins(self, origins: Iterable[str] | None) -> Self:
+        """Set the Origin policy (see the ``origins`` parameter); takes effect at once."""
+        self._origin_policy = OriginPolicy(origins)
+        return self
+
+    def guards(self) -> list[tuple[str, Guard]]:
+        """The connect guards this server runs, in order: the class's, then its own."""
+        return [*XRaptor._class_guards, *self._app_guards]
 
     def add_http_route(self, path: str, content_type: str, body: bytes) -> None:
         """Serve ``body`` to plain HTTP GETs of ``path`` on the WebSocket port.
@@ -214,6 +246,7 @@ class XRaptor(Dispatch):
         cls._routes.clear()
         Route.forget_all()
         cls._middlewares.clear()
+        cls._class_guards.clear()
         cls._antenna = None
         cls._current = None
         Broadcast.reset()
@@ -247,6 +280,8 @@ class XRaptor(Dispatch):
             self.host,
             self.port,
             process_request=self._process_request,
+            select_subprotocol=select_subprotocol,
+            logger=redacting_logger("websockets.server"),
             reuse_port=self.reuse_port or None,
             close_timeout=self.close_timeout,
             **self._serve_options,
@@ -328,7 +363,7 @@ class XRaptor(Dispatch):
 
     # ----- HTTP endpoints ---------------------------------------------------------
 
-    def _process_request(
+    async def _process_request(
         self, connection: ServerConnection, request: HttpRequest
     ) -> HttpResponse | None:
         path = request.path.split("?", 1)[0]
@@ -337,7 +372,7 @@ class XRaptor(Dispatch):
             body = self.metrics.health(antenna, draining=self._draining)
             status = HTTPStatus.OK if body["status"] == "ok" else HTTPStatus.SERVICE_UNAVAILABLE
             return _http(status, "application/json", orjson.dumps(body))
-        if self._draining and "websocket" in request.headers.get("Upgrade", "").lower():
+        if self._draining and is_upgrade(request):
             return _http(
                 HTTPStatus.SERVICE_UNAVAILABLE,
                 "text/plain; charset=utf-8",
@@ -347,8 +382,10 @@ class XRaptor(Dispatch):
             text = self.metrics.prometheus(self.antenna.describe())
             return _http(HTTPStatus.OK, "text/plain; version=0.0.4; charset=utf-8", text.encode())
         static = self._http_routes.get(path)
-        if static is not None and "websocket" not in request.headers.get("Upgrade", "").lower():
+        if static is not None and not is_upgrade(request):
             return _http(HTTPStatus.OK, static[0], static[1])
+        if is_upgrade(request):  # the Origin policy, then the connect guards
+            return await admit(connection, request, self._origin_policy, self.guards())
         return None
 
 

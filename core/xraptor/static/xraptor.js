@@ -3,11 +3,18 @@
 // Every xraptor server serves this file at /_xraptor/client.js:
 //
 //   import { XRaptorClient } from "/_xraptor/client.js";
-//   const client = await XRaptorClient.connect("ws://127.0.0.1:8765");
+//   const client = await XRaptorClient.connect();  // the page's own host (same-origin)
+//   const authed = await XRaptorClient.connect(undefined, { token: "..." });
 //   const reply = await client.post("/route", { any: "json" }, { token: "..." });
 //   const sub = client.subscribe("/chat_messages", { chat_id: "lobby" }, {}, (msg) => {});
 //   await sub.ready;   // subscribed (rejects if the server refused the SUB)
 //   sub.unsubscribe();
+//
+// A token travels in the subprotocol "xraptor.bearer.<base64url token>", offered
+// with "xraptor" (browsers cannot set an Authorization header on a WebSocket); the
+// server's connect guards read it as handshake.token. A refused handshake (an
+// Origin the server does not allow, a guard's Refuse) rejects connect() with code
+// "closed": browsers do not show the HTTP status to scripts.
 //
 // Replies are {request_id, payload, header, method}. Error responses (header
 // "error") reject with an XRaptorError carrying .code and .response.
@@ -51,6 +58,18 @@ function encodePayload(payload) {
   return typeof payload === "string" ? payload : JSON.stringify(payload);
 }
 
+/** The subprotocols that carry `token`: ["xraptor", "xraptor.bearer.<base64url>"]. */
+function tokenSubprotocols(token) {
+  if (token === undefined || token === null) return [];
+  if (typeof token !== "string" || token === "") {
+    throw new TypeError("token must be a non-empty string");
+  }
+  let binary = "";
+  for (const byte of new TextEncoder().encode(token)) binary += String.fromCharCode(byte);
+  const base64url = btoa(binary).replaceAll("+", "-").replaceAll("/", "_").replace(/=+$/, "");
+  return ["xraptor", `xraptor.bearer.${base64url}`];
+}
+
 function defaultUrl() {
   const { protocol, host } = globalThis.location;
   return `${protocol === "https:" ? "wss:" : "ws:"}//${host}/`;
@@ -60,7 +79,8 @@ export class XRaptorClient {
   /**
    * Open a connection. `url` defaults to the page's own host.
    * @param {string} [url]
-   * @param {{timeout?: number}} [options] timeout in milliseconds (default 10000)
+   * @param {{timeout?: number, token?: string}} [options] timeout in milliseconds
+   *   (default 10000); token: a bearer token for the server's connect guards
    * @returns {Promise<XRaptorClient>}
    */
   static connect(url, options = {}) {
@@ -68,14 +88,14 @@ export class XRaptorClient {
     return client._opened.then(() => client);
   }
 
-  constructor(url, { timeout = 10000 } = {}) {
+  constructor(url, { timeout = 10000, token = null } = {}) {
     this.url = url;
     this.timeout = timeout;
     this._pending = new Map(); // request_id -> {resolve, reject, timer}
     this._streams = new Map(); // request_id -> subscription state
     this._closed = false;
     this.onclose = null;
-    this._ws = new WebSocket(url);
+    this._ws = new WebSocket(url, tokenSubprotocols(token));
     this._opened = new Promise((resolve, reject) => {
       this._ws.addEventListener("open", () => resolve(), { once: true });
       this._ws.addEventListener(

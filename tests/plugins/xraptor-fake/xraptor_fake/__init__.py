@@ -1,4 +1,5 @@
-"""A small third-party plugin: an antenna named "fake" and a middleware named "fake-ping"."""
+"""A small third-party plugin: an antenna named "fake", a middleware named "fake-ping"
+and a connect guard named "fake-allow-list"."""
 
 from __future__ import annotations
 
@@ -32,6 +33,20 @@ def xraptor_register_middlewares(registry: Any) -> None:
         return ping
 
     registry.add("fake-ping", factory)
+
+
+@xraptor.hookimpl
+def xraptor_register_guards(registry: Any) -> None:
+    def factory(tokens: dict[str, str]) -> Any:
+        async def allow_list(handshake: xraptor.Handshake) -> str:
+            user = tokens.get(handshake.token or "")
+            if user is None:
+                raise xraptor.Refuse(401, "fake-allow-list: unknown token")
+            return user
+
+        return allow_list
+
+    registry.add("fake-allow-list", factory)
 
 
 @xraptor.hookimpl
