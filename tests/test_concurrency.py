@@ -233,3 +233,37 @@ async def test_limits_are_validated(bad: object) -> None:
         XRaptor("127.0.0.1", 0, max_inflight=bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_id_length"):
         XRaptor("127.0.0.1", 0, max_id_length=bad)  # type: ignore[arg-type]
+
+
+async def test_a_handler_keeps_its_own_task_while_it_waits(
+    make_server: ServerFactory, make_client: ClientFactory
+) -> None:
+    """asyncio.timeout() and current_task() inside a handler refer to that request only."""
+    tasks: dict[str, asyncio.Task[object] | None] = {}
+
+    @XRaptor.register("/bounded").as_get
+    async def bounded(request: Request) -> Response:
+        tasks[request.request_id + "-before"] = asyncio.current_task()
+        try:
+            async with asyncio.timeout(0.1):
+                await asyncio.sleep(float(request.payload))
+        except TimeoutError:
+            outcome = "timed out"
+        else:
+            outcome = "in time"
+        tasks[request.request_id + "-after"] = asyncio.current_task()
+        return Response.create(request.request_id, {}, outcome)
+
+    _routes()
+    client = await make_client(await make_server())
+    late = await client.send("/bounded", payload="5")
+    quick = await client.send("/bounded", payload="0")
+    fast = await client.send("/fast")
+    got = await _answers(client, 3)
+    assert got[late][0]["payload"] == "timed out"
+    assert got[quick][0]["payload"] == "in time"
+    assert got[fast][0]["payload"] == "fast"
+    assert tasks[late + "-before"] is tasks[late + "-after"]
+    assert tasks[late + "-before"] is not tasks[quick + "-before"]
+    # the connection is still served after the timeout
+    assert (await client.request("/fast"))["payload"] == "fast"

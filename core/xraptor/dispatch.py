@@ -109,7 +109,8 @@ class Dispatch:
         me = asyncio.current_task()
         max_inflight = self._max_inflight
         metrics = self.metrics
-        loop = asyncio.get_running_loop()
+        call_soon = asyncio.get_running_loop().call_soon
+        hand_over = connection.hand_over
         # websockets' queue of received frames, read only to tell whether another
         # message is already waiting (then the loop yields, so one connection's burst
         # cannot starve the others: recv() returns without suspending while it has one)
@@ -137,11 +138,13 @@ class Dispatch:
                     else:
                         if len(connection.tasks) >= max_inflight:
                             await connection.wait_for_room(max_inflight)
-                        handover = loop.call_soon(connection.hand_over)
-                        await self._serve(connection, request)
+                        handover = call_soon(hand_over)
+                        try:
+                            await self._serve(connection, request)
+                        finally:
+                            handover.cancel()  # did not run: served without waiting
                         if connection.reader is not me:
                             return  # another task reads now; this one served its request
-                        handover.cancel()
                 if backlog:
                     await asyncio.sleep(0)
         except ConnectionClosed:
