@@ -180,3 +180,18 @@ def test_the_policy_describes_itself() -> None:
     assert OriginPolicy([]).describe() == "no browser page"
     listed = OriginPolicy(["https://b.example:443", "http://[::1]:8000"]).describe()
     assert listed == "http://[::1]:8000, https://b.example"
+
+
+async def test_a_flood_of_refused_upgrades_is_counted_and_logged_sparingly(
+    make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = await make_server()
+    with caplog.at_level(logging.INFO):
+        for _ in range(200):
+            answer = await raw_get(server.port, headers=[("Origin", "https://evil.example")])
+            assert answer.status == 403
+    refusals = [r for r in caplog.records if "refused a WebSocket upgrade" in r.getMessage()]
+    assert 1 <= len(refusals) <= 2  # one sample line per 5 s at INFO; the rest at DEBUG
+    assert "XRAPTOR_ORIGINS" in refusals[0].getMessage()
+    assert server.metrics.handshake_refusals_total == 200
+    assert "xraptor_handshake_refusals_total 200" in server.metrics.prometheus()

@@ -20,6 +20,7 @@ from .guards import Guard
 from .handshake import Handshake, Refuse, http_response, set_identity
 from .origins import OriginPolicy
 from .redaction import format_exception, scrub
+from .sampling import LogSampler
 
 logger = logging.getLogger("xraptor.admission")
 
@@ -39,14 +40,20 @@ async def admit(
     request: HttpRequest,
     policy: OriginPolicy,
     guards: Iterable[tuple[str, Guard]],
+    log: LogSampler,
 ) -> HttpResponse | None:
-    """``None`` to open the WebSocket, or the HTTP answer that refuses it."""
+    """``None`` to open the WebSocket, or the HTTP answer that refuses it.
+
+    Refusals are logged through ``log``: one sample line at INFO per interval, every
+    one at DEBUG, so a flood of refused upgrades does not flood the log.
+    """
     remote_ip = _remote_ip(connection)
     origins = request.headers.get_all("Origin")
     why = policy.refusal(origins, request.headers.get_all("Host"))
     if why is not None:
         shown = origins[0] if len(origins) == 1 else origins
-        logger.info(
+        log.log(
+            logger,
             "refused a WebSocket upgrade from %s with Origin %.200r: %s (allowed: %s). "
             "To allow it: XRaptor(..., origins=[...]), xraptor run --origin URL, "
             "or XRAPTOR_ORIGINS=URL,URL",
@@ -59,14 +66,15 @@ async def admit(
     try:
         handshake = Handshake.from_request(request, remote_ip)
     except Refuse as refusal:
-        logger.info("refused a WebSocket upgrade from %s: %s", remote_ip, refusal)
+        log.log(logger, "refused a WebSocket upgrade from %s: %s", remote_ip, refusal)
         return refusal.response()
     for name, guard in guards:
         try:
             outcome: object = guard(handshake)
             result = await outcome if inspect.isawaitable(outcome) else outcome
         except Refuse as refusal:
-            logger.info(
+            log.log(
+                logger,
                 "guard %s refused a WebSocket upgrade from %s: %d %s",
                 name,
                 remote_ip,

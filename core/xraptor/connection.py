@@ -6,8 +6,6 @@ import asyncio
 import collections
 import contextlib
 import logging
-import math
-import time
 import uuid
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
@@ -20,6 +18,7 @@ from websockets.protocol import State
 from .handshake import identity_of
 from .hub import gap_round
 from .protocol import GAP_TAIL, push_prefix, push_tail
+from .sampling import LogSampler
 
 if TYPE_CHECKING:
     from .broadcast import Broadcast
@@ -105,7 +104,6 @@ class Connection:
 
     __slots__ = (
         "_closing",
-        "_last_refusal_log",
         "_new_reader",
         "_room",
         "connection_id",
@@ -115,7 +113,7 @@ class Connection:
         "metrics",
         "path",
         "reader",
-        "refusals_unlogged",
+        "refusal_log",
         "remote_ip",
         "serving_inline",
         "state",
@@ -147,9 +145,8 @@ class Connection:
         #: whether the reader is serving a SUB or UNSUB (or any request with max_inflight=1)
         self.serving_inline = False
         self._room: asyncio.Future[None] | None = None
-        #: refusals logged at DEBUG only since the last INFO sample (see Dispatch._refuse)
-        self.refusals_unlogged = 0
-        self._last_refusal_log = -math.inf
+        #: samples the log lines of refused requests (made on the first refusal)
+        self.refusal_log: LogSampler | None = None
         self._closing = False
 
     # ----- in-flight requests ----------------------------------------------------------
@@ -190,17 +187,6 @@ class Connection:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-
-    def log_refusal(self, interval: float) -> int | None:
-        """Whether this refusal is the connection's INFO sample (at most one per ``interval``
-        seconds): returns how many refusals went unlogged at INFO before it, else ``None``."""
-        now = time.monotonic()
-        if now - self._last_refusal_log < interval:
-            self.refusals_unlogged += 1
-            return None
-        self._last_refusal_log = now
-        skipped, self.refusals_unlogged = self.refusals_unlogged, 0
-        return skipped
 
     @property
     def ws_server(self) -> ServerConnection:

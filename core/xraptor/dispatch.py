@@ -32,6 +32,7 @@ from .protocol import (
     parse_request,
 )
 from .routing import Handler, Router
+from .sampling import LogSampler
 
 logger = logging.getLogger("xraptor")
 
@@ -285,34 +286,22 @@ class Dispatch:
         await connection.send(error.frame())
 
     def _log_refusal(self, connection: Connection, error: RequestError, data: bytes) -> None:
-        """Count every refusal; log one sample per connection at INFO at most every
-        ``REFUSAL_LOG_INTERVAL`` seconds and each one at DEBUG, so a flood of bad
-        frames costs CPU for the refusals only."""
+        """Count every refusal; log it at DEBUG, and one sample per connection at INFO at
+        most every ``REFUSAL_LOG_INTERVAL`` seconds (see :mod:`xraptor.sampling`)."""
         self.metrics.request_errors_total += 1
-        what = f"starts with {data[:48]!r}" if data else f"request_id {error.request_id[:64]!r}"
-        skipped = connection.log_refusal(REFUSAL_LOG_INTERVAL)
-        if skipped is None:
-            self.metrics.refusal_logs_suppressed_total += 1
-            if logger.isEnabledFor(logging.DEBUG):
-                logger.debug(
-                    "refused request from %s (%s): %s; %s",
-                    connection.remote_ip,
-                    error.code,
-                    error.message,
-                    what,
-                )
-            return
-        logger.info(
-            "refused request from %s (%s): %s; %s%s",
+        sampler = connection.refusal_log
+        if sampler is None:
+            sampler = connection.refusal_log = LogSampler(REFUSAL_LOG_INTERVAL)
+        sampled = sampler.log(
+            logger,
+            "refused request from %s (%s): %.200s; %s",
             connection.remote_ip,
             error.code,
-            error.message[:200],
-            what,
-            f" ({skipped} more refusals on this connection since the last sample; "
-            "each one is logged at DEBUG)"
-            if skipped
-            else "",
+            error.message,
+            f"starts with {data[:48]!r}" if data else f"request_id {error.request_id[:64]!r}",
         )
+        if not sampled:
+            self.metrics.refusal_logs_suppressed_total += 1
 
     # ----- streams ------------------------------------------------------------------
 

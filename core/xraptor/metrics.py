@@ -20,6 +20,11 @@ _COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("slow_consumer_disconnects_total", "counter", "Connections closed as slow consumers"),
     ("gap_notices_total", "counter", "Backend gaps reported to streams"),
     (
+        "handshake_refusals_total",
+        "counter",
+        "WebSocket upgrades refused before the upgrade (Origin policy, connect guards)",
+    ),
+    (
         "refusal_logs_suppressed_total",
         "counter",
         "Refused requests logged at DEBUG only (past the per-connection INFO sample rate)",
@@ -40,6 +45,7 @@ class Metrics:
         self.slow_consumer_disconnects_total = 0
         self.gap_notices_total = 0
         self.refusal_logs_suppressed_total = 0
+        self.handshake_refusals_total = 0
         self._start = time.monotonic()
 
     def uptime_seconds(self) -> float:

@@ -30,8 +30,12 @@ from .plugins import get_plugins, resolve_antenna
 from .protocol import PING_ROUTE, MethodType, Request, Response
 from .redaction import redacting_logger
 from .routing import Handler, Route, Router
+from .sampling import LogSampler
 
 logger = logging.getLogger("xraptor")
+
+#: seconds between two INFO log lines about refused WebSocket upgrades
+HANDSHAKE_LOG_INTERVAL = 5.0
 
 #: seconds between two looks at the requests in flight while draining
 _DRAIN_POLL = 0.02
@@ -136,6 +140,8 @@ class XRaptor(Dispatch):
         self._draining = False
         self._connections: set[Connection] = set()
         self._origin_policy = OriginPolicy(origins)
+        #: samples the log lines of refused upgrades (see :mod:`xraptor.sampling`)
+        self._refusal_log = LogSampler(HANDSHAKE_LOG_INTERVAL)
         self._app_guards = GuardList()
         self._serve_options: dict[str, Any] = {
             "max_size": max_size,
@@ -169,6 +175,8 @@ class XRaptor(Dispatch):
     def set_origins(self, origins: Iterable[str] | None) -> Self:
         """Set the Origin policy (see the ``origins`` parameter); takes effect at once."""
         self._origin_policy = OriginPolicy(origins)
+        #: samples the log lines of refused upgrades (see :mod:`xraptor.sampling`)
+        self._refusal_log = LogSampler(HANDSHAKE_LOG_INTERVAL)
         return self
 
     def guards(self) -> list[tuple[str, Guard]]:
@@ -385,7 +393,12 @@ class XRaptor(Dispatch):
         if static is not None and not is_upgrade(request):
             return _http(HTTPStatus.OK, static[0], static[1])
         if is_upgrade(request):  # the Origin policy, then the connect guards
-            return await admit(connection, request, self._origin_policy, self.guards())
+            refused = await admit(
+                connection, request, self._origin_policy, self.guards(), self._refusal_log
+            )
+            if refused is not None:
+                self.metrics.handshake_refusals_total += 1
+            return refused
         return None
 
 
