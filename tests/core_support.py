@@ -18,7 +18,6 @@ import pytest_asyncio
 from websockets.asyncio.client import ClientConnection, connect
 
 from xraptor import XRaptor
-from xraptor.connection import LOCAL_STREAMS
 
 
 @pytest.fixture(autouse=True)
@@ -26,7 +25,6 @@ def fresh_xraptor() -> Any:
     XRaptor.reset()
     yield
     XRaptor.reset()
-    LOCAL_STREAMS.clear()
 
 
 class Client:

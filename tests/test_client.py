@@ -10,7 +10,6 @@ from websockets.exceptions import ConnectionClosed
 
 from core_support import ServerFactory
 from xraptor import Client, ClientError, MethodType, Request, Response, XRaptor
-from xraptor.connection import LOCAL_STREAMS
 
 
 def _routes() -> None:
@@ -117,15 +116,15 @@ async def test_subscribe_pushes_and_unsub_on_exit(make_server: ServerFactory) ->
                 if len(got) == 3:
                     break
             assert got == ["tick 0", "tick 1", "tick 2"]
-            assert stream.request_id in LOCAL_STREAMS
+            assert stream.request_id in server.streams
             await client.post("/push", {"to": stream.request_id, "message": "later"})
             assert (await anext(stream)).payload == "later"
         # UNSUB sent on exit: the server ends the stream
         for _ in range(100):
-            if stream.request_id not in LOCAL_STREAMS:
+            if stream.request_id not in server.streams:
                 break
             await asyncio.sleep(0.01)
-        assert stream.request_id not in LOCAL_STREAMS
+        assert stream.request_id not in server.streams
         assert server.metrics.streams_active == 0
         assert not client._streams
 
@@ -166,7 +165,7 @@ async def test_gap_notice_is_delivered(make_server: ServerFactory) -> None:
     server = await make_server()
     async with Client(_url(server)) as client, client.subscribe("/quiet") as stream:
         await client.get("/echo")  # the SUB is processed before this reply
-        LOCAL_STREAMS[stream.request_id].notify_gap()
+        server.streams[stream.request_id].on_gap("test")
         notice = await asyncio.wait_for(anext(stream), 3)
         assert notice.header == {"notice": "gap"}
         assert json.loads(notice.payload)["code"] == "gap"
@@ -186,10 +185,10 @@ async def test_stream_overflow_ends_the_stream(make_server: ServerFactory) -> No
         assert got == ["tick 0", "tick 1"]
         assert caught.value.code == "client_overflow"
         for _ in range(100):
-            if stream.request_id not in LOCAL_STREAMS:
+            if stream.request_id not in server.streams:
                 break
             await asyncio.sleep(0.01)
-        assert stream.request_id not in LOCAL_STREAMS
+        assert stream.request_id not in server.streams
     del got
 
 

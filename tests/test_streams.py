@@ -15,7 +15,6 @@ from websockets.exceptions import ConnectionClosed
 import xraptor
 from core_support import ClientFactory, ServerFactory, error_code
 from xraptor import Broadcast, Request, Response, XRaptor
-from xraptor.connection import LOCAL_STREAMS
 
 
 def _stream_routes() -> None:
@@ -75,7 +74,7 @@ async def test_unsub_ends_the_stream(
     assert first["payload"] == "one" and answer["payload"] == "ok"
     bye = await client.request("/ticks", "UNSUB", request_id=sub)
     assert bye["payload"] == '{"bye": true}'
-    assert sub not in LOCAL_STREAMS and server.antenna.watched_channels() == []
+    assert sub not in server.streams and server.antenna.watched_channels() == []
     assert (await client.request("/push", "POST", {"to": sub, "message": "two"}))["payload"] == "ok"
     assert await client.nothing()
     assert error_code(await client.request("/ticks", "UNSUB", request_id=sub)) == "unknown_stream"
@@ -89,7 +88,7 @@ async def test_sub_handler_failure_frees_the_stream(
     client = await make_client(server)
     answer = await client.request("/broken-sub", "SUB", request_id="b1")
     assert error_code(answer) == "handler_error"
-    assert "b1" not in LOCAL_STREAMS and server.antenna.watched_channels() == []
+    assert "b1" not in server.streams and server.antenna.watched_channels() == []
     assert server.metrics.streams_active == 0
 
 
@@ -155,7 +154,7 @@ async def test_room_with_several_members_the_04_chat(
     assert (await alice.recv())["payload"] == '{"message": "Message sent"}'
     assert json.loads((await bob.recv())["payload"])["message"] == "2"
     assert await carol.nothing()
-    assert set(Broadcast.get("room-1").members) == {subs["alice"], subs["bob"]}
+    assert set(Broadcast.get("room-1", app=server).members) == {subs["alice"], subs["bob"]}
 
 
 async def test_room_message_is_one_antenna_delivery_and_one_encoding(
@@ -228,18 +227,18 @@ async def test_disconnect_frees_every_stream_task_and_subscription(
     for _ in range(100):
         await ws.recv()
     await asyncio.sleep(0.1)
-    assert len(LOCAL_STREAMS) == 100 and server.metrics.streams_active == 100
+    assert len(server.streams) == 100 and server.metrics.streams_active == 100
     assert len(server.antenna.watched_channels()) == 105  # 100 streams + 5 rooms
     await ws.close()
     for _ in range(100):
-        if not LOCAL_STREAMS and not server.antenna.watched_channels():
+        if not server.streams and not server.antenna.watched_channels():
             break
         await asyncio.sleep(0.02)
     await Broadcast.settle()
-    assert LOCAL_STREAMS == {}
+    assert server.streams == {}
     assert server.antenna.watched_channels() == []
     assert server.metrics.streams_active == 0 and server.metrics.connections_active == 0
-    assert Broadcast._rooms == {}
+    assert server.rooms == {}
     assert len(asyncio.all_tasks()) <= tasks_before
 
 
@@ -257,7 +256,7 @@ async def test_slow_consumer_is_closed_and_counted(make_server: ServerFactory) -
             {"request_id": "slow", "payload": "", "header": {}, "route": "/ticks", "method": "SUB"}
         )
     )
-    while "slow" not in LOCAL_STREAMS:
+    while "slow" not in server.streams:
         await asyncio.sleep(0.01)
     antenna = server.antenna
     big = base64.b64encode(os.urandom(75_000)).decode()  # incompressible (permessage-deflate is on)
@@ -272,10 +271,10 @@ async def test_slow_consumer_is_closed_and_counted(make_server: ServerFactory) -
             await asyncio.wait_for(ws.recv(), 5)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
     for _ in range(100):
-        if not LOCAL_STREAMS:
+        if not server.streams:
             break
         await asyncio.sleep(0.02)
-    assert LOCAL_STREAMS == {}
+    assert server.streams == {}
 
 
 async def test_gap_notice_reaches_streams_and_room_members(
@@ -304,13 +303,17 @@ async def test_gap_notice_reaches_streams_and_room_members(
 async def test_antenna_selection_by_name_url_and_04_way() -> None:
     server = XRaptor("127.0.0.1", 0, antenna="memory")
     assert isinstance(server.antenna, xraptor.antennas.MemoryAntenna)
-    assert XRaptor.get_antenna() is server.antenna
+    assert server.get_antenna() is server.antenna
+    # on the class, outside a request: the default app's, which apps without one use
+    XRaptor.set_antenna(xraptor.antennas.MemoryAntenna)  # as 0.4's own tests do
+    plain = XRaptor("127.0.0.1", 0)
+    assert plain.antenna is XRaptor.get_antenna() and plain.antenna is not server.antenna
     assert isinstance(
         XRaptor("127.0.0.1", 0, antenna="memory://").antenna, xraptor.antennas.MemoryAntenna
     )
     legacy = XRaptor("localhost", 8765)
     legacy.set_antenna(xraptor.antennas.MemoryAntenna)
-    assert isinstance(XRaptor.get_antenna(), xraptor.antennas.MemoryAntenna)
+    assert isinstance(legacy.get_antenna(), xraptor.antennas.MemoryAntenna)
     with pytest.raises(xraptor.UnknownAntennaError) as unknown:
         XRaptor("127.0.0.1", 0, antenna="kafka")
     assert "pip install xraptor-kafka" in str(unknown.value) and "memory" in str(unknown.value)
@@ -335,7 +338,7 @@ async def test_a_connection_cannot_open_more_than_max_streams(
         await client.recv(), await client.recv()
     refused = await client.request("/ticks", "SUB", request_id="m3")
     assert error_code(refused) == "too_many_streams"
-    assert "m3" not in LOCAL_STREAMS and len(LOCAL_STREAMS) == 3
+    assert "m3" not in server.streams and len(server.streams) == 3
     # the open streams still work, and other connections have their own budget
     await client.send("/push", "POST", {"to": "m1", "message": "still"})
     assert (await client.recv())["payload"] == "still"
@@ -366,7 +369,7 @@ async def test_room_member_served_elsewhere_is_forwarded_to_and_pruned(
     # "elsewhere-1" is a stream another process serves: here, a plain subscription
     elsewhere = antenna.subscribe("elsewhere-1")
     await elsewhere.open()
-    room = Broadcast.get("mixed")
+    room = Broadcast.get("mixed", app=server)
     await room.join("elsewhere-1")
     assert room.members == ["elsewhere-1"]
     await room.post("hello over there")
@@ -374,9 +377,9 @@ async def test_room_member_served_elsewhere_is_forwarded_to_and_pruned(
     # once nobody listens on the member's channel, the room prunes it and closes
     await elsewhere.aclose()
     for _ in range(100):
-        if "mixed" not in Broadcast._rooms:
+        if "mixed" not in server.rooms:
             break
         await asyncio.sleep(0.02)
-    assert room.members == [] and "mixed" not in Broadcast._rooms
+    assert room.members == [] and "mixed" not in server.rooms
     await Broadcast.settle()
     assert antenna.watched_channels() == []

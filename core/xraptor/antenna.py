@@ -146,6 +146,11 @@ class Antenna(ABC):
         """Tell listeners that messages on ``channels`` (default: all) may be lost."""
         self._hub.gap(self._hub.channels() if channels is None else channels)
 
+    @property
+    def gap_round(self) -> int:
+        """A number that changes with each :meth:`report_gap`."""
+        return self._hub.gap_round
+
     def watched_channels(self) -> list[str]:
         """The channels this process watches (what a driver resubscribes)."""
         return self._hub.channels()

@@ -1,5 +1,8 @@
 """Broadcast rooms: many streams receive every message posted to the room's channel.
 
+Rooms belong to an app (``Broadcast.get(room, app=...)``; by default the app serving
+the current request, else the default app).
+
 A room listens to its channel once per process and writes each message to its
 local members directly: one backend delivery per process and one encoding of
 the message per room, whatever the number of members. A member that is not a
@@ -12,28 +15,51 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Coroutine
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from .antenna import Antenna
-from .connection import LOCAL_STREAMS, Stream
+from .context import current_app
 from .protocol import push_tail
+
+if TYPE_CHECKING:
+    from .app import App
+    from .connection import Stream
 
 logger = logging.getLogger("xraptor.broadcast")
 
 _PRUNE_SECONDS = 7.0
 
 
+class RoomTasks:
+    """An app's room tasks (subscribing, forwarding), which requests wait for."""
+
+    def __init__(self) -> None:
+        self._pending: set[asyncio.Task[None]] = set()
+
+    def __bool__(self) -> bool:
+        return bool(self._pending)
+
+    def track(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` as a task that :meth:`settle` waits for."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def settle(self) -> None:
+        """Wait until every room opened so far is subscribed on the antenna."""
+        while self._pending:
+            await asyncio.gather(*tuple(self._pending), return_exceptions=True)
+
+
 class Broadcast:
-    """A room. Get one with :meth:`Broadcast.get`; it lives while it has members."""
+    """A room of an app. Get one with :meth:`Broadcast.get`; it lives while it has members."""
 
-    _rooms: ClassVar[dict[str, Broadcast]] = {}
-    _pending: ClassVar[set[asyncio.Task[None]]] = set()
-
-    def __init__(self, broadcast_id: str, antenna: Antenna) -> None:
+    def __init__(self, broadcast_id: str, antenna: Antenna, app: App | None = None) -> None:
         if not isinstance(broadcast_id, str) or not broadcast_id:
             raise ValueError(f"a room id must be a non-empty str, got {broadcast_id!r}")
         self.broadcast_id = broadcast_id
         self.antenna = antenna
+        self._app = app if app is not None else current_app()
         self._local: dict[str, Stream] = {}
         self._remote: set[str] = set()
         self._listening = False
@@ -41,14 +67,15 @@ class Broadcast:
         self._closed = False
 
     @classmethod
-    def get(cls, broadcast_id: str) -> Broadcast:
-        """The room with this id on the current server's antenna (created on demand)."""
-        from .server import XRaptor
-
-        antenna = XRaptor.get_antenna()
-        room = cls._rooms.get(broadcast_id)
+    def get(cls, broadcast_id: str, app: App | None = None) -> Broadcast:
+        """The room with this id of ``app`` (default: the app serving the current
+        request, else the default app), created on demand."""
+        if app is None:
+            app = current_app()
+        antenna = app.antenna
+        room = app.rooms.get(broadcast_id)
         if room is None or room.antenna is not antenna or room._closed:
-            room = cls._rooms[broadcast_id] = Broadcast(broadcast_id, antenna)
+            room = app.rooms[broadcast_id] = Broadcast(broadcast_id, antenna, app)
         return room
 
     @property
@@ -64,7 +91,7 @@ class Broadcast:
         """
         if not isinstance(member, str) or not member:
             raise ValueError(f"a room member must be a non-empty str, got {member!r}")
-        stream = LOCAL_STREAMS.get(member)
+        stream = self._app.streams.get(member)
         if stream is not None:
             self._local[member] = stream
             stream.rooms.add(self)
@@ -72,15 +99,15 @@ class Broadcast:
             self._remote.add(member)
             self._ensure_prune()
         self._closed = False
-        Broadcast._rooms.setdefault(self.broadcast_id, self)
+        self._app.rooms.setdefault(self.broadcast_id, self)
         if not self._listening:
             self._listening = True
-            Broadcast._track(self._listen())
+            self._app.room_tasks.track(self._listen())
 
     async def join(self, member: str) -> None:
         """:meth:`add_member`, then wait until the room receives messages."""
         self.add_member(member)
-        await Broadcast.settle()
+        await self._app.room_tasks.settle()
 
     def remove_member(self, member: str) -> None:
         """Remove a member; the room closes when the last one leaves."""
@@ -96,17 +123,10 @@ class Broadcast:
         await self.antenna.post(self.broadcast_id, message)
 
     @classmethod
-    def _track(cls, work: Coroutine[Any, Any, None]) -> None:
-        """Run ``work`` as a task that :meth:`settle` waits for."""
-        task = asyncio.get_running_loop().create_task(work)
-        cls._pending.add(task)
-        task.add_done_callback(cls._pending.discard)
-
-    @classmethod
-    async def settle(cls) -> None:
-        """Wait until every room opened so far is subscribed on the antenna."""
-        while cls._pending:
-            await asyncio.gather(*tuple(cls._pending), return_exceptions=True)
+    async def settle(cls, app: App | None = None) -> None:
+        """Wait until every room of ``app`` (default: the current app) opened so far
+        is subscribed on the antenna."""
+        await (app if app is not None else current_app()).room_tasks.settle()
 
     # hub listener ---------------------------------------------------------------
 
@@ -116,11 +136,12 @@ class Broadcast:
             for stream in tuple(self._local.values()):
                 stream.connection.push(stream.prefix + tail)
         if self._remote:
-            Broadcast._track(self._forward(message))
+            self._app.room_tasks.track(self._forward(message))
 
     def on_gap(self, channel: str) -> None:
+        gap = self.antenna.gap_round
         for stream in tuple(self._local.values()):
-            stream.notify_gap()
+            stream.notify_gap(gap)
 
     # internals --------------------------------------------------------------------
 
@@ -163,16 +184,17 @@ class Broadcast:
 
     def _close(self) -> None:
         self._closed = True
-        if Broadcast._rooms.get(self.broadcast_id) is self:
-            del Broadcast._rooms[self.broadcast_id]
+        rooms = self._app.rooms
+        if rooms.get(self.broadcast_id) is self:
+            del rooms[self.broadcast_id]
         if self._prune_task is not None:
             self._prune_task.cancel()
             self._prune_task = None
         if self._listening:
             self._listening = False
-            Broadcast._track(self.antenna.unlisten(self.broadcast_id, self))
+            self._app.room_tasks.track(self.antenna.unlisten(self.broadcast_id, self))
 
     @classmethod
     def reset(cls) -> None:
-        """Forget every room (tests)."""
-        cls._rooms.clear()
+        """Forget every room of the current app (tests)."""
+        current_app().rooms.clear()

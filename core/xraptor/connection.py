@@ -16,11 +16,11 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
 from .handshake import identity_of
-from .hub import gap_round
 from .protocol import GAP_TAIL, push_prefix, push_tail
 from .sampling import LogSampler
 
 if TYPE_CHECKING:
+    from .antenna import Antenna
     from .broadcast import Broadcast
     from .metrics import Metrics
 
@@ -28,11 +28,6 @@ logger = logging.getLogger("xraptor.connection")
 
 #: close code used for the slow-consumer policy (RFC 6455 "try again later")
 SLOW_CONSUMER_CLOSE = 1013
-
-_background: set[asyncio.Task[None]] = set()
-
-#: every live stream of this process by request_id (a channel name on the antenna)
-LOCAL_STREAMS: dict[str, Stream] = {}
 
 
 class FrameQueue(collections.deque[Frame]):
@@ -67,11 +62,12 @@ _popleft = collections.deque.popleft
 class Stream:
     """A SUB's stream: the hub listener that pushes its channel to its connection."""
 
-    __slots__ = ("_gap_round", "connection", "prefix", "request_id", "rooms")
+    __slots__ = ("_gap_round", "antenna", "connection", "prefix", "request_id", "rooms")
 
-    def __init__(self, connection: Connection, request_id: str) -> None:
+    def __init__(self, connection: Connection, request_id: str, antenna: Antenna) -> None:
         self.connection = connection
         self.request_id = request_id
+        self.antenna = antenna
         self.prefix = push_prefix(request_id)
         self.rooms: set[Broadcast] = set()
         self._gap_round = -1
@@ -80,14 +76,14 @@ class Stream:
         self.connection.push(self.prefix + push_tail(message))
 
     def on_gap(self, channel: str) -> None:
-        self.notify_gap()
+        self.notify_gap(self.antenna.gap_round)
 
-    def notify_gap(self) -> None:
-        """Push the gap notice, once per reported gap even if several channels feed it."""
-        current = gap_round()
-        if self._gap_round == current:
+    def notify_gap(self, gap: int) -> None:
+        """Push the gap notice, once per reported gap (``gap``: the antenna's
+        :attr:`~xraptor.Antenna.gap_round`) even if several channels feed the stream."""
+        if self._gap_round == gap:
             return
-        self._gap_round = current
+        self._gap_round = gap
         self.connection.metrics.gap_notices_total += 1
         self.connection.push(self.prefix + GAP_TAIL)
 
@@ -103,6 +99,7 @@ class Connection:
     """
 
     __slots__ = (
+        "_closer",
         "_closing",
         "_new_reader",
         "_room",
@@ -148,6 +145,7 @@ class Connection:
         #: samples the log lines of refused requests (made on the first refusal)
         self.refusal_log: LogSampler | None = None
         self._closing = False
+        self._closer: asyncio.Task[None] | None = None
 
     # ----- in-flight requests ----------------------------------------------------------
 
@@ -251,8 +249,7 @@ class Connection:
             self.remote_ip,
             self.max_buffer,
         )
-        task = asyncio.get_running_loop().create_task(
+        # kept on the connection until done (the loop holds only weak task references)
+        self._closer = asyncio.get_running_loop().create_task(
             self.ws.close(SLOW_CONSUMER_CLOSE, "slow consumer: outgoing buffer full")
         )
-        _background.add(task)
-        task.add_done_callback(_background.discard)

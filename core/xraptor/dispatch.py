@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import ClassVar
 
 import orjson
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 
-from .antenna import Antenna, AntennaError, AntennaUnavailable, MessageTooLarge
-from .broadcast import Broadcast
-from .connection import LOCAL_STREAMS, Connection, Stream
-from .metrics import Metrics
+from .antenna import AntennaError, AntennaUnavailable, MessageTooLarge
+from .app import App
+from .connection import Connection, Stream
+from .context import serving
 from .middleware import MiddlewareChain
 from .protocol import (
     ACK,
@@ -54,7 +53,7 @@ def _bad_utf8(data: bytes) -> bool:
 REFUSAL_LOG_INTERVAL = 5.0
 
 
-class Dispatch:
+class Dispatch(App):
     """Serves connections: parse, middleware, route, answer, streams.
 
     GET, POST and PUT requests of one connection run concurrently, each in its own
@@ -63,8 +62,7 @@ class Dispatch:
     stream registered and the rooms its handler joined subscribed.
     """
 
-    _middlewares: ClassVar[MiddlewareChain]
-    metrics: Metrics
+    _chain: MiddlewareChain
     _router: Router
     _max_buffer: int
     _max_streams: int
@@ -73,14 +71,11 @@ class Dispatch:
     _draining: bool
     _connections: set[Connection]
 
-    @property
-    def antenna(self) -> Antenna:
-        raise NotImplementedError
-
     # ----- connections --------------------------------------------------------------
 
     async def _handle_connection(self, ws: ServerConnection) -> None:
         """websockets' handler of one connection: start its reader, wait for the end."""
+        serving(self)  # class-level calls in this connection's handlers mean this app
         connection = Connection(ws, self._max_buffer, self.metrics)
         self.metrics.connections_total += 1
         self.metrics.connections_active += 1
@@ -187,9 +182,9 @@ class Dispatch:
     async def _serve(self, connection: Connection, request: Request) -> None:
         """Run the middlewares and the handler of one request and write its answer."""
         try:
-            if self._middlewares:
+            if self._chain:
                 try:
-                    answer = await self._middlewares.run(request, connection)
+                    answer = await self._chain.run(request, connection)
                 except Exception as error:
                     logger.exception("middleware failed on route %.64r", request.route)
                     raise RequestError.about(
@@ -212,8 +207,8 @@ class Dispatch:
             if handler is None:
                 handler = self._handler_for(request)  # raises the right error
             result = await handler(request)
-            if Broadcast._pending:
-                await Broadcast.settle()
+            if self.room_tasks:
+                await self.room_tasks.settle()
             if result is None:
                 return
             if type(result) is Response:
@@ -312,7 +307,7 @@ class Dispatch:
             raise RequestError.about(
                 request, ErrorCode.INVALID_FIELD, "a SUB needs a non-empty request_id"
             )
-        if request_id in LOCAL_STREAMS:
+        if request_id in self.streams:
             raise RequestError.about(
                 request,
                 ErrorCode.STREAM_IN_USE,
@@ -325,8 +320,8 @@ class Dispatch:
                 f"this connection already has {len(connection.streams)} open streams, the "
                 "server's limit; UNSUB one first",
             )
-        stream = Stream(connection, request_id)
-        LOCAL_STREAMS[request_id] = stream
+        stream = Stream(connection, request_id, self.antenna)
+        self.streams[request_id] = stream
         connection.streams[request_id] = stream
         self.metrics.streams_active += 1
         antenna = self.antenna
@@ -347,8 +342,8 @@ class Dispatch:
             raise
         try:
             result = await handler(request)
-            if Broadcast._pending:
-                await Broadcast.settle()
+            if self.room_tasks:
+                await self.room_tasks.settle()
         except BaseException:
             await self._end_stream(stream)
             raise
@@ -363,7 +358,7 @@ class Dispatch:
         if methods is None:
             self._handler_for(request)  # raises unknown_route
         if stream is None:
-            if request_id in LOCAL_STREAMS:
+            if request_id in self.streams:
                 raise RequestError.about(
                     request,
                     ErrorCode.NOT_STREAM_OWNER,
@@ -388,8 +383,8 @@ class Dispatch:
         connection = stream.connection
         if connection.streams.pop(request_id, None) is None:
             return
-        if LOCAL_STREAMS.get(request_id) is stream:
-            del LOCAL_STREAMS[request_id]
+        if self.streams.get(request_id) is stream:
+            del self.streams[request_id]
         self.metrics.streams_active -= 1
         for room in tuple(stream.rooms):
             room.remove_member(request_id)

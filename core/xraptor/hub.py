@@ -17,14 +17,6 @@ from typing import Protocol
 logger = logging.getLogger("xraptor.hub")
 
 
-_gap_round = 0
-
-
-def gap_round() -> int:
-    """A number that changes with each reported gap (so a client hears of a gap once)."""
-    return _gap_round
-
-
 class Listener(Protocol):
     """A local consumer of one channel."""
 
@@ -59,6 +51,9 @@ class Hub:
         self._watch = watch
         self._unwatch = unwatch
         self._channels: dict[str, _Channel] = {}
+        #: changes with each reported gap, so a listener fed by several channels (a
+        #: stream and its rooms) tells its client of one gap once
+        self.gap_round = 0
 
     def channels(self) -> list[str]:
         """Channels the backend watches now."""
@@ -137,8 +132,7 @@ class Hub:
 
     def gap(self, channels: Iterable[str]) -> None:
         """Tell the listeners of ``channels`` that messages may have been lost."""
-        global _gap_round
-        _gap_round += 1
+        self.gap_round += 1
         for channel in channels:
             entry = self._channels.get(channel)
             if entry is None:

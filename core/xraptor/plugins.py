@@ -210,9 +210,10 @@ class Plugins:
         self.middlewares = MiddlewareRegistry()
         self.guards = GuardRegistry()
         self.info: dict[str, PluginInfo] = {}
-        from .antennas import memory
+        # the built-in memory antenna registers through the same hooks as installed plugins
+        import xraptor.antennas.memory as memory_plugin
 
-        self._add("memory", memory, PluginInfo("memory", BUILTIN, _core_version()))
+        self._add("memory", memory_plugin, PluginInfo("memory", BUILTIN, _core_version()))
         if discover:
             self._discover()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import ClassVar
 
 from .protocol import MethodType, Request, Response
 
@@ -11,28 +10,20 @@ Handler = Callable[[Request], Awaitable[Response | None]]
 
 
 class Route:
-    """The handlers of one route name; ``as_get`` and friends register them.
+    """The handlers of one route name of an app; ``as_get`` and friends register them.
 
-    There is one ``Route`` per name (as in xraptor 0.4): registering a name twice
-    returns the same object. The decorators return the function unchanged.
+    ``app.register(name)`` returns the app's one ``Route`` of that name (as in
+    xraptor 0.4, registering a name twice gives the same object). The decorators
+    return the function unchanged.
     """
 
     __slots__ = ("_map", "name")
-    _instances: ClassVar[dict[str, Route]] = {}
 
-    def __new__(cls, name: str) -> Route:
+    def __init__(self, name: str) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"a route name must be a non-empty str, got {name!r}")
-        route = cls._instances.get(name)
-        if route is None:
-            route = super().__new__(cls)
-            route.name = name
-            route._map = {}
-            cls._instances[name] = route
-        return route
-
-    name: str
-    _map: dict[MethodType, Handler]
+        self.name = name
+        self._map: dict[MethodType, Handler] = {}
 
     def _add(self, method: MethodType, func: Handler) -> Handler:
         if not callable(func):
@@ -62,11 +53,6 @@ class Route:
         """The 0.4 ``"name:METHOD" -> handler`` map."""
         return {f"{self.name}:{m.value}": f for m, f in self._map.items()}
 
-    @classmethod
-    def forget_all(cls) -> None:
-        """Drop every route (tests)."""
-        cls._instances.clear()
-
 
 class Router:
     """The route table a server dispatches with: ``route -> method -> handler``."""
@@ -75,9 +61,10 @@ class Router:
         self.table: dict[str, dict[MethodType, Handler]] = {}
 
     def load(self, routes: list[Route]) -> None:
+        """Build the table; a later route's handler wins at the same name and method."""
         table: dict[str, dict[MethodType, Handler]] = {}
         for route in routes:
-            table[route.name] = route.handlers()
+            table.setdefault(route.name, {}).update(route._map)
         self.table = table
 
     def match(self, method: MethodType, name: str) -> Handler | None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Coroutine, Iterable
 from http import HTTPStatus
-from typing import Any, ClassVar, Self
+from typing import Any, Self
 
 import orjson
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -17,19 +17,17 @@ from websockets.http11 import Response as HttpResponse
 
 from . import static
 from .admission import admit, is_upgrade
-from .antenna import Antenna
-from .broadcast import Broadcast
 from .connection import Connection
+from .context import default_app, serving, set_default_factory
 from .dispatch import Dispatch
-from .guards import Guard, GuardList, OnConnect, PerApp, UseGuard
 from .handshake import select_subprotocol
 from .metrics import Metrics
-from .middleware import MiddlewareChain, MiddlewareFunc
+from .middleware import MiddlewareChain
 from .origins import OriginPolicy
-from .plugins import get_plugins, resolve_antenna
+from .plugins import get_plugins
 from .protocol import PING_ROUTE, MethodType, Request, Response
 from .redaction import redacting_logger
-from .routing import Handler, Route, Router
+from .routing import Router
 from .sampling import LogSampler
 
 logger = logging.getLogger("xraptor")
@@ -42,7 +40,8 @@ _DRAIN_POLL = 0.02
 
 
 class XRaptor(Dispatch):
-    """A server. Routes and middlewares are registered on the class (as in 0.4).
+    """A server: an app (routes, middlewares, guards, antenna, rooms, streams; see
+    :mod:`xraptor.app`) served on a host and port.
 
     :param ip_address: interface to listen on
     :param port: TCP port (0 picks a free one; see :attr:`port` after start)
@@ -78,19 +77,6 @@ class XRaptor(Dispatch):
 
     Every server also serves the browser client at ``/_xraptor/client.js``.
     """
-
-    _routes: ClassVar[list[Route]] = []
-    _middlewares: ClassVar[MiddlewareChain] = MiddlewareChain()
-    _antenna: ClassVar[Antenna | None] = None
-    _current: ClassVar[XRaptor | None] = None
-    _class_guards: ClassVar[GuardList] = GuardList()
-
-    #: ``@XRaptor.on_connect`` (every server) / ``@app.on_connect`` (this one):
-    #: register ``async def guard(handshake) -> identity``; see :class:`~xraptor.guards.OnConnect`
-    on_connect = PerApp(OnConnect)
-    #: ``XRaptor.use_guard(name, **options)`` / ``app.use_guard(...)``: enable a
-    #: plugin's guard by name; see :class:`~xraptor.guards.UseGuard`
-    use_guard = PerApp(UseGuard)
 
     def __init__(
         self,
@@ -142,18 +128,17 @@ class XRaptor(Dispatch):
         self._origin_policy = OriginPolicy(origins)
         #: samples the log lines of refused upgrades (see :mod:`xraptor.sampling`)
         self._refusal_log = LogSampler(HANDSHAKE_LOG_INTERVAL)
-        self._app_guards = GuardList()
         self._serve_options: dict[str, Any] = {
             "max_size": max_size,
             "max_queue": max_queue,
             "ping_interval": ping_interval,
             "ping_timeout": ping_timeout,
         }
-        self.metrics = Metrics()
+        super().__init__()
         self._router = Router()
+        self._chain = MiddlewareChain()
         self._server: Server | None = None
         self._stop_event: asyncio.Event | None = None
-        self._instance_antenna: Antenna | None = None
         self._http_routes: dict[str, tuple[str, bytes]] = {}
         self.add_http_route(static.CLIENT_JS_PATH, static.CLIENT_JS_TYPE, static.read("xraptor.js"))
         if antenna is not None:
@@ -163,25 +148,12 @@ class XRaptor(Dispatch):
 
     # ----- configuration ------------------------------------------------------
 
-    def set_antenna(self, antenna: object, **options: Any) -> Self:
-        """Select the antenna: a name (``"redis"``), a URL, an Antenna class or instance."""
-        if self._server is not None:
-            raise RuntimeError("cannot change the antenna of a running server")
-        instance = resolve_antenna(antenna, **options)
-        self._instance_antenna = instance
-        XRaptor._antenna = instance
-        return self
-
     def set_origins(self, origins: Iterable[str] | None) -> Self:
         """Set the Origin policy (see the ``origins`` parameter); takes effect at once."""
         self._origin_policy = OriginPolicy(origins)
         #: samples the log lines of refused upgrades (see :mod:`xraptor.sampling`)
         self._refusal_log = LogSampler(HANDSHAKE_LOG_INTERVAL)
         return self
-
-    def guards(self) -> list[tuple[str, Guard]]:
-        """The connect guards this server runs, in order: the class's, then its own."""
-        return [*XRaptor._class_guards, *self._app_guards]
 
     def add_http_route(self, path: str, content_type: str, body: bytes) -> None:
         """Serve ``body`` to plain HTTP GETs of ``path`` on the WebSocket port.
@@ -192,83 +164,17 @@ class XRaptor(Dispatch):
             raise ValueError(f"an HTTP path must start with '/', got {path!r}")
         self._http_routes[path] = (content_type, bytes(body))
 
-    @classmethod
-    def get_antenna(cls) -> Antenna:
-        """The antenna of the current server (the last one configured or started)."""
-        if cls._antenna is None or cls._antenna.state == "closed":
-            cls._antenna = resolve_antenna("memory")
-        return cls._antenna
-
-    @property
-    def antenna(self) -> Antenna:
-        if self._instance_antenna is None:
-            self._instance_antenna = XRaptor.get_antenna()
-        return self._instance_antenna
-
-    @classmethod
-    def register(cls, name: str) -> Route:
-        """The route ``name``; decorate handlers with its ``as_get`` ... ``as_unsub``."""
-        route = Route(name)
-        if route not in cls._routes:
-            cls._routes.append(route)
-        return route
-
-    @classmethod
-    def middleware(
-        cls, priority: int, pattern: str | None = None
-    ) -> Callable[[MiddlewareFunc], MiddlewareFunc]:
-        """Decorator: run ``func(request, connection)`` before handlers.
-
-        :param priority: unique; lower runs first
-        :param pattern: regex matched against the route (``None``: every route)
-        :raises ValueError: on a taken priority or an invalid pattern
-        """
-
-        def decorator(func: MiddlewareFunc) -> MiddlewareFunc:
-            cls._middlewares.add(func, priority, pattern)
-            return func
-
-        if not isinstance(priority, int) or isinstance(priority, bool):
-            raise TypeError(f"middleware priority must be an int, got {priority!r}")
-        return decorator
-
-    @classmethod
-    def use_middleware(
-        cls, name: str, *, priority: int, pattern: str | None = None, **options: Any
-    ) -> None:
-        """Enable a middleware a plugin offers by name (``xraptor plugins`` lists them)."""
-        factory = get_plugins().middlewares.get(name)
-        cls._middlewares.add(factory(**options), priority, pattern, name=name)
-
-    @classmethod
-    def route_matcher(cls, method: MethodType, name: str) -> Handler | None:
-        """The handler registered for ``method`` on route ``name`` (0.4 API)."""
-        for route in cls._routes:
-            if route.name == name:
-                return route.handlers().get(method)
-        return None
-
-    @classmethod
-    def reset(cls) -> None:
-        """Forget every route, middleware, room and the current antenna (tests)."""
-        cls._routes.clear()
-        Route.forget_all()
-        cls._middlewares.clear()
-        cls._class_guards.clear()
-        cls._antenna = None
-        cls._current = None
-        Broadcast.reset()
-
     def load_routes(self) -> Self:
-        """Load the registered routes into this server (and the built-in ``/_xraptor/ping``)."""
-        self._router.load(XRaptor._routes)
+        """Load the routes and middlewares registered so far (on the default app and on
+        this one) into this server, with the built-in ``GET /_xraptor/ping``."""
+        self._router.load(self.routes())
         self._router.table.setdefault(PING_ROUTE, {}).setdefault(MethodType.GET, _pong)
+        self._chain = self.middleware_chain()
         return self
 
-    @classmethod
-    def get_metrics(cls) -> Metrics:
-        """The counters of the current server."""
-        return cls._current.metrics if cls._current is not None else Metrics()
+    @property
+    def running(self) -> bool:
+        return self._server is not None
 
     # ----- lifecycle ------------------------------------------------------------
 
@@ -277,9 +183,8 @@ class XRaptor(Dispatch):
         if self._server is not None:
             raise RuntimeError("the server is already running")
         self.load_routes()
-        antenna = self.antenna
-        XRaptor._antenna = antenna
-        XRaptor._current = self
+        antenna = self._antenna = self.antenna  # pinned while it serves
+        default_app()._last_started = self
         self.metrics = Metrics()
         self._draining = False
         await antenna.start()
@@ -322,7 +227,7 @@ class XRaptor(Dispatch):
             self._server = None
             server.close()
             await server.wait_closed()
-            await Broadcast.settle()
+            await self.room_tasks.settle()
             await self.antenna.close()
 
     async def _drain(self) -> None:
@@ -374,6 +279,7 @@ class XRaptor(Dispatch):
     async def _process_request(
         self, connection: ServerConnection, request: HttpRequest
     ) -> HttpResponse | None:
+        serving(self)  # guards' class-level calls mean this app (the connection's task)
         path = request.path.split("?", 1)[0]
         if self._health_path is not None and path == self._health_path:
             antenna = self.antenna.describe()
@@ -420,3 +326,6 @@ async def _pong(request: Request) -> Response:
 def _http(status: HTTPStatus, content_type: str, body: bytes) -> HttpResponse:
     headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body)))])
     return HttpResponse(status.value, status.phrase, headers, body)
+
+
+set_default_factory(XRaptor)

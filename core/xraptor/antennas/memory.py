@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..antenna import Antenna
 from ..hookspecs import hookimpl
-from ..plugins import AntennaRegistry
+
+if TYPE_CHECKING:
+    from ..plugins import AntennaRegistry
 
 
 class MemoryAntenna(Antenna):

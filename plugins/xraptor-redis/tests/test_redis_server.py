@@ -14,7 +14,6 @@ from redis_support import RedisServer
 from websockets.asyncio.client import ClientConnection, connect
 
 from xraptor import Request, Response, XRaptor
-from xraptor.connection import LOCAL_STREAMS
 from xraptor.testing import eventually, health
 
 PUBLISH_TIMEOUT = 0.5
@@ -49,7 +48,6 @@ async def server(redis_server: RedisServer) -> AsyncIterator[XRaptor]:
     finally:
         await app.close()
         XRaptor.reset()
-        LOCAL_STREAMS.clear()
 
 
 def _request(request_id: str, route: str, method: str, payload: Any = "") -> str:
