@@ -245,6 +245,8 @@ async def run(options: Options) -> int:
         else:
             log_dir = options.log_dir
             log_dir.mkdir(parents=True, exist_ok=True)
+        tracebacks: dict[str, int] = {}
+        stack.callback(_count_tracebacks, log_dir, tracebacks)  # once the servers have stopped
         urls = {
             name: await stack.enter_async_context(running_server(name, log_dir)) for name in SERVERS
         }
@@ -258,12 +260,20 @@ async def run(options: Options) -> int:
     if options.json is not None:
         write_json(options.json, comparisons, allowed)
     status = print_report(comparisons, allowed, GATING_GROUPS, options.allow_list)
-    if options.log_dir is not None:
-        print(f"server logs: {log_dir}")
+    logged = ", ".join(f"{name} {count}" for name, count in tracebacks.items() if count)
+    kept = f" in {log_dir}" if options.log_dir is not None else " (keep them with --log-dir DIR)"
+    print(f"server logs{kept}: " + (f"tracebacks logged: {logged}" if logged else "no tracebacks"))
     if options.json is not None:
         print(f"every case's outcomes: {options.json}")
     print(f"wall time: {time.monotonic() - started:.1f} s")
     return status
+
+
+def _count_tracebacks(log_dir: Path, into: dict[str, int]) -> None:
+    for name in SERVERS:
+        path = log_dir / f"{name}.log"
+        if path.exists():
+            into[name] = path.read_text(errors="replace").count("Traceback (most recent call last)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
