@@ -1,11 +1,12 @@
 """Sessions: the core tests, each plugin's tests, end-to-end tests, lint, types and benchmarks.
 
-``nox`` runs the default sessions (everything but ``bench`` and ``demo``);
+``nox`` runs the default sessions (everything but ``bench``, ``conformance`` and ``demo``);
 ``nox -s tests`` runs one.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import nox
@@ -96,3 +97,20 @@ def bench(session: nox.Session) -> None:
     session.install("-e", ".", *(f"-e{path}" for path in PLUGINS.values()))
     session.install("picows", "uvloop", "psutil", "redis", "nats-py", "python-socketio", "uvicorn")
     session.run("python", "bench/run.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def conformance(session: nox.Session) -> None:
+    """RFC 6455: the kosoku suite against xraptor and a raw websockets echo server (opt-in).
+
+    Compares per case who closed the connection and with which code; fails when a case of
+    groups 1-7 differs and is not in conformance/allowed_differences.toml. Arguments go to
+    ``python -m conformance``: ``-- --cases '6.*'``, ``-- --slow`` (adds compression, minutes).
+    """
+    started = time.monotonic()
+    try:
+        session.install("-e", ".", "kosoku>=0.1,<0.2")
+        report = Path(session.create_tmp()) / "conformance.json"
+        session.run("python", "-m", "conformance", "--json", str(report), *session.posargs)
+    finally:
+        session.log(f"conformance session wall time: {time.monotonic() - started:.1f} s")
