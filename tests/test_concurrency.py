@@ -267,3 +267,55 @@ async def test_a_handler_keeps_its_own_task_while_it_waits(
     assert tasks[late + "-before"] is not tasks[quick + "-before"]
     # the connection is still served after the timeout
     assert (await client.request("/fast"))["payload"] == "fast"
+
+
+@pytest.mark.parametrize(
+    ("case", "settings"),
+    [
+        ("reader waiting for room", {"max_inflight": 2}),
+        ("one at a time", {"max_inflight": 1}),
+        ("SUB handler that never returns", {}),
+    ],
+)
+@pytest.mark.parametrize("ending", ["disconnect", "close"])
+async def test_a_reader_that_cannot_read_still_ends_with_its_connection(
+    make_server: ServerFactory,
+    make_client: ClientFactory,
+    case: str,
+    settings: dict[str, Any],
+    ending: str,
+) -> None:
+    hang = asyncio.Event()  # never set
+    cancelled: list[str] = []
+
+    @XRaptor.register("/hang").as_get
+    async def hang_get(request: Request) -> None:
+        try:
+            await hang.wait()
+        except asyncio.CancelledError:
+            cancelled.append(request.request_id)
+            raise
+
+    @XRaptor.register("/hang").as_sub
+    async def hang_sub(request: Request) -> None:
+        await hang_get(request)
+
+    server = await make_server(drain_timeout=0.2, close_timeout=0.2, **settings)
+    client = await make_client(server)
+    method = "SUB" if case.startswith("SUB") else "GET"
+    sent = [await client.send("/hang", method) for _ in range(3 if method == "GET" else 1)]
+    await asyncio.sleep(0.2)
+    started = time.monotonic()
+    if ending == "disconnect":
+        await client.ws.close()
+    else:
+        await asyncio.wait_for(server.close(), 3)
+    # every handler that had started is cancelled (past max_inflight, a GET is not read)
+    started_handlers = min(len(sent), settings.get("max_inflight", 64))
+    for _ in range(100):
+        if not server._connections and len(cancelled) == started_handlers:
+            break
+        await asyncio.sleep(0.02)
+    assert not server._connections, case
+    assert len(cancelled) == started_handlers, case
+    assert time.monotonic() - started < 1.5

@@ -74,23 +74,26 @@ class Dispatch(App):
     # ----- connections --------------------------------------------------------------
 
     async def _handle_connection(self, ws: ServerConnection) -> None:
-        """websockets' handler of one connection: start its reader, wait for the end."""
+        """websockets' handler of one connection: start its reader, wait for the close.
+
+        Whatever the reader is doing then (waiting for room under ``max_inflight``,
+        serving a SUB inline), the close cancels it and every request in flight.
+        """
         serving(self)  # class-level calls in this connection's handlers mean this app
         connection = Connection(ws, self._max_buffer, self.metrics)
         self.metrics.connections_total += 1
         self.metrics.connections_active += 1
         self._connections.add(connection)
-        ended = asyncio.get_running_loop().create_future()
-        connection.start_reader(lambda: self._read_loop(connection, ended))
+        connection.start_reader(lambda: self._read_loop(connection))
         try:
-            await ended
+            await ws.wait_closed()
         finally:
             self._connections.discard(connection)
             self.metrics.connections_active -= 1
             await connection.cancel_tasks()
             await self._release(connection)
 
-    async def _read_loop(self, connection: Connection, ended: asyncio.Future[None]) -> None:
+    async def _read_loop(self, connection: Connection) -> None:
         """Read and serve the connection's messages, one reader task at a time.
 
         GET, POST and PUT run in the reader itself, so a handler that returns without
@@ -147,8 +150,7 @@ class Dispatch(App):
             pass
         except Exception:
             logger.exception("connection %s failed", connection.connection_id)
-        if not ended.done():
-            ended.set_result(None)
+            await ws.close(CloseCode.INTERNAL_ERROR, "internal error")
 
     async def _release(self, connection: Connection) -> None:
         for stream in tuple(connection.streams.values()):
