@@ -8,12 +8,13 @@ import gc
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
 from core_support import ClientFactory, ServerFactory, error_code
-from xraptor import Broadcast, Request, Response, XRaptor
+from xraptor import AntennaUnavailable, Broadcast, Request, Response, XRaptor, error_response
+from xraptor.antennas import MemoryAntenna
 
 _started: list[str] = []
 _cancelled: list[str] = []
@@ -319,3 +320,61 @@ async def test_a_reader_that_cannot_read_still_ends_with_its_connection(
     assert not server._connections, case
     assert len(cancelled) == started_handlers, case
     assert time.monotonic() - started < 1.5
+
+
+class SlowWatchAntenna(MemoryAntenna):
+    """A memory antenna whose subscriptions take 0.2 s, and fail for ``broken-`` rooms."""
+
+    name: ClassVar[str] = "slow-watch"
+
+    async def watch(self, channel: str) -> None:
+        await asyncio.sleep(0.2)
+        if channel.startswith("broken-"):
+            raise AntennaUnavailable(f"cannot subscribe {channel}")
+        await super().watch(channel)
+
+
+async def test_the_ack_waits_for_a_slow_room_subscription(
+    make_server: ServerFactory, make_client: ClientFactory
+) -> None:
+    _routes()
+    server = await make_server(antenna=SlowWatchAntenna())
+    client, other = await make_client(server), await make_client(server)
+    await client.send("/room", "SUB", "slow-room", header={"ack": True})
+    assert (await client.recv())["header"] == {"ack": True}
+    await other.request("/room", "POST", {"room": "slow-room"})
+    assert (await client.recv())["payload"] == "hello room"
+
+
+async def test_a_sub_whose_room_cannot_subscribe_is_refused(
+    make_server: ServerFactory, make_client: ClientFactory
+) -> None:
+    _routes()
+    server = await make_server(antenna=SlowWatchAntenna())
+    client = await make_client(server)
+    await client.send("/room", "SUB", "broken-room", header={"ack": True})
+    assert error_code(await client.recv()) == "backend_unavailable"
+    assert await client.nothing(0.3)  # no acknowledgment
+    assert server.streams == {}
+
+
+async def test_a_sub_handler_answering_an_error_holds_no_stream(
+    make_server: ServerFactory, make_client: ClientFactory
+) -> None:
+    @XRaptor.register("/forbidden").as_sub
+    async def forbidden(request: Request) -> Response:
+        return error_response("forbidden", "not for you", request)
+
+    @XRaptor.register("/odd").as_sub
+    async def odd(request: Request) -> str:
+        return "not a response"
+
+    server = await make_server(max_streams=3)
+    client = await make_client(server)
+    for _ in range(4):
+        await client.send("/forbidden", "SUB", header={"ack": True})
+        assert error_code(await client.recv()) == "forbidden"
+    await client.send("/odd", "SUB", header={"ack": True})
+    assert error_code(await client.recv()) == "invalid_response"
+    assert await client.nothing(0.2)
+    assert server.streams == {} and server.metrics.streams_active == 0

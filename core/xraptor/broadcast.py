@@ -65,6 +65,9 @@ class Broadcast:
         self._listening = False
         self._prune_task: asyncio.Task[None] | None = None
         self._closed = False
+        #: why the room's last subscription failed (``None``: it did not); a SUB whose
+        #: handler joined a room that could not subscribe is refused
+        self.failure: Exception | None = None
 
     @classmethod
     def get(cls, broadcast_id: str, app: App | None = None) -> Broadcast:
@@ -146,10 +149,12 @@ class Broadcast:
     # internals --------------------------------------------------------------------
 
     async def _listen(self) -> None:
+        self.failure = None
         try:
             await self.antenna.listen(self.broadcast_id, self)
-        except Exception:
+        except Exception as error:
             self._listening = False
+            self.failure = error
             logger.exception("room %.64r could not subscribe", self.broadcast_id)
             return
         if self._closed:

@@ -346,11 +346,23 @@ class Dispatch(App):
             result = await handler(request)
             if self.room_tasks:
                 await self.room_tasks.settle()
+            for room in stream.rooms:
+                if room.failure is not None:
+                    raise AntennaUnavailable(
+                        f"room {room.broadcast_id[:64]!r} could not subscribe: {room.failure}"
+                    )
         except BaseException:
             await self._end_stream(stream)
             raise
+        # a handler that answers with an error (or not with a Response) refused the SUB:
+        # the client holds no stream, so neither does the server, and there is no ack
+        refused = result is not None and (
+            not isinstance(result, Response) or "error" in result.header
+        )
+        if refused:
+            await self._end_stream(stream)
         await self._answer(connection, request, result)
-        if request.header.get(ACK) is True:
+        if not refused and request.header.get(ACK) is True:
             await connection.send(ack_frame(request_id))
 
     async def _unsubscribe(self, connection: Connection, request: Request) -> None:
