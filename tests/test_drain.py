@@ -195,3 +195,42 @@ def test_worker_parent_waits_for_the_drain() -> None:
     assert cli.worker_grace(app) >= 45
     assert cli.worker_grace(XRaptor("127.0.0.1", 0)) >= 12
     assert sys.executable
+
+
+async def test_a_second_close_waits_for_the_same_shutdown(make_server: ServerFactory) -> None:
+    @XRaptor.register("/slow").as_get
+    async def slow(request: Request) -> Response:
+        await asyncio.sleep(0.3)
+        return Response.create(request.request_id, {}, "finished")
+
+    server = await make_server()
+    async with connect(f"ws://127.0.0.1:{server.port}") as ws:
+        await ws.send(_request("s1", "/slow"))
+        await asyncio.sleep(0.05)
+        first = asyncio.ensure_future(server.close())
+        await asyncio.sleep(0.05)
+        await server.close()  # returns only once the shutdown is complete
+        assert server.antenna.state == "closed" and first.done()
+
+
+async def test_shutdown_hooks_run_after_the_connections_closed(
+    make_server: ServerFactory,
+) -> None:
+    from xraptor import get_plugins, hookimpl
+
+    seen: list[tuple[int, str]] = []
+
+    class Hooks:
+        @hookimpl
+        def xraptor_shutdown(self, server: XRaptor) -> None:
+            seen.append((len(server._connections), server.antenna.state))
+
+    get_plugins().register(Hooks(), "drain-hooks")
+    try:
+        server = await make_server()
+        async with connect(f"ws://127.0.0.1:{server.port}") as ws:
+            await server.close()
+            assert await _close_code(ws) == 1001
+    finally:
+        get_plugins().unregister("drain-hooks")
+    assert seen == [(0, "up")]

@@ -194,7 +194,7 @@ class App:
     def antenna(self) -> Antenna:
         """The app's own antenna, else the default app's, else a memory antenna."""
         own = self._antenna
-        if own is not None and not (self._made_antenna and own.state == "closed"):
+        if own is not None:
             return own
         default = default_app()
         if default is not self:

@@ -178,6 +178,14 @@ class Connection:
             finally:
                 self._room = None
 
+    def cancel_requests(self) -> None:
+        """Cancel the requests in flight: their tasks, and the reader if it is serving
+        one inline (the connection is about to close: nothing more is read)."""
+        for task in self.tasks:
+            task.cancel()
+        if self.serving_inline and self.reader is not None:
+            self.reader.cancel()
+
     async def cancel_tasks(self) -> None:
         """Cancel the reader and the requests in flight; wait until they have unwound."""
         tasks = (*self.tasks, self.reader) if self.reader is not None else tuple(self.tasks)

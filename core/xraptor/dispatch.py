@@ -41,6 +41,14 @@ _UNSUB_ACK = orjson.dumps({"message": "unsubscribed"}).decode()
 _INLINE = (MethodType.SUB, MethodType.UNSUB)
 
 
+def _shutting_down(request: Request) -> RequestError:
+    return RequestError.about(
+        request,
+        ErrorCode.SHUTTING_DOWN,
+        "the server is shutting down; reconnect and send the request again",
+    )
+
+
 def _bad_utf8(data: bytes) -> bool:
     try:
         data.decode()
@@ -137,6 +145,9 @@ class Dispatch(App):
                     else:
                         if len(connection.tasks) >= max_inflight:
                             await connection.wait_for_room(max_inflight)
+                            if self._draining:  # it was read before the drain began
+                                await self._refuse(connection, _shutting_down(request), data)
+                                continue
                         handover = call_soon(hand_over)
                         try:
                             await self._serve(connection, request)
@@ -174,11 +185,7 @@ class Dispatch(App):
                 request.method.value,
             )
         if self._draining:
-            raise RequestError.about(
-                request,
-                ErrorCode.SHUTTING_DOWN,
-                "the server is shutting down; reconnect and send the request again",
-            )
+            raise _shutting_down(request)
         return request
 
     async def _serve(self, connection: Connection, request: Request) -> None:

@@ -59,7 +59,8 @@ def xraptor_startup(server: XRaptor) -> Any:
 
 @hookspec
 def xraptor_shutdown(server: XRaptor) -> Any:
-    """Called when a server stops, before its antenna is closed.
+    """Called when a server stops: after the drain, once its connections are closed,
+    before its antenna is closed.
 
     May return an awaitable, which the server awaits.
     """

@@ -138,6 +138,7 @@ class XRaptor(Dispatch):
         self._router = Router()
         self._chain = MiddlewareChain()
         self._server: Server | None = None
+        self._closing: asyncio.Future[None] | None = None
         self._stop_event: asyncio.Event | None = None
         self._http_routes: dict[str, tuple[str, bytes]] = {}
         self.add_http_route(static.CLIENT_JS_PATH, static.CLIENT_JS_TYPE, static.read("xraptor.js"))
@@ -216,12 +217,18 @@ class XRaptor(Dispatch):
         Then every connection is closed with code 1001 (going away), each closing
         handshake bounded by :attr:`close_timeout`.
         """
-        server = self._server
-        if server is None or self._draining:
-            return
+        if self._closing is None:
+            if self._server is None:
+                return
+            self._closing = asyncio.ensure_future(self._shut_down(self._server))
+        await asyncio.shield(self._closing)  # a second caller waits for the same shutdown
+
+    async def _shut_down(self, server: Server) -> None:
         self._draining = True
         try:
             await self._drain()
+            server.close()  # 1001 to every connection, each within close_timeout
+            await server.wait_closed()
             await get_plugins().call_lifecycle("xraptor_shutdown", server=self)
         finally:
             self._server = None
@@ -229,6 +236,7 @@ class XRaptor(Dispatch):
             await server.wait_closed()
             await self.room_tasks.settle()
             await self.antenna.close()
+            self._closing = None
 
     async def _drain(self) -> None:
         """Wait up to ``drain_timeout`` for the requests in flight to finish."""
@@ -239,10 +247,12 @@ class XRaptor(Dispatch):
             await asyncio.sleep(_DRAIN_POLL)
         if busy:
             logger.warning(
-                "%d requests still in flight after drain_timeout (%.1f s); they are cancelled",
+                "%d requests still in flight after drain_timeout (%.1f s); cancelling them",
                 busy,
                 self.drain_timeout,
             )
+            for connection in self._connections:
+                connection.cancel_requests()
 
     def _requests_in_flight(self) -> int:
         return sum(len(c.tasks) + c.serving_inline for c in self._connections)
