@@ -189,6 +189,29 @@ async def test_a_failing_guard_is_a_500_and_its_log_hides_the_token(
     assert "s3cret-alice-token" not in caplog.text
 
 
+async def test_other_credentials_quoted_by_a_guard_stay_out_of_the_logs(
+    make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    @XRaptor.on_connect
+    async def picky(handshake: Handshake) -> None:
+        key = handshake.headers.get("X-Api-Key")
+        proxy = handshake.headers.get("Proxy-Authorization")
+        query = handshake.query.get("api_token")
+        if handshake.path == "/refuse":
+            raise Refuse(403, f"key {key} and {query} are not allowed")
+        raise LookupError(f"unknown key {key}, proxy {proxy}, query {query}")
+
+    server = await make_server()
+    caplog.set_level(logging.DEBUG)
+    headers = [("X-Api-Key", "SECRET-HEADER-KEY"), ("Proxy-Authorization", "SECRET-PROXY")]
+    for path in ("/?api_token=SECRET-QUERY-KEY", "/refuse?api_token=SECRET-QUERY-KEY"):
+        answer = await raw_get(server.port, path, headers=headers)
+        assert answer.status in (500, 403)
+    for secret in ("SECRET-HEADER-KEY", "SECRET-PROXY", "SECRET-QUERY-KEY"):
+        assert secret not in caplog.text, secret
+    assert "LookupError: unknown key [redacted]" in caplog.text
+
+
 async def test_headers_query_cookies_and_origin_reach_the_guard(
     make_server: ServerFactory,
 ) -> None:

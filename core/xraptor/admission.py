@@ -83,12 +83,15 @@ async def admit(
             )
             return refusal.response()
         except Exception as error:
-            # never logger.exception(): the error's text may quote the token
-            logger.error(
+            # never logger.exception(): the error's text may quote the token; sampled,
+            # since anyone can send what makes a guard fail, once per upgrade
+            log.log(
+                logger,
                 "guard %s failed on a WebSocket upgrade from %s; answered 500\n%s",
                 name,
                 remote_ip,
                 format_exception(error, handshake.secrets()),
+                level=logging.ERROR,
             )
             return http_response(500, "Internal Server Error: a connect guard failed.")
         if result is not None:

@@ -25,6 +25,8 @@ from websockets.http11 import Request as HttpRequest
 from websockets.http11 import Response as HttpResponse
 from websockets.typing import Subprotocol
 
+from .redaction import SECRET_HEADERS, is_secret_name
+
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
 
@@ -145,8 +147,10 @@ class Handshake:
     def secrets(self) -> list[str]:
         """The values a log line about this handshake must not show."""
         values = [self.token or ""]
-        values += self.headers.get_all("Authorization")
+        for name in SECRET_HEADERS:
+            values += self.headers.get_all(name)
         values += self.cookies.values()
+        values += (value for name, value in self.query.items() if is_secret_name(name))
         return [value for value in values if value]
 
 

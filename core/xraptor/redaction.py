@@ -24,19 +24,26 @@ SECRET_HEADERS = frozenset(
     {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"}
 )
 
+#: words that make a query parameter's value a credential (``api_token``, ``x_api_key``...)
+_SECRET_WORDS = r"token|key|secret|passw|jwt|auth|session|signature|credential"
+_SECRET_NAME = re.compile(r"(?i)" + _SECRET_WORDS)
+
 #: credentials inside free text: the token subprotocol, a bearer header value,
-#: and query parameters commonly used for tokens
+#: and query parameters whose name says they carry one
 _PATTERNS = (
     (re.compile(r"(xraptor\.bearer\.)[^\s,;'\"]*"), r"\1" + REDACTED),
     (re.compile(r"(?i)\b(bearer|basic)(\s+)[^\s,;'\"]+"), r"\1\2" + REDACTED),
     (
-        re.compile(
-            r"(?i)([?&](?:access_token|token|auth|api_key|apikey|key|jwt|password|secret)=)"
-            r"[^&\s'\"#]*"
-        ),
+        re.compile(r"(?i)([?&][^=&\s]*(?:" + _SECRET_WORDS + r")[^=&\s]*=)[^&\s'\"#]*"),
         r"\1" + REDACTED,
     ),
 )
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a query parameter (or header) named ``name`` likely carries a credential."""
+    return name.lower() in SECRET_HEADERS or _SECRET_NAME.search(name) is not None
+
 
 _ExcInfo: TypeAlias = (
     bool

@@ -15,7 +15,7 @@ from typing import Any
 
 
 class LogSampler:
-    """Lets one log line through at INFO per ``interval`` seconds."""
+    """Lets one log line through per ``interval`` seconds (at INFO by default)."""
 
     __slots__ = ("_last", "held_back", "interval")
 
@@ -25,9 +25,11 @@ class LogSampler:
         self.held_back = 0
         self._last = -math.inf
 
-    def log(self, logger: logging.Logger, message: str, *args: Any) -> bool:
-        """Log at INFO if a sample is due (noting how many lines were held back), else
-        at DEBUG. Returns whether the line went to INFO."""
+    def log(
+        self, logger: logging.Logger, message: str, *args: Any, level: int = logging.INFO
+    ) -> bool:
+        """Log at ``level`` if a sample is due (noting how many lines were held back),
+        else at DEBUG. Returns whether the line went out at ``level``."""
         now = time.monotonic()
         if now - self._last < self.interval:
             self.held_back += 1
@@ -39,5 +41,5 @@ class LogSampler:
         if held:
             message += " (%d more like it since the last sample, each logged at DEBUG)"
             args = (*args, held)
-        logger.info(message, *args)
+        logger.log(level, message, *args)
         return True
