@@ -195,3 +195,13 @@ async def test_a_flood_of_refused_upgrades_is_counted_and_logged_sparingly(
     assert "XRAPTOR_ORIGINS" in refusals[0].getMessage()
     assert server.metrics.handshake_refusals_total == 200
     assert "xraptor_handshake_refusals_total 200" in server.metrics.prometheus()
+
+
+async def test_an_internationalised_origin_in_the_list_matches_its_punycode(
+    make_server: ServerFactory,
+) -> None:
+    server = await make_server(origins=["https://bücher.example"])
+    answer = await raw_get(server.port, headers=[("Origin", "https://xn--bcher-kva.example")])
+    assert answer.status == 101
+    with pytest.raises(ValueError, match="origins"):
+        OriginPolicy(["https://bad\u2028host.example"])

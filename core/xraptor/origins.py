@@ -34,8 +34,14 @@ class OriginError(ValueError):
 
 
 def _host(host: str) -> str:
-    """A lower-case host without a trailing dot; IPv6 literals canonicalised."""
+    """A lower-case host without a trailing dot; IPv6 literals canonicalised;
+    internationalised names in their ASCII (punycode) form, which browsers send."""
     host = host.lower().rstrip(".")
+    if not host.isascii():
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError as error:
+            raise OriginError(f"{host!r} is not a valid host name: {error}") from None
     try:
         return str(ipaddress.ip_address(host))
     except ValueError:

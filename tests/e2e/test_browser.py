@@ -129,6 +129,9 @@ def test_browser_client_module_shape(
         const sub = client.subscribe("/chat_messages", {chat_id: "shape"}, {},
                                      (m) => pushes.push(m));
         out.acked = (await sub.ready) === undefined;
+        const early = client.subscribe("/chat_messages", {chat_id: "early"});
+        early.unsubscribe();  // before the acknowledgment: ready rejects, never hangs
+        try { await early.ready; } catch (e) { out.early = e.code; }
         const reply = await client.post("/send_message_to_chat_room",
             {chat_id: "shape", client_id: "me", message: "x"}, {trace: "1"});
         out.reply = reply;
@@ -149,6 +152,7 @@ def test_browser_client_module_shape(
     assert result["refused"] == ["unknown_route"]
     assert result["notReady"] == "unknown_route" and "ready" not in result
     assert result["acked"] is True  # the acknowledgment is not passed on as a push
+    assert result["early"] == "closed"
     assert result["reply"]["payload"] == '{"message": "Message sent"}'
     assert result["reply"]["method"] == "POST"
     assert set(result["reply"]) == {"request_id", "payload", "header", "method"}

@@ -159,8 +159,18 @@ export class XRaptorClient {
     const body = encodePayload(payload);
     const state = { route, payload: body, header, onMessage, onError, open: true, acked: false };
     const ready = new Promise((resolve, reject) => {
-      state.ack = resolve;
-      state.refuse = reject;
+      const timer = setTimeout(
+        () => reject(new XRaptorError("timeout", `no acknowledgment of SUB ${route} in ${this.timeout} ms`)),
+        this.timeout,
+      );
+      state.ack = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+      state.refuse = (error) => {
+        clearTimeout(timer);
+        reject(error);
+      };
     });
     ready.catch(() => {}); // a refusal also reaches onError; awaiting `ready` is optional
     const fail = (error) => {
@@ -185,6 +195,7 @@ export class XRaptorClient {
       unsubscribe: () => {
         if (!state.open) return;
         state.open = false;
+        if (!state.acked) state.refuse(new XRaptorError("closed", "unsubscribed before the acknowledgment"));
         this._streams.delete(requestId);
         if (this._ws.readyState === WebSocket.OPEN) {
           this._send(requestId, route, "UNSUB", body, header);
