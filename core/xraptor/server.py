@@ -23,6 +23,7 @@ from .connection import Connection
 from .dispatch import Dispatch
 from .guards import Guard, GuardList, OnConnect, PerApp, UseGuard
 from .handshake import select_subprotocol
+from .logs import serve_defaults, ws_url
 from .metrics import Metrics
 from .middleware import MiddlewareChain, MiddlewareFunc
 from .origins import OriginPolicy
@@ -298,8 +299,10 @@ class XRaptor(Dispatch):
             self.port = sock.getsockname()[1]
             break
         await get_plugins().call_lifecycle("xraptor_startup", server=self)
-        logger.info(
-            "xraptor serving on %s:%d with the %s antenna", self.host, self.port, antenna.name
+        logger.info(  # once per start; serve() makes it visible without a logging set-up
+            "xraptor listening on %s (antenna %s, transport websockets)",
+            ws_url(self.host, self.port),
+            antenna.name,
         )
 
     async def close(self) -> None:
@@ -324,6 +327,7 @@ class XRaptor(Dispatch):
             await server.wait_closed()
             await Broadcast.settle()
             await self.antenna.close()
+            logger.info("xraptor stopped listening on %s", ws_url(self.host, self.port))
 
     async def _drain(self) -> None:
         """Wait up to ``drain_timeout`` for the requests in flight to finish."""
@@ -345,6 +349,7 @@ class XRaptor(Dispatch):
     async def serve(self) -> None:
         """Serve until :meth:`stop` is called or SIGTERM/SIGINT arrives, then shut down."""
         self._stop_event = asyncio.Event()
+        serve_defaults()  # show the start-up line when nothing configured logging
         await self.start()
         self._install_signal_handlers()
         try:
