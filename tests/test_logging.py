@@ -232,3 +232,17 @@ def test_version() -> None:
     from importlib.metadata import version
 
     assert xraptor.__version__ == version("xraptor")
+
+
+def test_xraptor_itself_reads_no_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``XRAPTOR_*`` variables are a ``xraptor run`` feature; ``XRaptor()`` takes arguments."""
+    for name, value in {
+        "XRAPTOR_HOST": "0.0.0.0",
+        "XRAPTOR_PORT": "9999",
+        "XRAPTOR_ANTENNA": "nats://127.0.0.1:4222",
+        "XRAPTOR_ORIGINS": "*",
+    }.items():
+        monkeypatch.setenv(name, value)
+    app = xraptor.XRaptor()
+    assert (app.host, app.port, app.antenna.name) == ("127.0.0.1", 8765, "memory")
+    assert app._origin_policy.describe() == "same-origin pages only"
