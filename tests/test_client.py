@@ -279,7 +279,7 @@ async def test_demo_serves_the_chat_page_and_websocket_on_slash() -> None:
     try:
         head, body = await _http_get(server.port, "/")
         assert "content-type: text/html" in head.lower()
-        assert b'from "/_xraptor/client.js"' in body
+        assert b'from "./_xraptor/client.js"' in body  # relative: works under a mount path
         # a WebSocket on "/" still opens
         async with (
             Client(_url(server) + "/") as client,

@@ -1,6 +1,7 @@
 """xraptor: fast as a websocket, easy as HTTP."""
 
 from . import antennas
+from ._version import __version__
 from .antenna import (
     Antenna,
     AntennaError,
@@ -40,6 +41,7 @@ __all__ = [
     "UnknownGuardError",
     "UnknownMiddlewareError",
     "XRaptor",
+    "__version__",
     "antennas",
     "error_response",
     "get_plugins",

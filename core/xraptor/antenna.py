@@ -25,8 +25,9 @@ suite in :mod:`xraptor.testing` states the contract as tests.
 from __future__ import annotations
 
 import asyncio
+import functools
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any, ClassVar, Literal, Self
 
@@ -68,6 +69,20 @@ class Antenna(ABC):
     #: the name applications select the antenna by, e.g. ``"redis"``
     name: ClassVar[str] = ""
     _config: ClassVar[dict[str, Any]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # ``is_alive`` is a driver method, yet applications call it too (0.4 did, on an
+        # antenna it had not started): a driver's own ``is_alive`` is wrapped here so that
+        # the first call starts the antenna, as ``post`` does, and drivers stay unchanged.
+        super().__init_subclass__(**kwargs)
+        driver = cls.__dict__.get("is_alive")
+        if callable(driver) and not getattr(driver, "__isabstractmethod__", False):
+            cls.is_alive = _starting_first(driver)  # type: ignore[method-assign,assignment]
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Self:
+        if getattr(cls, "__abstractmethods__", None) and hasattr(cls, "stop_listening"):
+            raise TypeError(_MIGRATE_04.format(name=cls.__name__))
+        return super().__new__(cls)
 
     def __init__(self, **options: Any) -> None:
         self.options: dict[str, Any] = {**type(self)._config, **options}
@@ -117,7 +132,11 @@ class Antenna(ABC):
 
     @abstractmethod
     async def is_alive(self, channel: str) -> bool:
-        """Whether some process (this one included) listens to ``channel`` now."""
+        """Whether some process (this one included) listens to ``channel`` now.
+
+        Called on an antenna that has not started yet, it starts it first (the base
+        class wraps every driver's ``is_alive`` to do so; drivers need not).
+        """
 
     async def ping(self) -> None:
         """Optional: one round trip to the backend; return once it answered.
@@ -283,6 +302,30 @@ class Antenna(ABC):
         if self._prober is not None:
             info.update(self._prober.describe())
         return info
+
+
+_MIGRATE_04 = (
+    "{name} looks like an xraptor 0.4 antenna (subscribe/stop_listening/post/is_alive); "
+    "the antenna contract changed in 0.5 (connect/disconnect/publish/watch/unwatch/is_alive). "
+    "See 'Migrating a 0.4 antenna' in the README."
+)
+
+_IsAlive = Callable[[Any, str], Awaitable[bool]]
+
+
+def _starting_first(driver: _IsAlive) -> _IsAlive:
+    """``driver`` (an ``is_alive``), starting the antenna first if it is still new."""
+    if getattr(driver, "_xraptor_starts_first", False):
+        return driver
+
+    @functools.wraps(driver)
+    async def is_alive(self: Antenna, channel: str) -> bool:
+        if self._state == "new":
+            await self.start()
+        return await driver(self, channel)
+
+    is_alive._xraptor_starts_first = True  # type: ignore[attr-defined]
+    return is_alive
 
 
 def _check_channel(channel: object) -> None:

@@ -3,31 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import logging
 import os
-import signal
-import subprocess
 import sys
-import time
-from collections.abc import Sequence
-from types import FrameType
 from typing import TYPE_CHECKING
 
+from . import logs
+from ._version import __version__
 from .plugins import get_plugins
+from .workers import serve_worker, supervise, worker_grace
+
+__all__ = ["build_parser", "load_app", "main", "reload_command", "worker_grace"]
 
 if TYPE_CHECKING:
     from .server import XRaptor
 
 logger = logging.getLogger("xraptor.cli")
-
-#: seconds the parent of ``--workers N`` waits for its workers to stop after SIGTERM,
-#: beyond the app's ``drain_timeout + close_timeout``
-WORKER_GRACE = 10.0
-
-#: seconds between a worker's checks that its supervisor is still alive
-PARENT_CHECK = 1.0
 
 #: exit code of a usage error (argparse's too)
 USAGE = 2
@@ -38,6 +30,7 @@ ENV = {
     "antenna": "XRAPTOR_ANTENNA",
     "workers": "XRAPTOR_WORKERS",
     "log_level": "XRAPTOR_LOG_LEVEL",
+    "log_config": "XRAPTOR_LOG_CONFIG",
     "origin": "XRAPTOR_ORIGINS",
 }
 
@@ -169,41 +162,58 @@ def _configure(args: argparse.Namespace) -> tuple[XRaptor, int]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    log_config = _setting(args, "log_config")
     try:
+        if log_config is not None:  # before the app is imported: the app may refine it
+            logs.apply_config_file(log_config)
+        if args.reload:  # the parent watches files; the app is imported by its child
+            from .reload import run_reloading
+
+            if log_config is None:
+                logs.configure_cli(args.log_level, explicit=args.log_level_explicit)
+            return run_reloading(args, reload_command(args))
         app, workers = _configure(args)
-    except UsageError as error:
+    except (UsageError, logs.LogConfigError) as error:
         print(f"xraptor run: error: {error}", file=sys.stderr)
         return USAGE
+    if log_config is None:  # after the import: an app that configured logging keeps it
+        logs.configure_cli(args.log_level, explicit=args.log_level_explicit)
+    elif args.log_level_explicit:
+        logging.getLogger("xraptor").setLevel(args.log_level)
     if args.supervisor is not None:
         app.reuse_port = True
         from .server import run_coroutine
 
-        run_coroutine(_serve_worker(app, args.supervisor))
+        run_coroutine(serve_worker(app, args.supervisor))
         return 0
     if workers == 1:
         app.run()
         return 0
-    return _supervise(args, app, workers)
+    return supervise(_worker_command(args, app), app, workers)
 
 
-async def _serve_worker(app: XRaptor, parent: int) -> None:
-    """Serve until SIGTERM, or until the supervisor is gone (killed with SIGKILL)."""
+def _log_options(args: argparse.Namespace) -> list[str]:
+    """The logging flags for a child ``xraptor`` process (environment variables pass anyway)."""
+    explicit = getattr(args, "log_level_explicit", False)  # set by main()
+    options = ["--log-level", args.log_level] if explicit else []
+    log_config = _setting(args, "log_config")
+    return options + (["--log-config", log_config] if log_config is not None else [])
 
-    async def watch_parent() -> None:
-        while os.getppid() == parent:  # noqa: ASYNC110  (no event tells of a parent's death)
-            await asyncio.sleep(PARENT_CHECK)
-        logger.warning("the supervisor (pid %d) is gone; stopping this worker", parent)
-        app.stop()
 
-    watcher = asyncio.get_running_loop().create_task(watch_parent())
-    try:
-        await app.serve()
-    finally:
-        watcher.cancel()
+def reload_command(args: argparse.Namespace) -> list[str]:
+    """The ``xraptor run`` command ``--reload`` restarts: the same flags, without ``--reload``."""
+    command = [sys.executable, "-m", "xraptor.cli", *_log_options(args), "run", args.target]
+    for flag in ("host", "port", "antenna", "workers"):
+        value = getattr(args, flag, None)
+        if value is not None:
+            command += [f"--{flag}", str(value)]
+    for origin in getattr(args, "origin", None) or []:
+        command += ["--origin", origin]
+    return command
 
 
 def _worker_command(args: argparse.Namespace, app: XRaptor) -> list[str]:
-    command = [sys.executable, "-m", "xraptor.cli", "--log-level", args.log_level]
+    command = [sys.executable, "-m", "xraptor.cli", *_log_options(args)]
     command += ["run", args.target, "--supervisor", str(os.getpid()), "--workers", "1"]
     command += ["--host", app.host, "--port", str(app.port)]
     antenna = _setting(args, "antenna")
@@ -214,79 +224,6 @@ def _worker_command(args: argparse.Namespace, app: XRaptor) -> list[str]:
     return command
 
 
-def _supervise(args: argparse.Namespace, app: XRaptor, workers: int) -> int:
-    """Start the workers, forward SIGTERM/SIGINT to them, wait for them all.
-
-    A worker that exits on its own stops the others: restarting is left to the
-    process manager (systemd, Kubernetes, ...), which sees the exit code.
-    """
-    command = _worker_command(args, app)
-    stopping = False
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        nonlocal stopping
-        if not stopping:
-            logger.info("received %s: stopping %d workers", signal.Signals(signum).name, workers)
-        stopping = True
-
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    processes: list[subprocess.Popen[bytes]] = []
-    try:
-        for _ in range(workers):
-            processes.append(subprocess.Popen(command))
-        logger.info(
-            "xraptor: %d workers on %s:%d (pids %s)",
-            workers,
-            app.host,
-            app.port,
-            " ".join(str(p.pid) for p in processes),
-        )
-        failed: int | None = None
-        while not stopping:
-            for process in processes:
-                code = process.poll()
-                if code is not None:
-                    logger.error("worker %d exited with code %d; stopping", process.pid, code)
-                    failed = code or 1
-                    stopping = True
-                    break
-            else:
-                time.sleep(0.1)
-        code = _stop_workers(processes, worker_grace(app))
-        return code if failed is None else failed
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def worker_grace(app: XRaptor) -> float:
-    """Seconds a worker gets to stop after SIGTERM: its drain, its closes, and a margin."""
-    return app.drain_timeout + app.close_timeout + WORKER_GRACE
-
-
-def _stop_workers(processes: Sequence[subprocess.Popen[bytes]], grace: float) -> int:
-    """SIGTERM every live worker (they drain), wait, then kill the stragglers."""
-    for process in processes:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    code = 0
-    for process in processes:
-        try:
-            result = process.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            logger.error("worker %d did not stop in %.0f s; killing it", process.pid, grace)
-            process.kill()
-            result = process.wait()
-        if result not in (0, -signal.SIGTERM):
-            code = 1
-    return code
-
-
 # ----- the parser -------------------------------------------------------------------------
 
 
@@ -295,10 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="xraptor", description="xraptor: fast as a websocket, easy as HTTP"
     )
     parser.add_argument(
-        "--log-level",
-        default=os.environ.get(ENV["log_level"]) or "INFO",
-        help=f"logging level (default INFO; env {ENV['log_level']})",
+        "--version", action="version", version=f"xraptor {__version__}", help="print the version"
     )
+    parser.add_argument("--log-level", help=f"logging level (default INFO; env {ENV['log_level']})")
+    parser.add_argument("--log-config", metavar="FILE", help=LOG_CONFIG_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser(
@@ -331,6 +268,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help=f"logging level (default INFO; env {ENV['log_level']})",
     )
+    run.add_argument(
+        "--log-config", metavar="FILE", default=argparse.SUPPRESS, help=LOG_CONFIG_HELP
+    )
+    run.add_argument(
+        "--reload",
+        action="store_true",
+        help="restart the server when a .py file changes (development; needs watchfiles: "
+        "pip install 'xraptor[reload]'; one process, so not with --workers)",
+    )
+    run.add_argument(
+        "--reload-dir",
+        action="append",
+        metavar="DIR",
+        help="a directory --reload watches; repeat for more (default: the current directory)",
+    )
     # set by the supervisor of --workers N on each worker it starts
     run.add_argument("--supervisor", type=int, help=argparse.SUPPRESS)
     run.set_defaults(func=_run)
@@ -349,14 +301,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+LOG_CONFIG_HELP = (
+    "a logging configuration file: .json or .yaml (logging.config.dictConfig), else INI "
+    f"(logging.config.fileConfig); replaces xraptor's own logging set-up (env {ENV['log_config']})"
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = str(args.log_level).upper()
+    given = _setting(args, "log_level")
+    level = (given or "INFO").upper()
     if not isinstance(logging.getLevelName(level), int):
-        parser.error(f"unknown log level {args.log_level!r}")
-    args.log_level = level
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        parser.error(f"unknown log level {given!r}")
+    args.log_level, args.log_level_explicit = level, given is not None
+    if args.func is not _run:  # `run` sets logging up around the app's import
+        logs.configure_cli(level, explicit=False)
     result: int = args.func(args)
     return result
 

@@ -17,11 +17,19 @@ if TYPE_CHECKING:
 
 
 class MethodType(Enum):
+    """A request's method. ``str()`` and f-strings give the wire name (``POST``)."""
+
     POST = "POST"
     GET = "GET"
     SUB = "SUB"
     UNSUB = "UNSUB"
     PUT = "PUT"
+
+    def __str__(self) -> str:
+        return self._value_
+
+    def __format__(self, format_spec: str) -> str:
+        return format(self._value_, format_spec)
 
 
 _METHODS: dict[str, MethodType] = {m.value: m for m in MethodType}

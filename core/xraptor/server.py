@@ -21,6 +21,7 @@ from .connection import Connection
 from .context import default_app, serving, set_default_factory
 from .dispatch import Dispatch
 from .handshake import select_subprotocol
+from .logs import serve_defaults, ws_url
 from .metrics import Metrics
 from .middleware import MiddlewareChain
 from .origins import OriginPolicy
@@ -204,8 +205,10 @@ class XRaptor(Dispatch):
             self.port = sock.getsockname()[1]
             break
         await get_plugins().call_lifecycle("xraptor_startup", server=self)
-        logger.info(
-            "xraptor serving on %s:%d with the %s antenna", self.host, self.port, antenna.name
+        logger.info(  # once per start; serve() makes it visible without a logging set-up
+            "xraptor listening on %s (antenna %s, transport websockets)",
+            ws_url(self.host, self.port),
+            antenna.name,
         )
 
     async def close(self) -> None:
@@ -236,6 +239,7 @@ class XRaptor(Dispatch):
             await server.wait_closed()
             await self.room_tasks.settle()
             await self.antenna.close()
+            logger.info("xraptor stopped listening on %s", ws_url(self.host, self.port))
             self._closing = None
 
     async def _drain(self) -> None:
@@ -260,6 +264,7 @@ class XRaptor(Dispatch):
     async def serve(self) -> None:
         """Serve until :meth:`stop` is called or SIGTERM/SIGINT arrives, then shut down."""
         self._stop_event = asyncio.Event()
+        serve_defaults()  # show the start-up line when nothing configured logging
         await self.start()
         self._install_signal_handlers()
         try:

@@ -120,4 +120,4 @@ def test_a_room_spans_two_workers_over_redis(tmp_path: Path, redis_url: str) -> 
         # the parent exits 0 only when every worker drained and exited cleanly
         _, alive = psutil.wait_procs(workers, timeout=10)
         assert not alive, f"workers still running after SIGTERM: {alive}"
-        assert output.count("server closed") == 2, output
+        assert output.count("xraptor stopped listening on") == 2, output

@@ -3,7 +3,7 @@
 // Every xraptor server serves this file at /_xraptor/client.js:
 //
 //   import { XRaptorClient } from "/_xraptor/client.js";
-//   const client = await XRaptorClient.connect();  // the page's own host (same-origin)
+//   const client = await XRaptorClient.connect();  // the server this module came from
 //   const authed = await XRaptorClient.connect(undefined, { token: "..." });
 //   const reply = await client.post("/route", { any: "json" }, { token: "..." });
 //   const sub = client.subscribe("/chat_messages", { chat_id: "lobby" }, {}, (msg) => {});
@@ -70,14 +70,30 @@ function tokenSubprotocols(token) {
   return ["xraptor", `xraptor.bearer.${base64url}`];
 }
 
+// Where every server serves this module, below its mount path ("" at the root).
+const CLIENT_PATH = "/_xraptor/client.js";
+
+/**
+ * The default WebSocket URL: the server this module was loaded from. Served at
+ * `<mount>/_xraptor/client.js`, the module connects to `ws(s)://host<mount>/`
+ * (`ws://host/` for a server at the root, as the demo is); a copy served from any
+ * other path connects to the page's own host.
+ */
 function defaultUrl() {
+  const here = new URL(import.meta.url);
+  const served = here.protocol === "http:" || here.protocol === "https:";
+  if (served && here.pathname.endsWith(CLIENT_PATH)) {
+    const mount = here.pathname.slice(0, -CLIENT_PATH.length);
+    return `${here.protocol === "https:" ? "wss:" : "ws:"}//${here.host}${mount}/`;
+  }
   const { protocol, host } = globalThis.location;
   return `${protocol === "https:" ? "wss:" : "ws:"}//${host}/`;
 }
 
 export class XRaptorClient {
   /**
-   * Open a connection. `url` defaults to the page's own host.
+   * Open a connection. `url` defaults to the server this module was loaded from,
+   * mount path included (see defaultUrl).
    * @param {string} [url]
    * @param {{timeout?: number, token?: string}} [options] timeout in milliseconds
    *   (default 10000); token: a bearer token for the server's connect guards

@@ -137,6 +137,17 @@ class AntennaConformance:
         assert await eventually(_negate(lambda: other.is_alive("alive")))
 
     @pytest.mark.asyncio
+    async def test_is_alive_starts_a_new_antenna(self, antenna_factory: AntennaFactory) -> None:
+        """``is_alive`` on an antenna not started yet starts it (as ``post`` does)."""
+        antenna = antenna_factory()
+        try:
+            before = antenna.state
+            assert await antenna.is_alive("never-subscribed") is False
+            assert (before, antenna.state) == ("new", "up")
+        finally:
+            await antenna.close()
+
+    @pytest.mark.asyncio
     async def test_many_channels_without_crosstalk(self, antenna: Antenna, other: Antenna) -> None:
         names = [f"ch-{i}" for i in range(200)]
         subs = [antenna.subscribe(name) for name in names]
