@@ -129,14 +129,18 @@ async def test_subscribe_pushes_and_unsub_on_exit(make_server: ServerFactory) ->
         assert not client._streams
 
 
-async def test_subscribe_without_ack_then_push(make_server: ServerFactory) -> None:
+async def test_entering_a_stream_waits_for_the_ack_then_pushes_flow(
+    make_server: ServerFactory,
+) -> None:
     _routes()
     server = await make_server()
     async with Client(_url(server)) as client, client.subscribe("/quiet") as stream:
-        # the handler answered nothing: entering did not wait for an ack
+        # the handler answered nothing; entering returned on the server's ack, so the
+        # stream is subscribed and the ack itself is not one of the stream's messages
+        assert stream.request_id in server.streams
         await client.post("/push", {"to": stream.request_id, "message": "hi"})
         push = await asyncio.wait_for(anext(stream), 3)
-        assert push.payload == "hi"
+        assert push.payload == "hi" and "ack" not in push.header
 
 
 async def test_refused_sub_raises_client_error(make_server: ServerFactory) -> None:

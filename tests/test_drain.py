@@ -28,20 +28,49 @@ import asyncio
 import xraptor
 
 
+@xraptor.XRaptor.register("/big").as_get
+async def big(request):
+    return xraptor.Response.create(request.request_id, {}, "x" * 200_000)
+
+
+@xraptor.XRaptor.register("/pid").as_get
+async def pid(request):
+    import os
+
+    return xraptor.Response.create(request.request_id, {}, str(os.getpid()))
+
+
 @xraptor.XRaptor.register("/slow").as_get
 async def slow(request):
     await asyncio.sleep(float(request.payload))
     return xraptor.Response.create(request.request_id, {}, "done " + request.request_id)
 
 
-app = xraptor.XRaptor("127.0.0.1", 8765, drain_timeout=DRAIN, close_timeout=CLOSE)
+app = xraptor.XRaptor("127.0.0.1", 8765, drain_timeout=DRAIN, close_timeout=CLOSE, EXTRA)
+"""
+
+#: a memory antenna under another name, so that `--workers 2` accepts it (each worker
+#: then has its own rooms; these tests need none)
+SHARED = """
+from typing import ClassVar
+
+from xraptor.antennas import MemoryAntenna
+
+
+class PretendShared(MemoryAntenna):
+    name: ClassVar[str] = "pretend-shared"
 """
 
 
 @pytest.fixture
 def app_dir(tmp_path: Path) -> Iterator[Path]:
-    (tmp_path / "drainapp.py").write_text(APP.replace("DRAIN", "10").replace("CLOSE", "2"))
-    (tmp_path / "drainapp_short.py").write_text(APP.replace("DRAIN", "1").replace("CLOSE", "1"))
+    app = APP.replace(", EXTRA", "")
+    (tmp_path / "drainapp.py").write_text(app.replace("DRAIN", "10").replace("CLOSE", "2"))
+    (tmp_path / "drainapp_short.py").write_text(app.replace("DRAIN", "1").replace("CLOSE", "1"))
+    shared = SHARED + APP.replace("EXTRA", "antenna=PretendShared()")
+    (tmp_path / "drainapp_workers.py").write_text(
+        shared.replace("DRAIN", "10").replace("CLOSE", "2")
+    )
     yield tmp_path
 
 
@@ -69,6 +98,10 @@ async def _close_code(ws: ClientConnection) -> int | None:
 async def _slow_clients_through_sigterm(port: int, pid: int) -> tuple[list[str], list[Any]]:
     url = f"ws://127.0.0.1:{port}"
     clients = [await connect(url) for _ in range(10)]
+    pids = set()
+    for ws in clients:
+        await ws.send(_request("pid", "/pid"))
+        pids.add(json.loads(await ws.recv())["payload"])
     for c, ws in enumerate(clients):
         for n in range(5):
             await ws.send(_request(f"c{c}-{n}", "/slow", "1.5"))
@@ -94,15 +127,21 @@ async def _slow_clients_through_sigterm(port: int, pid: int) -> tuple[list[str],
             if sum(1 for a in answers if a.startswith(f"done c{clients.index(ws)}-")) == 5:
                 break
     codes = [await _close_code(ws) for ws in clients]
-    return answers, [during, codes]
+    return answers, [during, codes, pids]
 
 
-def test_sigterm_answers_every_request_in_flight_then_closes_with_1001(app_dir: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_answers_every_request_in_flight_then_closes_with_1001(
+    app_dir: Path, workers: int
+) -> None:
     port = free_port()
-    process = start_run(app_dir, "drainapp:app", "--port", str(port))
+    target = "drainapp:app" if workers == 1 else "drainapp_workers:app"
+    process = start_run(app_dir, target, "--port", str(port), "--workers", str(workers))
     try:
         wait_for_port(port, process)
-        answers, (during, codes) = asyncio.run(_slow_clients_through_sigterm(port, process.pid))
+        answers, (during, codes, pids) = asyncio.run(
+            _slow_clients_through_sigterm(port, process.pid)
+        )
         output = process.communicate(timeout=30)[0]
     finally:
         if process.poll() is None:
@@ -114,12 +153,14 @@ def test_sigterm_answers_every_request_in_flight_then_closes_with_1001(app_dir: 
     assert during[1] == 503
     assert during[2] == "shutting_down"
     assert codes == [1001] * 10
+    assert len(pids) == workers  # with --workers 2, both workers had requests in flight
     assert process.returncode == 0, output
 
 
-def _silent_client(port: int) -> socket.socket:
-    """A WebSocket client that completes the handshake, sends one request, never reads."""
+def _silent_client(port: int, requests: list[str]) -> socket.socket:
+    """A WebSocket client that completes the handshake, sends requests, never reads."""
     sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     key = base64.b64encode(os.urandom(16)).decode()
     sock.sendall(
         (
@@ -132,22 +173,33 @@ def _silent_client(port: int) -> socket.socket:
     while b"\r\n\r\n" not in reply:
         reply += sock.recv(4096)
     assert reply.startswith(b"HTTP/1.1 101"), reply
-    payload = _request("never-read", "/slow", "30").encode()
-    mask = os.urandom(4)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    assert len(payload) < 126
-    sock.sendall(bytes([0x81, 0x80 | len(payload)]) + mask + masked)
+    for request in requests:
+        payload = request.encode()
+        mask = os.urandom(4)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        assert len(payload) < 126
+        sock.sendall(bytes([0x81, 0x80 | len(payload)]) + mask + masked)
     return sock
 
 
-def test_a_client_that_never_reads_does_not_hold_the_exit(app_dir: Path) -> None:
+@pytest.mark.parametrize(
+    ("case", "requests"),
+    [
+        ("a request in flight", [_request("never-read", "/slow", "30")]),
+        # answers pile up until the server's writes wait for room: sends in flight
+        ("a full send buffer", [_request(f"big-{n}", "/big") for n in range(200)]),
+    ],
+)
+def test_a_client_that_never_reads_does_not_hold_the_exit(
+    app_dir: Path, case: str, requests: list[str]
+) -> None:
     port = free_port()
     process = start_run(app_dir, "drainapp_short:app", "--port", str(port))
     sock = None
     try:
         wait_for_port(port, process)
-        sock = _silent_client(port)
-        time.sleep(0.3)
+        sock = _silent_client(port, requests)
+        time.sleep(0.5)
         start = time.monotonic()
         process.send_signal(signal.SIGTERM)
         output = process.communicate(timeout=30)[0]
@@ -158,9 +210,9 @@ def test_a_client_that_never_reads_does_not_hold_the_exit(app_dir: Path) -> None
         if process.poll() is None:
             process.kill()
             process.communicate()
-    # drain_timeout (1 s) for the 30 s request, close_timeout (1 s) for the silent peer
-    assert took < 1 + 1 + 1.5, (took, output)
-    assert "still in flight after drain_timeout" in output
+    # drain_timeout (1 s) for what is in flight, close_timeout (1 s) for the silent peer
+    assert took < 1 + 1 + 1.5, (case, took, output)
+    assert "still in flight after drain_timeout" in output, case
 
 
 async def test_close_drains_in_process(make_server: ServerFactory) -> None:
