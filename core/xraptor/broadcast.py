@@ -34,21 +34,19 @@ class RoomTasks:
     """An app's room tasks (subscribing, forwarding), which requests wait for."""
 
     def __init__(self) -> None:
-        self._pending: set[asyncio.Task[None]] = set()
-
-    def __bool__(self) -> bool:
-        return bool(self._pending)
+        #: the tasks not finished yet (requests test it before waiting: a set is cheap)
+        self.pending: set[asyncio.Task[None]] = set()
 
     def track(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` as a task that :meth:`settle` waits for."""
         task = asyncio.get_running_loop().create_task(work)
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        self.pending.add(task)
+        task.add_done_callback(self.pending.discard)
 
     async def settle(self) -> None:
         """Wait until every room opened so far is subscribed on the antenna."""
-        while self._pending:
-            await asyncio.gather(*tuple(self._pending), return_exceptions=True)
+        while self.pending:
+            await asyncio.gather(*tuple(self.pending), return_exceptions=True)
 
 
 class Broadcast:

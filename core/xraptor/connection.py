@@ -155,8 +155,8 @@ class Connection:
         self.reader = asyncio.get_running_loop().create_task(reader())
 
     def hand_over(self) -> None:
-        """The reader is waiting inside a request: it becomes that request's task and a
-        new reader task reads on (a loop callback; see ``Dispatch._read_loop``)."""
+        """The reader waits inside a request: it becomes that request's task and a new
+        reader task reads on (see ``Dispatch._read_loop``)."""
         busy, new_reader = self.reader, self._new_reader
         assert busy is not None and new_reader is not None, "hand_over before start_reader"
         self.tasks.add(busy)

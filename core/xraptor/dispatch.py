@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import types
+from collections.abc import Coroutine, Generator
+from typing import Any
 
 import orjson
 from websockets.asyncio.server import ServerConnection
@@ -38,7 +41,32 @@ logger = logging.getLogger("xraptor")
 _UNSUB_ACK = orjson.dumps({"message": "unsubscribed"}).decode()
 
 #: served before the connection's next message is read (their order matters)
-_INLINE = (MethodType.SUB, MethodType.UNSUB)
+_SUB, _UNSUB = MethodType.SUB, MethodType.UNSUB
+
+
+@types.coroutine
+def _finish(coro: Coroutine[Any, Any, None], waiting_for: Any) -> Generator[Any, Any, None]:
+    """Await the rest of ``coro``, whose first step yielded ``waiting_for``.
+
+    Passes what the coroutine yields up to the task (a future to wait for, or
+    ``None``: a bare yield) and what the task sends or throws (a cancellation) down.
+    """
+    while True:
+        try:
+            sent = yield waiting_for
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as error:
+            try:
+                waiting_for = coro.throw(error)
+            except StopIteration:
+                return
+        else:
+            try:
+                waiting_for = coro.send(sent)
+            except StopIteration:
+                return
 
 
 def _shutting_down(request: Request) -> RequestError:
@@ -70,7 +98,8 @@ class Dispatch(App):
     stream registered and the rooms its handler joined subscribed.
     """
 
-    _chain: MiddlewareChain
+    #: the middlewares this app runs (``None`` when there are none: one test per request)
+    _chain: MiddlewareChain | None
     _router: Router
     _max_buffer: int
     _max_streams: int
@@ -104,20 +133,20 @@ class Dispatch(App):
     async def _read_loop(self, connection: Connection) -> None:
         """Read and serve the connection's messages, one reader task at a time.
 
-        GET, POST and PUT run in the reader itself, so a handler that returns without
-        waiting costs no task. If one waits (a database, the backend...), a loop
-        callback notices at the next turn of the event loop and hands the reading
-        over to a new reader task; the old one finishes that request and ends. At
-        most ``max_inflight`` requests are in flight; past it the reader waits for one
-        to finish before it reads on (backpressure). SUB and UNSUB never hand over:
-        the next message is read only once they were served.
+        GET, POST and PUT run in the reader itself: the reader takes the request's
+        first step (``send(None)``), so a handler that returns without waiting costs
+        no task and schedules nothing. If it waits (a database, the backend...), a new
+        reader task reads on and this one finishes the request (its handler stays in
+        one task throughout, so ``asyncio.timeout()`` and ``current_task()`` in it
+        mean that request), then ends. At most ``max_inflight`` requests are in
+        flight; past it the reader waits for one to finish before it reads on
+        (backpressure). SUB and UNSUB never hand over: the next message is read only
+        once they were served.
         """
         ws = connection.ws
-        me = asyncio.current_task()
         max_inflight = self._max_inflight
+        limit = self._max_id_length
         metrics = self.metrics
-        call_soon = asyncio.get_running_loop().call_soon
-        hand_over = connection.hand_over
         # websockets' queue of received frames, read only to tell whether another
         # message is already waiting (then the loop yields, so one connection's burst
         # cannot starve the others: recv() returns without suspending while it has one)
@@ -127,7 +156,13 @@ class Dispatch(App):
                 data = await ws.recv(decode=False)
                 metrics.requests_total += 1
                 try:
-                    request = self._read(data)
+                    request = parse_request(data)
+                    if (
+                        len(request.request_id) > limit
+                        or len(request.route) > limit
+                        or self._draining
+                    ):
+                        raise self._refusal_of(request)
                 except RequestError as error:
                     if backlog.text and error.code == ErrorCode.INVALID_JSON and _bad_utf8(data):
                         # RFC 6455: a text message must be UTF-8; close with 1007
@@ -136,7 +171,8 @@ class Dispatch(App):
                     await self._refuse(connection, error, data)
                 else:
                     request.connection = connection
-                    if request.method in _INLINE or max_inflight == 1:
+                    method = request.method
+                    if method is _SUB or method is _UNSUB or max_inflight == 1:
                         connection.serving_inline = True
                         try:
                             await self._serve(connection, request)
@@ -145,16 +181,18 @@ class Dispatch(App):
                     else:
                         if len(connection.tasks) >= max_inflight:
                             await connection.wait_for_room(max_inflight)
-                            if self._draining:  # it was read before the drain began
+                            if self.draining:  # it was read before the drain began
                                 await self._refuse(connection, _shutting_down(request), data)
                                 continue
-                        handover = call_soon(hand_over)
+                        serving = self._serve(connection, request)
                         try:
-                            await self._serve(connection, request)
-                        finally:
-                            handover.cancel()  # did not run: served without waiting
-                        if connection.reader is not me:
-                            return  # another task reads now; this one served its request
+                            waiting_for = serving.send(None)
+                        except StopIteration:
+                            pass  # served without waiting
+                        else:
+                            connection.hand_over()  # another task reads on
+                            await _finish(serving, waiting_for)
+                            return
                 if backlog:
                     await asyncio.sleep(0)
         except ConnectionClosed:
@@ -167,33 +205,32 @@ class Dispatch(App):
         for stream in tuple(connection.streams.values()):
             await self._end_stream(stream)
 
-    def _read(self, data: bytes) -> Request:
-        """Parse one message into a request this server will serve.
+    @property
+    def draining(self) -> bool:
+        """Whether a shutdown is under way (new work is refused)."""
+        return self._draining
 
-        :raises RequestError: the message is not a valid request, an id is over
-            ``max_id_length``, or the server is draining
-        """
-        request = parse_request(data)
+    def _refusal_of(self, request: Request) -> RequestError:
+        """Why a parsed request is refused: an id over ``max_id_length``, or the drain."""
         limit = self._max_id_length
         if len(request.request_id) > limit or len(request.route) > limit:
             long_id = len(request.request_id) > limit
-            raise RequestError(
+            return RequestError(
                 ErrorCode.INVALID_FIELD,
                 f"field {'request_id' if long_id else 'route'!r} is longer than the "
                 f"server's limit of {limit} characters",
                 "" if long_id else request.request_id,
                 request.method.value,
             )
-        if self._draining:
-            raise _shutting_down(request)
-        return request
+        return _shutting_down(request)
 
     async def _serve(self, connection: Connection, request: Request) -> None:
         """Run the middlewares and the handler of one request and write its answer."""
         try:
-            if self._chain:
+            chain = self._chain
+            if chain is not None:
                 try:
-                    answer = await self._chain.run(request, connection)
+                    answer = await chain.run(request, connection)
                 except Exception as error:
                     logger.exception("middleware failed on route %.64r", request.route)
                     raise RequestError.about(
@@ -216,7 +253,7 @@ class Dispatch(App):
             if handler is None:
                 handler = self._handler_for(request)  # raises the right error
             result = await handler(request)
-            if self.room_tasks:
+            if self.room_tasks.pending:
                 await self.room_tasks.settle()
             if result is None:
                 return
@@ -351,7 +388,7 @@ class Dispatch(App):
             raise
         try:
             result = await handler(request)
-            if self.room_tasks:
+            if self.room_tasks.pending:
                 await self.room_tasks.settle()
             for room in stream.rooms:
                 if room.failure is not None:

@@ -31,6 +31,10 @@ class MethodType(Enum):
     def __format__(self, format_spec: str) -> str:
         return format(self._value_, format_spec)
 
+    # Members are singletons compared by identity, so identity hashing is consistent
+    # with equality; Enum's own __hash__ is Python code, run on every route lookup.
+    __hash__ = object.__hash__
+
 
 _METHODS: dict[str, MethodType] = {m.value: m for m in MethodType}
 _TYPES: dict[str, type] = {
@@ -141,6 +145,7 @@ class _ParseError(RequestError, ValueError):
 
 _dumps = orjson.dumps
 _loads = orjson.loads
+_new_request = Request.__new__
 
 
 def parse_request(message: str | bytes) -> Request:
@@ -168,7 +173,15 @@ def parse_request(message: str | bytes) -> Request:
                 and type(header) is dict
                 and type(route) is str
             ):
-                return Request(request_id, payload, header, route, method)
+                # the types were just checked: build it without __post_init__'s checks
+                request = _new_request(Request)
+                request.request_id = request_id
+                request.payload = payload
+                request.header = header
+                request.route = route
+                request.method = method
+                request.connection = None
+                return request
     return _parse_slowly(data)
 
 

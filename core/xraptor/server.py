@@ -137,7 +137,7 @@ class XRaptor(Dispatch):
         }
         super().__init__()
         self._router = Router()
-        self._chain = MiddlewareChain()
+        self._chain: MiddlewareChain | None = None
         self._server: Server | None = None
         self._closing: asyncio.Future[None] | None = None
         self._stop_event: asyncio.Event | None = None
@@ -171,7 +171,7 @@ class XRaptor(Dispatch):
         this one) into this server, with the built-in ``GET /_xraptor/ping``."""
         self._router.load(self.routes())
         self._router.table.setdefault(PING_ROUTE, {}).setdefault(MethodType.GET, _pong)
-        self._chain = self.middleware_chain()
+        self._chain = self.middleware_chain() or None
         return self
 
     @property
