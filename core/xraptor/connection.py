@@ -7,7 +7,8 @@ import collections
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
+from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.server import ServerConnection
@@ -28,6 +29,11 @@ logger = logging.getLogger("xraptor.connection")
 
 #: close code used for the slow-consumer policy (RFC 6455 "try again later")
 SLOW_CONSUMER_CLOSE = 1013
+
+
+#: the in-flight requests of a connection none of whose requests ever waited (most):
+#: shared and never changed, so an idle connection costs no set of its own
+_NO_TASKS: frozenset[asyncio.Task[Any]] = frozenset()
 
 
 class FrameQueue(collections.deque[Frame]):
@@ -101,8 +107,8 @@ class Connection:
     __slots__ = (
         "_closer",
         "_closing",
-        "_new_reader",
         "_room",
+        "cancelled_reader",
         "connection_id",
         "frames",
         "identity",
@@ -134,11 +140,12 @@ class Connection:
         #: the frames received and not read yet (see :class:`FrameQueue`)
         self.frames = queue.queue = FrameQueue(queue.queue)
         #: the task reading the connection's messages now
-        self.reader: asyncio.Task[None] | None = None
-        self._new_reader: Callable[[], Coroutine[Any, Any, None]] | None = None
+        self.reader: asyncio.Task[Any] | None = None
         #: tasks of GET/POST/PUT requests that are waiting for something (each was the
         #: reader until its handler waited: see ``Dispatch._read_loop``)
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.tasks: AbstractSet[asyncio.Task[Any]] = _NO_TASKS  # a set once one waits
+        #: whether :meth:`cancel_requests` cancelled the reader
+        self.cancelled_reader = False
         #: whether the reader is serving a SUB or UNSUB (or any request with max_inflight=1)
         self.serving_inline = False
         self._room: asyncio.Future[None] | None = None
@@ -149,22 +156,20 @@ class Connection:
 
     # ----- in-flight requests ----------------------------------------------------------
 
-    def start_reader(self, reader: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        """Start reading the connection in a task running ``reader()``."""
-        self._new_reader = reader
-        self.reader = asyncio.get_running_loop().create_task(reader())
+    def hand_over(self, reader: Coroutine[Any, Any, None]) -> None:
+        """The reader waits inside a request: it becomes that request's task (until
+        :meth:`request_done`) and a new task reads on, running ``reader``."""
+        busy = self.reader
+        assert busy is not None, "hand_over without a reader"
+        tasks = self.tasks if isinstance(self.tasks, set) else set()
+        tasks.add(busy)
+        self.tasks = tasks
+        self.reader = asyncio.get_running_loop().create_task(reader)
 
-    def hand_over(self) -> None:
-        """The reader waits inside a request: it becomes that request's task and a new
-        reader task reads on (see ``Dispatch._read_loop``)."""
-        busy, new_reader = self.reader, self._new_reader
-        assert busy is not None and new_reader is not None, "hand_over before start_reader"
-        self.tasks.add(busy)
-        busy.add_done_callback(self._task_done)
-        self.reader = asyncio.get_running_loop().create_task(new_reader())
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self.tasks.discard(task)
+    def request_done(self, task: asyncio.Task[Any]) -> None:
+        """``task`` finished the request it was handed over with (see :meth:`hand_over`)."""
+        if isinstance(self.tasks, set):
+            self.tasks.discard(task)
         room = self._room
         if room is not None and not room.done():
             room.set_result(None)
@@ -179,16 +184,23 @@ class Connection:
                 self._room = None
 
     def cancel_requests(self) -> None:
-        """Cancel the requests in flight: their tasks, and the reader if it is serving
-        one inline (the connection is about to close: nothing more is read)."""
+        """Cancel the requests in flight: their tasks, and the reader if it waits
+        anywhere but for the next message (serving a SUB, or waiting for room)."""
         for task in self.tasks:
             task.cancel()
-        if self.serving_inline and self.reader is not None:
-            self.reader.cancel()
+        reader = self.reader
+        if reader is not None and (self.serving_inline or self._room is not None):
+            self.cancelled_reader = True
+            reader.cancel()
 
-    async def cancel_tasks(self) -> None:
-        """Cancel the reader and the requests in flight; wait until they have unwound."""
-        tasks = (*self.tasks, self.reader) if self.reader is not None else tuple(self.tasks)
+    def lost(self, _: object = None) -> None:
+        """The connection is gone (a callback of websockets' connection-lost future):
+        cancel what would otherwise wait for nothing."""
+        self.cancel_requests()
+
+    async def cancel_tasks(self, me: asyncio.Task[Any] | None) -> None:
+        """Cancel the reader and the requests in flight but ``me``; wait until they ended."""
+        tasks = [task for task in {*self.tasks, self.reader} if task is not None and task is not me]
         for task in tasks:
             task.cancel()
         if tasks:

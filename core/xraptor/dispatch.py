@@ -110,27 +110,32 @@ class Dispatch(App):
 
     # ----- connections --------------------------------------------------------------
 
-    async def _handle_connection(self, ws: ServerConnection) -> None:
-        """websockets' handler of one connection: start its reader, wait for the close.
-
-        Whatever the reader is doing then (waiting for room under ``max_inflight``,
-        serving a SUB inline), the close cancels it and every request in flight.
-        """
+    def _handle_connection(self, ws: ServerConnection) -> Coroutine[Any, Any, None]:
+        """websockets' handler of one connection: set it up, then read it (in
+        websockets' own task for the connection, so an idle connection costs one task)."""
         serving(self)  # class-level calls in this connection's handlers mean this app
         connection = Connection(ws, self._max_buffer, self.metrics)
         self.metrics.connections_total += 1
         self.metrics.connections_active += 1
         self._connections.add(connection)
-        connection.start_reader(lambda: self._read_loop(connection))
+        # when the connection is lost, cancel whatever its requests wait for (websockets'
+        # connection-lost future: no task of ours waits for the close)
+        ws.connection_lost_waiter.add_done_callback(connection.lost)
+        return self._read_loop(connection, owner=True)
+
+    async def _end(self, connection: Connection, me: asyncio.Task[Any] | None) -> None:
+        """The owner's last step: once the connection closed, cancel what is left and
+        release its streams."""
         try:
-            await ws.wait_closed()
+            if connection.reader is not me:  # handed over: the reading went on elsewhere
+                await connection.ws.wait_closed()
         finally:
             self._connections.discard(connection)
             self.metrics.connections_active -= 1
-            await connection.cancel_tasks()
+            await connection.cancel_tasks(me)
             await self._release(connection)
 
-    async def _read_loop(self, connection: Connection) -> None:
+    async def _read_loop(self, connection: Connection, *, owner: bool = False) -> None:
         """Read and serve the connection's messages, one reader task at a time.
 
         GET, POST and PUT run in the reader itself: the reader takes the request's
@@ -142,8 +147,16 @@ class Dispatch(App):
         flight; past it the reader waits for one to finish before it reads on
         (backpressure). SUB and UNSUB never hand over: the next message is read only
         once they were served.
+
+        The first reader, websockets' task for the connection (the ``owner``), also
+        ends the connection (:meth:`_end`). When the connection is lost, the tasks of
+        requests in flight are cancelled, and so is the reader if it is serving a SUB
+        or waiting for room rather than for the next message.
         """
         ws = connection.ws
+        me = asyncio.current_task()
+        if owner:
+            connection.reader = me
         max_inflight = self._max_inflight
         limit = self._max_id_length
         metrics = self.metrics
@@ -190,16 +203,27 @@ class Dispatch(App):
                         except StopIteration:
                             pass  # served without waiting
                         else:
-                            connection.hand_over()  # another task reads on
-                            await _finish(serving, waiting_for)
-                            return
+                            assert me is not None
+                            connection.hand_over(self._read_loop(connection))
+                            try:
+                                await _finish(serving, waiting_for)
+                            finally:
+                                connection.request_done(me)
+                            break  # another task reads now
                 if backlog:
                     await asyncio.sleep(0)
         except ConnectionClosed:
             pass
+        except asyncio.CancelledError:
+            if not (owner and connection.cancelled_reader and me is not None):
+                raise
+            me.uncancel()  # cancelled by connection.lost(): the connection ended
         except Exception:
             logger.exception("connection %s failed", connection.connection_id)
             await ws.close(CloseCode.INTERNAL_ERROR, "internal error")
+        finally:
+            if owner:
+                await self._end(connection, me)
 
     async def _release(self, connection: Connection) -> None:
         for stream in tuple(connection.streams.values()):

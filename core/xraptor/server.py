@@ -230,8 +230,7 @@ class XRaptor(Dispatch):
         self._draining = True
         try:
             await self._drain()
-            server.close()  # 1001 to every connection, each within close_timeout
-            await server.wait_closed()
+            await self._close_connections(server)
             await get_plugins().call_lifecycle("xraptor_shutdown", server=self)
         finally:
             self._server = None
@@ -241,6 +240,21 @@ class XRaptor(Dispatch):
             await self.antenna.close()
             logger.info("xraptor stopped listening on %s", ws_url(self.host, self.port))
             self._closing = None
+
+    async def _close_connections(self, server: Server) -> None:
+        """Close every connection with 1001 within ``close_timeout``.
+
+        websockets bounds the closing handshake by ``close_timeout`` only once the
+        close frame is written; a client that stopped reading keeps it unwritten, so
+        connections still open past the bound are aborted here.
+        """
+        server.close()
+        try:
+            await asyncio.wait_for(asyncio.shield(server.wait_closed()), self.close_timeout)
+        except TimeoutError:
+            for connection in tuple(self._connections):
+                connection.ws.transport.abort()
+            await server.wait_closed()
 
     async def _drain(self) -> None:
         """Wait up to ``drain_timeout`` for the requests in flight to finish."""

@@ -5,12 +5,19 @@
   returns a callable making a new, unstarted antenna; two antennas from the
   factory must behave like two processes sharing one backend.
 * :func:`eventually`: poll an async condition with a deadline.
-* :func:`health`: a running server's ``/health`` status and document.
+* :func:`health`: a running server's ``/health`` status and document;
+  :func:`seconds_until_health`: how long until it answers a given status.
 * :func:`self_signed_cert`: a throw-away TLS certificate (needs ``openssl``).
 """
 
 from .conformance import AntennaConformance, eventually
-from .http import health
+from .http import health, seconds_until_health
 from .tls import self_signed_cert
 
-__all__ = ["AntennaConformance", "eventually", "health", "self_signed_cert"]
+__all__ = [
+    "AntennaConformance",
+    "eventually",
+    "health",
+    "seconds_until_health",
+    "self_signed_cert",
+]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -21,3 +23,16 @@ def health(port: int, host: str = "127.0.0.1", timeout: float = 5.0) -> tuple[in
         status, body = error.code, error.read()
     data: dict[str, Any] = json.loads(body)
     return status, data
+
+
+async def seconds_until_health(
+    port: int, status: int, limit: float, host: str = "127.0.0.1"
+) -> float:
+    """Poll ``/health`` until it answers ``status``: the seconds it took (``inf`` past
+    ``limit``). Each look runs in a thread, so the server may share the event loop."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        if (await asyncio.to_thread(health, port, host, 2.0))[0] == status:
+            return time.monotonic() - started
+        await asyncio.sleep(0.05)
+    return float("inf")

@@ -7,12 +7,11 @@ resumes (SIGCONT) the server in ``finally``.
 from __future__ import annotations
 
 import asyncio
-import time
 
 from nats_support import NatsServer
 
 from xraptor import XRaptor
-from xraptor.testing import eventually, health
+from xraptor.testing import eventually, health, seconds_until_health
 from xraptor_nats.antenna import NatsAntenna
 
 HEALTH_TIMEOUT = 1.5
@@ -20,16 +19,6 @@ HEALTH_TIMEOUT = 1.5
 
 async def _status(port: int) -> int:
     return (await asyncio.to_thread(health, port, timeout=2))[0]
-
-
-async def _seconds_until_status(port: int, wanted: int, limit: float) -> float:
-    """Poll ``/health`` until it answers ``wanted``; the seconds it took (inf past ``limit``)."""
-    started = time.monotonic()
-    while time.monotonic() - started < limit:
-        if await _status(port) == wanted:
-            return time.monotonic() - started
-        await asyncio.sleep(0.05)
-    return float("inf")
 
 
 async def test_ping_is_a_server_round_trip(nats_url: str) -> None:
@@ -57,10 +46,10 @@ async def test_frozen_nats_turns_health_503_then_200(private_nats: NatsServer) -
     assert isinstance(antenna, NatsAntenna)
     try:
         async with antenna.subscribe("frozen-health") as sub:
-            assert await _seconds_until_status(server.port, 200, 5) < 5
+            assert await seconds_until_health(server.port, 200, 5) < 5
             private_nats.pause()
             try:
-                to_503 = await _seconds_until_status(server.port, 503, HEALTH_TIMEOUT + 4)
+                to_503 = await seconds_until_health(server.port, 503, HEALTH_TIMEOUT + 4)
                 assert to_503 < HEALTH_TIMEOUT + 2, to_503
                 # the probe noticed, not nats-py: its connection still looks fine
                 assert antenna.connection_state == "up" and antenna.reconnects == 0
@@ -71,7 +60,7 @@ async def test_frozen_nats_turns_health_503_then_200(private_nats: NatsServer) -
                 assert await _status(server.port) == 503  # stays down while frozen
             finally:
                 private_nats.resume()
-            to_200 = await _seconds_until_status(server.port, 200, 10)
+            to_200 = await seconds_until_health(server.port, 200, 10)
             assert to_200 < 3, to_200
             print(f"\nnats SIGSTOP -> 503 in {to_503:.2f} s; SIGCONT -> 200 in {to_200:.2f} s")
             assert antenna.reconnects == 0 and sub.gaps == 0

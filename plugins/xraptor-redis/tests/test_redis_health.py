@@ -7,14 +7,13 @@ resumes (SIGCONT) the server in ``finally``.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 
 import pytest_asyncio
 from redis_support import RedisServer
 
 from xraptor import XRaptor
-from xraptor.testing import eventually, health
+from xraptor.testing import eventually, health, seconds_until_health
 from xraptor_redis.antenna import RedisAntenna
 
 HEALTH_TIMEOUT = 1.5
@@ -32,16 +31,6 @@ async def antenna(redis_server: RedisServer) -> AsyncIterator[RedisAntenna]:
 
 async def _status(port: int) -> int:
     return (await asyncio.to_thread(health, port, timeout=2))[0]
-
-
-async def _seconds_until_status(port: int, wanted: int, limit: float) -> float:
-    """Poll ``/health`` until it answers ``wanted``; the seconds it took (inf past ``limit``)."""
-    started = time.monotonic()
-    while time.monotonic() - started < limit:
-        if await _status(port) == wanted:
-            return time.monotonic() - started
-        await asyncio.sleep(0.05)
-    return float("inf")
 
 
 async def test_ping_travels_the_subscriber_connection(antenna: RedisAntenna) -> None:
@@ -74,10 +63,10 @@ async def test_frozen_redis_turns_health_503_then_200(redis_server: RedisServer)
     assert isinstance(antenna, RedisAntenna)
     try:
         async with antenna.subscribe("frozen-health") as sub:
-            assert await _seconds_until_status(server.port, 200, 5) < 5
+            assert await seconds_until_health(server.port, 200, 5) < 5
             redis_server.pause()
             try:
-                to_503 = await _seconds_until_status(server.port, 503, HEALTH_TIMEOUT + 4)
+                to_503 = await seconds_until_health(server.port, 503, HEALTH_TIMEOUT + 4)
                 assert to_503 < HEALTH_TIMEOUT + 2, to_503
                 # the probe noticed, not the driver: the connection is still open
                 assert antenna.connection_state == "up" and antenna.reconnects == 0
@@ -88,7 +77,7 @@ async def test_frozen_redis_turns_health_503_then_200(redis_server: RedisServer)
                 assert await _status(server.port) == 503  # stays down while frozen
             finally:
                 redis_server.resume()
-            to_200 = await _seconds_until_status(server.port, 200, 10)
+            to_200 = await seconds_until_health(server.port, 200, 10)
             assert to_200 < 3, to_200
             print(f"\nredis SIGSTOP -> 503 in {to_503:.2f} s; SIGCONT -> 200 in {to_200:.2f} s")
             # no reconnection happened, so no gap: nothing was lost
