@@ -1,27 +1,19 @@
-"""Request dispatch: one connection's messages, handlers, middlewares and streams.
+"""Request dispatch: one request's middlewares, handler and answer, and streams.
 
-:class:`Dispatch` is the half of :class:`~xraptor.server.XRaptor` that runs per
-connection and per request; the server half (configuration, lifecycle, HTTP
-endpoints) lives in :mod:`xraptor.server`.
+:class:`Dispatch` serves a parsed request; :class:`~xraptor.reader.Reader` reads a
+connection's messages and hands them to it; the server half (configuration,
+lifecycle, HTTP endpoints) lives in :mod:`xraptor.server`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import types
-from collections.abc import Coroutine, Generator
-from typing import Any
 
 import orjson
-from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
-from websockets.frames import CloseCode
 
 from .antenna import AntennaError, AntennaUnavailable, MessageTooLarge
 from .app import App
 from .connection import Connection, Stream
-from .context import serving
 from .middleware import MiddlewareChain
 from .protocol import (
     ACK,
@@ -31,7 +23,6 @@ from .protocol import (
     RequestError,
     Response,
     ack_frame,
-    parse_request,
 )
 from .routing import Handler, Router
 from .sampling import LogSampler
@@ -40,36 +31,8 @@ logger = logging.getLogger("xraptor")
 
 _UNSUB_ACK = orjson.dumps({"message": "unsubscribed"}).decode()
 
-#: served before the connection's next message is read (their order matters)
-_SUB, _UNSUB = MethodType.SUB, MethodType.UNSUB
 
-
-@types.coroutine
-def _finish(coro: Coroutine[Any, Any, None], waiting_for: Any) -> Generator[Any, Any, None]:
-    """Await the rest of ``coro``, whose first step yielded ``waiting_for``.
-
-    Passes what the coroutine yields up to the task (a future to wait for, or
-    ``None``: a bare yield) and what the task sends or throws (a cancellation) down.
-    """
-    while True:
-        try:
-            sent = yield waiting_for
-        except GeneratorExit:
-            coro.close()
-            raise
-        except BaseException as error:
-            try:
-                waiting_for = coro.throw(error)
-            except StopIteration:
-                return
-        else:
-            try:
-                waiting_for = coro.send(sent)
-            except StopIteration:
-                return
-
-
-def _shutting_down(request: Request) -> RequestError:
+def shutting_down(request: Request) -> RequestError:
     return RequestError.about(
         request,
         ErrorCode.SHUTTING_DOWN,
@@ -77,25 +40,15 @@ def _shutting_down(request: Request) -> RequestError:
     )
 
 
-def _bad_utf8(data: bytes) -> bool:
-    try:
-        data.decode()
-    except UnicodeDecodeError:
-        return True
-    return False
-
-
 #: seconds between two INFO log lines about refused requests of one connection
 REFUSAL_LOG_INTERVAL = 5.0
 
 
 class Dispatch(App):
-    """Serves connections: parse, middleware, route, answer, streams.
+    """Serves one request: middlewares, route, handler, answer; SUB and UNSUB streams.
 
-    GET, POST and PUT requests of one connection run concurrently, each in its own
-    task, at most ``max_inflight`` at a time; SUB and UNSUB are served before the
-    connection's next message is read, so a request sent after a SUB finds its
-    stream registered and the rooms its handler joined subscribed.
+    :class:`~xraptor.reader.Reader` decides when (GET, POST and PUT of a connection
+    concurrently; SUB and UNSUB before its next message is read).
     """
 
     #: the middlewares this app runs (``None`` when there are none: one test per request)
@@ -107,123 +60,6 @@ class Dispatch(App):
     _max_id_length: int
     _draining: bool
     _connections: set[Connection]
-
-    # ----- connections --------------------------------------------------------------
-
-    def _handle_connection(self, ws: ServerConnection) -> Coroutine[Any, Any, None]:
-        """websockets' handler of one connection: set it up, then read it (in
-        websockets' own task for the connection, so an idle connection costs one task)."""
-        serving(self)  # class-level calls in this connection's handlers mean this app
-        connection = Connection(ws, self._max_buffer, self.metrics)
-        self.metrics.connections_total += 1
-        self.metrics.connections_active += 1
-        self._connections.add(connection)
-        # when the connection is lost, cancel whatever its requests wait for (websockets'
-        # connection-lost future: no task of ours waits for the close)
-        ws.connection_lost_waiter.add_done_callback(connection.lost)
-        return self._read_loop(connection, owner=True)
-
-    async def _end(self, connection: Connection, me: asyncio.Task[Any] | None) -> None:
-        """The owner's last step: once the connection closed, cancel what is left and
-        release its streams."""
-        try:
-            if connection.reader is not me:  # handed over: the reading went on elsewhere
-                await connection.ws.wait_closed()
-        finally:
-            self._connections.discard(connection)
-            self.metrics.connections_active -= 1
-            await connection.cancel_tasks(me)
-            await self._release(connection)
-
-    async def _read_loop(self, connection: Connection, *, owner: bool = False) -> None:
-        """Read and serve the connection's messages, one reader task at a time.
-
-        GET, POST and PUT run in the reader itself: the reader takes the request's
-        first step (``send(None)``), so a handler that returns without waiting costs
-        no task and schedules nothing. If it waits (a database, the backend...), a new
-        reader task reads on and this one finishes the request (its handler stays in
-        one task throughout, so ``asyncio.timeout()`` and ``current_task()`` in it
-        mean that request), then ends. At most ``max_inflight`` requests are in
-        flight; past it the reader waits for one to finish before it reads on
-        (backpressure). SUB and UNSUB never hand over: the next message is read only
-        once they were served.
-
-        The first reader, websockets' task for the connection (the ``owner``), also
-        ends the connection (:meth:`_end`). When the connection is lost, the tasks of
-        requests in flight are cancelled, and so is the reader if it is serving a SUB
-        or waiting for room rather than for the next message.
-        """
-        ws = connection.ws
-        me = asyncio.current_task()
-        if owner:
-            connection.reader = me
-        max_inflight = self._max_inflight
-        limit = self._max_id_length
-        metrics = self.metrics
-        # websockets' queue of received frames, read only to tell whether another
-        # message is already waiting (then the loop yields, so one connection's burst
-        # cannot starve the others: recv() returns without suspending while it has one)
-        backlog = connection.frames
-        try:
-            while True:
-                data = await ws.recv(decode=False)
-                metrics.requests_total += 1
-                try:
-                    request = parse_request(data)
-                    if (
-                        len(request.request_id) > limit
-                        or len(request.route) > limit
-                        or self._draining
-                    ):
-                        raise self._refusal_of(request)
-                except RequestError as error:
-                    if backlog.text and error.code == ErrorCode.INVALID_JSON and _bad_utf8(data):
-                        # RFC 6455: a text message must be UTF-8; close with 1007
-                        await ws.close(CloseCode.INVALID_DATA, "invalid UTF-8 in a text message")
-                        continue
-                    await self._refuse(connection, error, data)
-                else:
-                    request.connection = connection
-                    method = request.method
-                    if method is _SUB or method is _UNSUB or max_inflight == 1:
-                        connection.serving_inline = True
-                        try:
-                            await self._serve(connection, request)
-                        finally:
-                            connection.serving_inline = False
-                    else:
-                        if len(connection.tasks) >= max_inflight:
-                            await connection.wait_for_room(max_inflight)
-                            if self.draining:  # it was read before the drain began
-                                await self._refuse(connection, _shutting_down(request), data)
-                                continue
-                        serving = self._serve(connection, request)
-                        try:
-                            waiting_for = serving.send(None)
-                        except StopIteration:
-                            pass  # served without waiting
-                        else:
-                            assert me is not None
-                            connection.hand_over(self._read_loop(connection))
-                            try:
-                                await _finish(serving, waiting_for)
-                            finally:
-                                connection.request_done(me)
-                            break  # another task reads now
-                if backlog:
-                    await asyncio.sleep(0)
-        except ConnectionClosed:
-            pass
-        except asyncio.CancelledError:
-            if not (owner and connection.cancelled_reader and me is not None):
-                raise
-            me.uncancel()  # cancelled by connection.lost(): the connection ended
-        except Exception:
-            logger.exception("connection %s failed", connection.connection_id)
-            await ws.close(CloseCode.INTERNAL_ERROR, "internal error")
-        finally:
-            if owner:
-                await self._end(connection, me)
 
     async def _release(self, connection: Connection) -> None:
         for stream in tuple(connection.streams.values()):
@@ -246,7 +82,7 @@ class Dispatch(App):
                 "" if long_id else request.request_id,
                 request.method.value,
             )
-        return _shutting_down(request)
+        return shutting_down(request)
 
     async def _serve(self, connection: Connection, request: Request) -> None:
         """Run the middlewares and the handler of one request and write its answer."""

@@ -19,7 +19,6 @@ from . import static
 from .admission import admit, is_upgrade
 from .connection import Connection
 from .context import default_app, serving, set_default_factory
-from .dispatch import Dispatch
 from .handshake import select_subprotocol
 from .logs import serve_defaults, ws_url
 from .metrics import Metrics
@@ -27,6 +26,7 @@ from .middleware import MiddlewareChain
 from .origins import OriginPolicy
 from .plugins import get_plugins
 from .protocol import PING_ROUTE, MethodType, Request, Response
+from .reader import Reader
 from .redaction import redacting_logger
 from .routing import Router
 from .sampling import LogSampler
@@ -40,7 +40,7 @@ HANDSHAKE_LOG_INTERVAL = 5.0
 _DRAIN_POLL = 0.02
 
 
-class XRaptor(Dispatch):
+class XRaptor(Reader):
     """A server: an app (routes, middlewares, guards, antenna, rooms, streams; see
     :mod:`xraptor.app`) served on a host and port.
 
