@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import json
 import os
 import signal
@@ -95,13 +96,25 @@ async def _close_code(ws: ClientConnection) -> int | None:
     return ws.close_code
 
 
-async def _slow_clients_through_sigterm(port: int, pid: int) -> tuple[list[str], list[Any]]:
+async def _slow_clients_through_sigterm(
+    port: int, pid: int, workers: int
+) -> tuple[list[str], list[Any]]:
     url = f"ws://127.0.0.1:{port}"
-    clients = [await connect(url) for _ in range(10)]
-    pids = set()
-    for ws in clients:
+    # with --workers 2 the second worker may still be starting: connect until both
+    # answered (bounded), then keep 10 connections with both workers among them
+    by_pid: dict[str, list[ClientConnection]] = {}
+    deadline = time.monotonic() + 15
+    while sum(map(len, by_pid.values())) < 10 or (
+        len(by_pid) < workers and time.monotonic() < deadline
+    ):
+        ws = await connect(url)
         await ws.send(_request("pid", "/pid"))
-        pids.add(json.loads(await ws.recv())["payload"])
+        by_pid.setdefault(json.loads(await ws.recv())["payload"], []).append(ws)
+    spread = [ws for group in itertools.zip_longest(*by_pid.values()) for ws in group if ws]
+    clients, extra = spread[:10], spread[10:]
+    for ws in extra:
+        await ws.close()
+    pids = {pid for pid, group in by_pid.items() if any(ws in clients for ws in group)}
     for c, ws in enumerate(clients):
         for n in range(5):
             await ws.send(_request(f"c{c}-{n}", "/slow", "1.5"))
@@ -140,7 +153,7 @@ def test_sigterm_answers_every_request_in_flight_then_closes_with_1001(
     try:
         wait_for_port(port, process)
         answers, (during, codes, pids) = asyncio.run(
-            _slow_clients_through_sigterm(port, process.pid)
+            _slow_clients_through_sigterm(port, process.pid, workers)
         )
         output = process.communicate(timeout=30)[0]
     finally:

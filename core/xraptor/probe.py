@@ -93,12 +93,17 @@ class Prober:
         if task is None or task.done():
             return
         task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise  # our caller is being cancelled too: do not swallow that
+        # bounded: a driver's ping stuck in a client library that ignores cancellation
+        # must not hold up the antenna's close (and a server's shutdown)
+        done, _ = await asyncio.wait({task}, timeout=self.timeout)
+        if not done:
+            logger.warning(
+                "%s: the health probe did not stop within %g s", self.label, self.timeout
+            )
+            task.add_done_callback(_retrieve)
+            return
+        if not task.cancelled() and task.exception() is not None:
+            logger.debug("%s: the health probe ended with %r", self.label, task.exception())
 
     def connection_changed(self, connected: bool) -> None:
         """The driver reported a new state. Probes pause while it says down; a
@@ -156,3 +161,8 @@ class Prober:
                 "%s antenna: health probe failed (%s); reporting down", self.label, failure
             )
         self.failure = failure
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: the probe is over, its error is moot

@@ -209,7 +209,9 @@ class Subscriber:
             future = asyncio.get_running_loop().create_future()
             self._unsubscribed[channel] = future
         try:
-            await pubsub.unsubscribe(channel)
+            # bounded: redis-py may be reconnecting this connection (a wedged send or
+            # reconnect must not hold up an UNSUB, a disconnect or a shutdown)
+            await bounded(pubsub.unsubscribe(channel), self.subscribe_timeout)
             if future is not None:
                 async with asyncio.timeout(self.subscribe_timeout):
                     await future
@@ -251,7 +253,7 @@ class Subscriber:
         pubsub, self._pubsub = self._pubsub, None
         if pubsub is not None:
             try:
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await bounded(pubsub.aclose(), self.subscribe_timeout)  # type: ignore[no-untyped-call]
             except Exception:  # closing a broken connection must not stop recovery
                 logger.debug("closing the redis subscriber failed", exc_info=True)
 
