@@ -56,10 +56,11 @@ def e2e(session: nox.Session) -> None:
     """End to end: the demo page in headless Chromium, `xraptor run --workers` over Redis.
 
     Needs Debian's chromium (/usr/bin/chromium) and redis-server; Playwright drives
-    that chromium, so `playwright install` is never run.
+    that chromium, so `playwright install` is never run. With every plugin installed
+    here, the README's Redis and NATS snippets run too (the core session skips them).
     """
     session.install("-e", ".[test]", *(f"-e{path}" for path in PLUGINS.values()), "playwright")
-    _pytest(session, "tests/e2e")
+    _pytest(session, "tests/e2e", "tests/test_readme_snippets.py")
 
 
 @nox.session(python=PYTHON)

@@ -143,7 +143,10 @@ class Subscriber:
     async def _release_pool(self) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:
-            await pool.disconnect()
+            try:  # bounded, like every wait on redis-py while closing (see _send_unsubscribe)
+                await bounded(pool.disconnect(), self.subscribe_timeout)
+            except TimeoutError:
+                logger.warning("redis antenna: closing the subscriber pool timed out")
 
     # ----- subscriptions ---------------------------------------------------------
 
