@@ -8,6 +8,8 @@
 * :func:`health`: a running server's ``/health`` status and document;
   :func:`seconds_until_health`: how long until it answers a given status.
 * :func:`self_signed_cert`: a throw-away TLS certificate (needs ``openssl``).
+* :func:`xraptor.testing.faults.freeze_and_thaw`: a backend frozen under a running
+  server turns ``/health`` to 503 and back (for antennas that implement ``ping``).
 """
 
 from .conformance import AntennaConformance, eventually
