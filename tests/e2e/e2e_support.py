@@ -99,3 +99,15 @@ def running(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def join_chat(page: Any, url: str, room: str, name: str) -> None:
+    """Open the chat page at ``url`` and join ``room`` as ``name``."""
+    from playwright.sync_api import expect
+
+    page.goto(url)
+    expect(page.locator("body")).to_have_attribute("data-connected", "yes")
+    page.fill("#room", room)
+    page.fill("#name", name)
+    page.click("#join-button")
+    expect(page.locator("body")).to_have_attribute("data-joined", "yes")

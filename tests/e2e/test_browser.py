@@ -7,26 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from e2e_support import (
-    ARTIFACTS,
-    CHROMIUM,
-    free_port,
-    require_binary,
-    require_module,
-    running,
-    xraptor_command,
-)
-
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from e2e_support import ARTIFACTS, free_port, join_chat, running, xraptor_command
 
 
 @pytest.fixture
@@ -35,33 +16,6 @@ def demo() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     with running(xraptor_command("demo", "--port", str(port)), port) as process:
         yield f"http://127.0.0.1:{port}/", process
     assert process.returncode == 0  # SIGTERM drains and exits cleanly
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    executable = require_binary("chromium", CHROMIUM)
-    require_module("playwright")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=executable, headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
-def _join(page: Any, url: str, room: str, name: str) -> None:
-    from playwright.sync_api import expect
-
-    page.goto(url)
-    expect(page.locator("body")).to_have_attribute("data-connected", "yes")
-    page.fill("#room", room)
-    page.fill("#name", name)
-    page.click("#join-button")
-    expect(page.locator("body")).to_have_attribute("data-joined", "yes")
 
 
 def test_two_pages_chat_in_one_room(
@@ -75,11 +29,11 @@ def test_two_pages_chat_in_one_room(
     bob = browser.new_page(viewport={"width": 900, "height": 640})
     for page in (alice, bob):
         page.on("pageerror", lambda error: errors.append(str(error)))
-    _join(alice, url, "e2e-room", "alice")
-    _join(bob, url, "e2e-room", "bob")
+    join_chat(alice, url, "e2e-room", "alice")
+    join_chat(bob, url, "e2e-room", "bob")
     # a third page in another room must not see the message
     carol = browser.new_page()
-    _join(carol, url, "elsewhere", "carol")
+    join_chat(carol, url, "elsewhere", "carol")
 
     alice.fill("#text", "hello from alice <b>not bold</b>")
     alice.click("#send-button")

@@ -16,9 +16,6 @@ from typing import Any
 
 import pytest
 from e2e_support import free_port, wait_for_port, xraptor_command
-from test_browser import browser
-
-__all__ = ["browser"]
 
 #: not ASCII, and its base64 has '+' and '/': the encoding is exercised
 TOKEN = "tök€n-s3cret?>>~~"

@@ -12,10 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import free_port, running, xraptor_command
-from test_browser import browser
-
-__all__ = ["browser"]
+from e2e_support import free_port, join_chat, running, xraptor_command
 
 APP = """
 import xraptor
@@ -63,17 +60,6 @@ def base(tmp_path: Path) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
 
 
-def _chat(page: Any, url: str, room: str, name: str) -> None:
-    from playwright.sync_api import expect
-
-    page.goto(url)
-    expect(page.locator("body")).to_have_attribute("data-connected", "yes")
-    page.fill("#room", room)
-    page.fill("#name", name)
-    page.click("#join-button")
-    expect(page.locator("body")).to_have_attribute("data-joined", "yes")
-
-
 def test_the_demo_page_chats_under_a_mount_path(base: str, browser: Any) -> None:
     from playwright.sync_api import expect
 
@@ -81,8 +67,8 @@ def test_the_demo_page_chats_under_a_mount_path(base: str, browser: Any) -> None
     mounted, root = browser.new_page(), browser.new_page()
     for page in (mounted, root):
         page.on("pageerror", lambda error: errors.append(str(error)))
-    _chat(mounted, f"{base}/realtime/", "mount-room", "mounted")
-    _chat(root, f"{base}/", "mount-room", "at-root")
+    join_chat(mounted, f"{base}/realtime/", "mount-room", "mounted")
+    join_chat(root, f"{base}/", "mount-room", "at-root")
     ws = base.replace("http://", "ws://")
     expect(mounted.locator("#status")).to_have_text(f"connected to {ws}/realtime/")
     expect(root.locator("#status")).to_have_text(f"connected to {ws}/")
