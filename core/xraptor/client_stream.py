@@ -1,0 +1,210 @@
+"""A client's SUB stream and the client's errors (see :mod:`xraptor.client`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections import deque
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+import orjson
+from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
+
+from .protocol import ACK, MethodType, Response
+
+if TYPE_CHECKING:
+    from .client import Client
+
+#: the code of the ClientError that ends a stream whose consumer fell behind
+CLIENT_OVERFLOW = "client_overflow"
+
+
+class ClientError(Exception):
+    """The server answered with an error response (its header has ``"error"``).
+
+    :ivar code: the machine-readable code (``unknown_route``, ``stream_in_use``, ...)
+    :ivar message: the human-readable message
+    :ivar response: the whole :class:`~xraptor.Response`
+    """
+
+    def __init__(self, code: str, message: str, response: Response | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.response = response
+
+    @classmethod
+    def from_response(cls, response: Response) -> ClientError:
+        code = str(response.header.get("error", "error"))
+        message = response.payload
+        with contextlib.suppress(orjson.JSONDecodeError):
+            data = orjson.loads(response.payload)
+            if isinstance(data, dict):
+                code = str(data.get("code", code))
+                message = str(data.get("message", message))
+        return cls(code, message, response)
+
+
+def is_error(response: Response) -> bool:
+    return "error" in response.header
+
+
+def parse_response(raw: str | bytes) -> Response | None:
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    request_id, payload, header = data.get("request_id"), data.get("payload"), data.get("header")
+    if not isinstance(request_id, str) or not isinstance(payload, str):
+        return None
+    if not isinstance(header, dict):
+        return None
+    raw_method = data.get("method")
+    try:
+        method = MethodType(raw_method.upper()) if isinstance(raw_method, str) else None
+    except ValueError:
+        method = None  # "ERROR": an error frame whose method could not be read
+    return Response(request_id, payload, header, method)
+
+
+class Stream:
+    """A SUB stream; use as ``async with client.subscribe(...) as stream: async for ...``.
+
+    Every message of the stream is a :class:`~xraptor.Response`: the pushes,
+    the SUB handler's own reply when it sends one, and gap notices (header
+    ``{"notice": "gap"}``: the backend reconnected and messages may be missing).
+    An error response ends the stream by raising :class:`ClientError`.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        route: str,
+        payload: str,
+        header: dict[str, Any],
+        max_queue: int,
+    ) -> None:
+        self._client = client
+        self.route = route
+        self.payload = payload
+        self.header = header
+        self.request_id = uuid.uuid4().hex
+        self._queue: deque[Response] = deque()
+        self._max_queue = max_queue
+        self._wakeup = asyncio.Event()
+        self._error: BaseException | None = None
+        self._open = False
+        self._ack: asyncio.Future[None] | None = None
+
+    async def __aenter__(self) -> Self:
+        client = self._client
+        client._streams[self.request_id] = self
+        self._open = True
+        self._ack = asyncio.get_running_loop().create_future()
+        try:
+            # the server answers {"ack": true} once the stream is registered, its handler
+            # returned and the rooms it joined are subscribed; a refusal is an error frame
+            await client._send(
+                self.request_id,
+                self.route,
+                MethodType.SUB,
+                self.payload,
+                {**self.header, ACK: True},
+            )
+            async with asyncio.timeout(client.timeout):
+                await self._ack
+        except ClientError:
+            self._open = False  # refused: the server holds no stream
+            client._streams.pop(self.request_id, None)
+            raise
+        except BaseException:
+            # no answer in time, or cancelled: the stream may still open on the server
+            self._open = False
+            client._streams.pop(self.request_id, None)
+            client._unsub_soon(self)
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Send UNSUB (unless the stream already ended) and stop receiving."""
+        if not self._open:
+            return
+        self._open = False
+        client = self._client
+        client._streams.pop(self.request_id, None)
+        if self._error is None and not client.closed:
+            with contextlib.suppress(ConnectionClosed):
+                await client._send(
+                    self.request_id, self.route, MethodType.UNSUB, self.payload, self.header
+                )
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> Response:
+        while True:
+            if self._queue:
+                response = self._queue.popleft()
+                if is_error(response):
+                    error = ClientError.from_response(response)
+                    self._end(error)
+                    raise error
+                return response
+            if self._error is not None:
+                if isinstance(self._error, ConnectionClosedOK):
+                    raise StopAsyncIteration
+                raise self._error
+            if not self._open:
+                raise StopAsyncIteration
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+    # ----- called by the client's reader ----------------------------------------------
+
+    def _deliver(self, response: Response) -> None:
+        ack = self._ack
+        if ack is not None and not ack.done():
+            if is_error(response):
+                ack.set_exception(ClientError.from_response(response))
+                return
+            if response.header.get(ACK) is True:
+                ack.set_result(None)
+                return
+        if len(self._queue) < self._max_queue:
+            self._queue.append(response)
+        else:
+            self._end(
+                ClientError(
+                    CLIENT_OVERFLOW,
+                    f"more than {self._max_queue} unread messages on stream "
+                    f"{self.request_id}; the stream was ended",
+                )
+            )
+        self._wakeup.set()
+
+    def _end(self, error: BaseException) -> None:
+        ack = self._ack
+        if ack is not None and not ack.done():
+            overflow = isinstance(error, ClientError) and error.code == CLIENT_OVERFLOW
+            if overflow:  # entering succeeds; iterating yields what was buffered, then raises
+                ack.set_result(None)
+            else:
+                ack.set_exception(error)
+        if self._error is None:
+            self._error = error
+        self._client._streams.pop(self.request_id, None)
+        if isinstance(error, ClientError) and error.code == CLIENT_OVERFLOW:
+            self._client._unsub_soon(self)
+        self._wakeup.set()
