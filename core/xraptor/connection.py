@@ -217,9 +217,16 @@ class Connection:
         Returns ``False`` when the caller should ``await send(frame)`` instead.
         """
         ws = self.ws
-        if ws.protocol.state is not State.OPEN or ws.paused:
+        protocol = ws.protocol
+        if protocol.state is not State.OPEN or ws.paused:
             return False
-        return self._write_text(frame)
+        try:  # _write_text, inline: this is every answer's path
+            protocol.send_text(frame)
+            ws.send_data()
+        except Exception as error:
+            logger.debug("writing a frame failed: %s", error)
+            return False
+        return True
 
     def _write_text(self, frame: bytes) -> bool:
         """Hand one text frame to websockets and the transport, as ``broadcast()`` does."""
