@@ -160,3 +160,23 @@ def _get(route: str) -> tuple[object, str]:
     from xraptor import MethodType
 
     return MethodType.GET, route
+
+
+async def test_middlewares_read_the_handshake_headers_from_the_connection(
+    make_server: ServerFactory,
+) -> None:
+    from xraptor import Client, Connection
+
+    @XRaptor.middleware(priority=1)
+    async def team(request: Request, connection: Connection) -> Response:
+        seen = [connection.headers.get("x-team"), connection.path, connection.remote_ip]
+        return Response.create(request.request_id, {}, json.dumps(seen))
+
+    server = await make_server()
+    url = f"ws://127.0.0.1:{server.port}/teams"
+    async with Client(url, headers={"X-Team": "blue"}) as client:
+        assert json.loads((await client.get("/anything")).payload) == [
+            "blue",
+            "/teams",
+            "127.0.0.1",
+        ]

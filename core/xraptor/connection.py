@@ -7,11 +7,12 @@ import collections
 import contextlib
 import logging
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.server import ServerConnection
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
@@ -205,6 +206,14 @@ class Connection:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """The headers of the opening handshake (case-insensitive; ``get_all`` for
+        repeated ones): what middlewares need of the HTTP request, without reaching
+        into the transport (``ws``)."""
+        request = self.ws.request
+        return request.headers if request is not None else Headers()
 
     @property
     def ws_server(self) -> ServerConnection:
