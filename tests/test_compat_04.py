@@ -232,3 +232,20 @@ def test_method_type_prints_as_its_wire_name() -> None:
     assert f"{xraptor.MethodType.GET:>5}" == "  GET"
     assert "%s" % xraptor.MethodType.SUB == "SUB"  # noqa: UP031  (what logging does)
     assert repr(method) == "<MethodType.POST: 'POST'>"
+
+
+class ChecksWhileConnecting(NeedsConnection):
+    """A driver whose ``connect`` calls ``is_alive`` itself (a liveness check on start)."""
+
+    name = "checks-while-connecting"
+
+    async def connect(self) -> None:
+        self.connected = True
+        assert await self.is_alive("probe") is False
+
+
+async def test_is_alive_inside_connect_does_not_deadlock() -> None:
+    antenna = ChecksWhileConnecting()
+    await asyncio.wait_for(antenna.start(), 2)
+    assert antenna.state == "up"
+    await antenna.close()

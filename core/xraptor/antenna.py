@@ -320,7 +320,8 @@ def _starting_first(driver: _IsAlive) -> _IsAlive:
 
     @functools.wraps(driver)
     async def is_alive(self: Antenna, channel: str) -> bool:
-        if self._state == "new":
+        # not while start() runs: a driver's connect() may call is_alive() itself
+        if self._state == "new" and not self._start_lock.locked():
             await self.start()
         return await driver(self, channel)
 
