@@ -1,6 +1,8 @@
 """Admission: the Origin policy, then the connect guards, before a WebSocket opens.
 
-:func:`admit` runs in websockets' ``process_request`` for every upgrade request.
+:func:`admit` runs for every upgrade request, before the WebSocket opens (in
+websockets' ``process_request`` on the native transport, on ``websocket.connect``
+under ASGI).
 It answers an HTTP error (403 for an Origin the policy refuses, the status of a
 guard's :class:`~xraptor.Refuse`, 500 for a guard that failed) or lets the
 upgrade proceed with the identity the guards returned.
@@ -12,12 +14,11 @@ import inspect
 import logging
 from collections.abc import Iterable
 
-from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request as HttpRequest
 from websockets.http11 import Response as HttpResponse
 
 from .guards import Guard
-from .handshake import Handshake, Refuse, http_response, set_identity
+from .handshake import Handshake, Refuse, http_response
 from .origins import OriginPolicy
 from .redaction import format_exception, scrub
 from .sampling import LogSampler
@@ -30,24 +31,29 @@ def is_upgrade(request: HttpRequest) -> bool:
     return any("websocket" in value.lower() for value in request.headers.get_all("Upgrade"))
 
 
-def _remote_ip(connection: ServerConnection) -> str:
-    remote = connection.remote_address
-    return str(remote[0]) if remote else ""
+class Admitted:
+    """An upgrade the policy and the guards let through, with what the guards returned."""
+
+    __slots__ = ("identity",)
+
+    def __init__(self, identity: object) -> None:
+        self.identity = identity
 
 
 async def admit(
-    connection: ServerConnection,
     request: HttpRequest,
+    remote_ip: str,
     policy: OriginPolicy,
     guards: Iterable[tuple[str, Guard]],
     log: LogSampler,
-) -> HttpResponse | None:
-    """``None`` to open the WebSocket, or the HTTP answer that refuses it.
+) -> HttpResponse | Admitted:
+    """:class:`Admitted` to open the WebSocket, or the HTTP answer that refuses it.
 
-    Refusals are logged through ``log``: one sample line at INFO per interval, every
-    one at DEBUG, so a flood of refused upgrades does not flood the log.
+    Transport-neutral: each transport builds ``request`` (path with query, headers)
+    from its own handshake. Refusals are logged through ``log``: one sample line at
+    INFO per interval, every one at DEBUG, so a flood of refused upgrades does not
+    flood the log.
     """
-    remote_ip = _remote_ip(connection)
     origins = request.headers.get_all("Origin")
     why = policy.refusal(origins, request.headers.get_all("Host"))
     if why is not None:
@@ -96,5 +102,4 @@ async def admit(
             return http_response(500, "Internal Server Error: a connect guard failed.")
         if result is not None:
             handshake.identity = result
-    set_identity(connection, handshake.identity)
-    return None
+    return Admitted(handshake.identity)

@@ -3,21 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import logging
 import uuid
-from collections.abc import Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from collections.abc import Set as AbstractSet
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from websockets.asyncio.server import ServerConnection
-from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed
-from websockets.frames import Frame, Opcode
-from websockets.protocol import State
-
-from .handshake import identity_of
 from .protocol import GAP_TAIL, push_prefix, push_tail
 from .sampling import LogSampler
 
@@ -35,35 +26,6 @@ SLOW_CONSUMER_CLOSE = 1013
 #: the in-flight requests of a connection none of whose requests ever waited (most):
 #: shared and never changed, so an idle connection costs no set of its own
 _NO_TASKS: frozenset[asyncio.Task[Any]] = frozenset()
-
-
-class FrameQueue(collections.deque[Frame]):
-    """websockets' queue of received frames, remembering whether the message read last
-    was a text message.
-
-    The server reads messages as bytes (``recv(decode=False)``) and parses them with
-    orjson, which rejects invalid UTF-8; telling a text message (close with 1007,
-    RFC 6455) from a binary one (answer ``invalid_json``) then needs the opcode,
-    which ``recv`` does not return. Installed in place of the Assembler's deque by
-    :meth:`Connection.__init__`; costs one Python call per frame, where decoding text
-    frames to ``str`` would cost a decode and, for non-ASCII JSON, an encode back.
-    """
-
-    __slots__ = ("text",)
-
-    def __init__(self, frames: collections.deque[Frame]) -> None:
-        super().__init__(frames)
-        self.text = True
-
-    def popleft(self) -> Frame:
-        frame = _popleft(self)
-        opcode = frame.opcode
-        if opcode is not Opcode.CONT:
-            self.text = opcode is Opcode.TEXT
-        return frame
-
-
-_popleft = collections.deque.popleft
 
 
 class Stream:
@@ -95,14 +57,51 @@ class Stream:
         self.connection.push(self.prefix + GAP_TAIL)
 
 
+class Closed(Exception):
+    """Raised by a transport's :attr:`Connection.receive` once the peer closed or the
+    connection was lost (the websockets transport raises websockets'
+    ``ConnectionClosed``, which the reader treats the same)."""
+
+
+class Inbox(Protocol):
+    """What the reader sees of the messages a transport received and has not handed
+    over yet: whether one is waiting, and whether the last one read was text."""
+
+    text: bool
+
+    def __len__(self) -> int: ...
+
+
 class Connection:
-    """What handlers and middlewares see of a client connection.
+    """What handlers and middlewares see of a client connection, whatever carries it.
+
+    This class is also the **transport seam** (design §10): the reader, dispatch,
+    streams, fan-out, the slow-consumer policy and the drain use only what is
+    below, and each transport subclasses it (``xraptor.websocket_transport`` for the
+    ``websockets`` server, ``xraptor.asgi`` for ASGI servers). A transport provides:
+
+    - handshake data: :attr:`path`, :attr:`remote_ip`, :attr:`headers`,
+      :attr:`identity` (what the connect guards returned);
+    - :attr:`receive`: a callable returning an awaitable of the next message's
+      data (``bytes`` or ``str`` of JSON), raising :class:`Closed` (or websockets'
+      ``ConnectionClosed``) once the connection ended;
+    - :attr:`frames`: an :class:`Inbox` (is another message waiting? was the last
+      one text, so that invalid UTF-8 closes with 1007?);
+    - :meth:`write` (a frame now, or ``False``), :meth:`send` (when there is room),
+      :meth:`enqueue` (now, bounded by the caller), :meth:`buffered`, :meth:`is_open`;
+    - :meth:`close`, :meth:`abort` and :meth:`wait_closed`;
+    - a call of :meth:`lost` when the connection is gone, so that requests
+      waiting for something are cancelled.
+
+    Outgoing frames are UTF-8 JSON ``bytes``, always sent as text messages.
 
     :param max_buffer: bytes allowed in the outgoing buffer before the
         slow-consumer policy closes the connection
 
     :ivar identity: what the connect guards returned at the handshake (``None``
         without guards)
+    :ivar ws: the ``websockets`` connection on that transport, ``None`` on others
+    :ivar transport: the transport's name (``"websockets"``, ``"asgi"`` ...)
     """
 
     __slots__ = (
@@ -117,6 +116,7 @@ class Connection:
         "metrics",
         "path",
         "reader",
+        "receive",
         "refusal_log",
         "remote_ip",
         "serving_inline",
@@ -126,24 +126,26 @@ class Connection:
         "ws",
     )
 
-    def __init__(self, ws: ServerConnection, max_buffer: int, metrics: Metrics) -> None:
-        self.ws = ws
-        self.path = ws.request.path if ws.request is not None else "/"
-        remote = ws.remote_address
-        self.remote_ip: str = remote[0] if remote else ""
+    transport: ClassVar[str] = ""
+    frames: Inbox
+    receive: Callable[[], Awaitable[bytes | str]]
+
+    def __init__(
+        self, path: str, remote_ip: str, identity: object, max_buffer: int, metrics: Metrics
+    ) -> None:
+        self.ws: Any = None
+        self.path = path
+        self.remote_ip = remote_ip
         self.connection_id = uuid.uuid4().hex
-        self.identity: object = identity_of(ws)
+        self.identity = identity
         self.streams: dict[str, Stream] = {}
         self.max_buffer = max_buffer
         self.metrics = metrics
         self.state: dict[str, Any] = {}
-        queue = ws.recv_messages.frames
-        #: the frames received and not read yet (see :class:`FrameQueue`)
-        self.frames = queue.queue = FrameQueue(queue.queue)
         #: the task reading the connection's messages now
         self.reader: asyncio.Task[Any] | None = None
         #: tasks of GET/POST/PUT requests that are waiting for something (each was the
-        #: reader until its handler waited: see ``Dispatch._read_loop``)
+        #: reader until its handler waited: see ``Reader._read_loop``)
         self.tasks: AbstractSet[asyncio.Task[Any]] = _NO_TASKS  # a set once one waits
         #: whether :meth:`cancel_requests` cancelled the reader
         self.cancelled_reader = False
@@ -154,6 +156,50 @@ class Connection:
         self.refusal_log: LogSampler | None = None
         self._closing = False
         self._closer: asyncio.Task[None] | None = None
+
+    # ----- the transport (overridden by each) ----------------------------------------
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """The headers of the opening handshake (case-insensitive; ``get_all`` for
+        repeated ones): what middlewares need of the HTTP request, whatever the
+        transport."""
+        raise NotImplementedError
+
+    def write(self, frame: bytes) -> bool:
+        """Write a frame now; ``False`` when the caller should ``await send(frame)``."""
+        raise NotImplementedError
+
+    def enqueue(self, frame: bytes) -> bool:
+        """Hand a frame to the transport now, even past the point where :meth:`write`
+        says wait (the fan-out path: the caller bounds the buffer by ``max_buffer``);
+        ``False`` if it could not."""
+        raise NotImplementedError
+
+    async def send(self, frame: bytes) -> None:
+        """Send a frame, waiting for room in the outgoing buffer; a frame for a
+        connection that closed meanwhile is dropped."""
+        raise NotImplementedError
+
+    def buffered(self) -> int:
+        """Bytes written and not sent to the peer yet."""
+        raise NotImplementedError
+
+    def is_open(self) -> bool:
+        """Whether frames can still be written."""
+        raise NotImplementedError
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Start the closing handshake and wait until it ended (bounded by the transport)."""
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """Drop the connection now, without a closing handshake."""
+        raise NotImplementedError
+
+    async def wait_closed(self) -> None:
+        """Wait until the connection ended."""
+        raise NotImplementedError
 
     # ----- in-flight requests ----------------------------------------------------------
 
@@ -195,8 +241,8 @@ class Connection:
             reader.cancel()
 
     def lost(self, _: object = None) -> None:
-        """The connection is gone (a callback of websockets' connection-lost future):
-        cancel what would otherwise wait for nothing."""
+        """The connection is gone (the transport calls this): cancel what would
+        otherwise wait for nothing."""
         self.cancel_requests()
 
     async def cancel_tasks(self, me: asyncio.Task[Any] | None) -> None:
@@ -207,58 +253,7 @@ class Connection:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    @property
-    def headers(self) -> Mapping[str, str]:
-        """The headers of the opening handshake (case-insensitive; ``get_all`` for
-        repeated ones): what middlewares need of the HTTP request, without reaching
-        into the transport (``ws``)."""
-        request = self.ws.request
-        return request.headers if request is not None else Headers()
-
-    @property
-    def ws_server(self) -> ServerConnection:
-        """The websockets connection (the 0.4 name)."""
-        return self.ws
-
-    def write(self, frame: bytes) -> bool:
-        """Write a frame now if the connection is open and its transport not paused.
-
-        Returns ``False`` when the caller should ``await send(frame)`` instead.
-        """
-        ws = self.ws
-        protocol = ws.protocol
-        if protocol.state is not State.OPEN or ws.paused:
-            return False
-        try:  # _write_text, inline: this is every answer's path
-            protocol.send_text(frame)
-            ws.send_data()
-        except Exception as error:
-            logger.debug("writing a frame failed: %s", error)
-            return False
-        return True
-
-    def _write_text(self, frame: bytes) -> bool:
-        """Hand one text frame to websockets and the transport, as ``broadcast()`` does."""
-        ws = self.ws
-        try:
-            ws.protocol.send_text(frame)
-            ws.send_data()
-        except Exception as error:
-            logger.debug("writing a frame failed: %s", error)
-            return False
-        return True
-
-    async def send(self, frame: bytes) -> None:
-        """Send one frame (UTF-8 JSON) as a text message, waiting for buffer room.
-
-        While the connection is open and its transport is not paused, the frame is
-        written at once, as ``websockets.broadcast`` does; otherwise ``send()``
-        waits for the buffer to drain (flow control) or for the close to finish.
-        """
-        if self.write(frame):
-            return
-        with contextlib.suppress(ConnectionClosed):
-            await self.ws.send(frame, text=True)
+    # ----- pushes ------------------------------------------------------------------------
 
     def push(self, frame: bytes) -> None:
         """Write a push frame now, without waiting (the hub's fan-out path).
@@ -267,13 +262,12 @@ class Connection:
         consumer: it is closed with code 1013 and counted, rather than letting
         memory grow or dropping messages silently.
         """
-        ws = self.ws
-        if self._closing or ws.protocol.state is not State.OPEN:
+        if self._closing or not self.is_open():
             return
-        if ws.transport.get_write_buffer_size() > self.max_buffer:
+        if self.buffered() > self.max_buffer:
             self._slow_consumer()
             return
-        if self._write_text(frame):
+        if self.enqueue(frame):
             self.metrics.pushes_total += 1
 
     def _slow_consumer(self) -> None:
@@ -287,5 +281,5 @@ class Connection:
         )
         # kept on the connection until done (the loop holds only weak task references)
         self._closer = asyncio.get_running_loop().create_task(
-            self.ws.close(SLOW_CONSUMER_CLOSE, "slow consumer: outgoing buffer full")
+            self.close(SLOW_CONSUMER_CLOSE, "slow consumer: outgoing buffer full")
         )

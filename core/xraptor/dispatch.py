@@ -182,11 +182,13 @@ class Dispatch(App):
             )
         await connection.send(result.encode(request.method))
 
-    async def _refuse(self, connection: Connection, error: RequestError, data: bytes = b"") -> None:
+    async def _refuse(
+        self, connection: Connection, error: RequestError, data: bytes | str = b""
+    ) -> None:
         self._log_refusal(connection, error, data)
         await connection.send(error.frame())
 
-    def _log_refusal(self, connection: Connection, error: RequestError, data: bytes) -> None:
+    def _log_refusal(self, connection: Connection, error: RequestError, data: bytes | str) -> None:
         """Count every refusal; log it at DEBUG, and one sample per connection at INFO at
         most every ``REFUSAL_LOG_INTERVAL`` seconds (see :mod:`xraptor.sampling`)."""
         self.metrics.request_errors_total += 1

@@ -13,11 +13,10 @@ import types
 from collections.abc import Coroutine, Generator
 from typing import Any
 
-from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 
-from .connection import Connection
+from .connection import Closed, Connection
 from .context import serving
 from .dispatch import Dispatch, shutting_down
 from .protocol import ErrorCode, MethodType, RequestError, parse_request
@@ -27,23 +26,23 @@ logger = logging.getLogger("xraptor")
 #: served before the connection's next message is read (their order matters)
 _SUB, _UNSUB = MethodType.SUB, MethodType.UNSUB
 
+#: what a transport's receive() raises once the connection ended
+_CLOSED = (ConnectionClosed, Closed)
+
 
 class Reader(Dispatch):
     """Reads connections and hands their requests to :class:`Dispatch`."""
 
     # ----- connections --------------------------------------------------------------
 
-    def _handle_connection(self, ws: ServerConnection) -> Coroutine[Any, Any, None]:
-        """websockets' handler of one connection: set it up, then read it (in
-        websockets' own task for the connection, so an idle connection costs one task)."""
+    def _open(self, connection: Connection) -> Coroutine[Any, Any, None]:
+        """A transport accepted ``connection``: count it, and return what reads it
+        (run by the transport in its own task for the connection, so an idle
+        connection costs one task)."""
         serving(self)  # class-level calls in this connection's handlers mean this app
-        connection = Connection(ws, self._max_buffer, self.metrics)
         self.metrics.connections_total += 1
         self.metrics.connections_active += 1
         self._connections.add(connection)
-        # when the connection is lost, cancel whatever its requests wait for (websockets'
-        # connection-lost future: no task of ours waits for the close)
-        ws.connection_lost_waiter.add_done_callback(connection.lost)
         return self._read_loop(connection, owner=True)
 
     async def _end(self, connection: Connection, me: asyncio.Task[Any] | None) -> None:
@@ -51,7 +50,7 @@ class Reader(Dispatch):
         release its streams."""
         try:
             if connection.reader is not me:  # handed over: the reading went on elsewhere
-                await connection.ws.wait_closed()
+                await connection.wait_closed()
         finally:
             self._connections.discard(connection)
             self.metrics.connections_active -= 1
@@ -76,20 +75,20 @@ class Reader(Dispatch):
         requests in flight are cancelled, and so is the reader if it is serving a SUB
         or waiting for room rather than for the next message.
         """
-        ws = connection.ws
+        receive = connection.receive
         me = asyncio.current_task()
         if owner:
             connection.reader = me
         max_inflight = self._max_inflight
         limit = self._max_id_length
         metrics = self.metrics
-        # websockets' queue of received frames, read only to tell whether another
-        # message is already waiting (then the loop yields, so one connection's burst
-        # cannot starve the others: recv() returns without suspending while it has one)
+        # the transport's received messages, read only to tell whether another is
+        # already waiting (then the loop yields, so one connection's burst cannot
+        # starve the others: receive() returns without suspending while it has one)
         backlog = connection.frames
         try:
             while True:
-                data = await ws.recv(decode=False)
+                data = await receive()
                 metrics.requests_total += 1
                 try:
                     request = parse_request(data)
@@ -102,7 +101,9 @@ class Reader(Dispatch):
                 except RequestError as error:
                     if backlog.text and error.code == ErrorCode.INVALID_JSON and _bad_utf8(data):
                         # RFC 6455: a text message must be UTF-8; close with 1007
-                        await ws.close(CloseCode.INVALID_DATA, "invalid UTF-8 in a text message")
+                        await connection.close(
+                            CloseCode.INVALID_DATA, "invalid UTF-8 in a text message"
+                        )
                         continue
                     await self._refuse(connection, error, data)
                 else:
@@ -135,7 +136,7 @@ class Reader(Dispatch):
                             break  # another task reads now
                 if backlog:
                     await asyncio.sleep(0)
-        except ConnectionClosed:
+        except _CLOSED:
             pass
         except asyncio.CancelledError:
             if not (owner and connection.cancelled_reader and me is not None):
@@ -143,7 +144,7 @@ class Reader(Dispatch):
             me.uncancel()  # cancelled by connection.lost(): the connection ended
         except Exception:
             logger.exception("connection %s failed", connection.connection_id)
-            await ws.close(CloseCode.INTERNAL_ERROR, "internal error")
+            await connection.close(CloseCode.INTERNAL_ERROR, "internal error")
         finally:
             if owner:
                 await self._end(connection, me)
@@ -174,7 +175,9 @@ def _finish(coro: Coroutine[Any, Any, None], waiting_for: Any) -> Generator[Any,
                 return
 
 
-def _bad_utf8(data: bytes) -> bool:
+def _bad_utf8(data: bytes | str) -> bool:
+    if isinstance(data, str):
+        return False
     try:
         data.decode()
     except UnicodeDecodeError:

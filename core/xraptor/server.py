@@ -7,7 +7,7 @@ import logging
 import signal
 from collections.abc import Coroutine, Iterable
 from http import HTTPStatus
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import orjson
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -16,10 +16,10 @@ from websockets.http11 import Request as HttpRequest
 from websockets.http11 import Response as HttpResponse
 
 from . import static
-from .admission import admit, is_upgrade
+from .admission import Admitted, admit, is_upgrade
 from .connection import Connection
 from .context import default_app, serving, set_default_factory
-from .handshake import select_subprotocol
+from .handshake import select_subprotocol, set_identity
 from .logs import serve_defaults, ws_url
 from .metrics import Metrics
 from .middleware import MiddlewareChain
@@ -30,6 +30,11 @@ from .reader import Reader
 from .redaction import redacting_logger
 from .routing import Router
 from .sampling import LogSampler
+from .websocket_transport import WebsocketsConnection
+
+if TYPE_CHECKING:
+    from .antenna import Antenna
+    from .asgi import AsgiApp
 
 logger = logging.getLogger("xraptor")
 
@@ -142,6 +147,9 @@ class XRaptor(Reader):
         self._closing: asyncio.Future[None] | None = None
         self._stop_event: asyncio.Event | None = None
         self._http_routes: dict[str, tuple[str, bytes]] = {}
+        self._asgi: AsgiApp | None = None
+        #: the ASGI application serving this app while it is started (see asgi_app())
+        self._hosted: AsgiApp | None = None
         self.add_http_route(static.CLIENT_JS_PATH, static.CLIENT_JS_TYPE, static.read("xraptor.js"))
         if antenna is not None:
             self.set_antenna(antenna, **(antenna_options or {}))
@@ -184,12 +192,9 @@ class XRaptor(Reader):
         """Start listening; returns once the port is bound (see :attr:`port`)."""
         if self._server is not None:
             raise RuntimeError("the server is already running")
-        self.load_routes()
-        antenna = self._antenna = self.antenna  # pinned while it serves
-        default_app()._last_started = self
-        self.metrics = Metrics()
-        self._draining = False
-        await antenna.start()
+        if self._hosted is not None:
+            raise RuntimeError("this app is already served by an ASGI server (asgi_app())")
+        antenna = await self._start_app()
         self._server = await serve(
             self._handle_connection,
             self.host,
@@ -210,6 +215,30 @@ class XRaptor(Reader):
             ws_url(self.host, self.port),
             antenna.name,
         )
+
+    async def _start_app(self) -> Antenna:
+        """Start what serving needs besides a listener (the native server and ASGI)."""
+        self.load_routes()
+        antenna = self._antenna = self.antenna  # pinned while it serves
+        default_app()._last_started = self
+        self.metrics = Metrics()
+        self._draining = False
+        await antenna.start()
+        return antenna
+
+    def asgi_app(self) -> AsgiApp:
+        """This app as an ASGI 3 application (the same one at every call).
+
+        Serve it with uvicorn, hypercorn or granian (``uvicorn myapp:asgi``), or
+        mount it in Starlette or FastAPI (``app.mount("/realtime", server.asgi_app())``).
+        See :class:`xraptor.asgi.AsgiApp` and the README's "Use it with FastAPI /
+        Starlette / uvicorn".
+        """
+        if self._asgi is None:
+            from .asgi import AsgiApp
+
+            self._asgi = AsgiApp(self)
+        return self._asgi
 
     async def close(self) -> None:
         """Shut down gracefully: drain, close every connection with 1001, close the antenna.
@@ -253,7 +282,7 @@ class XRaptor(Reader):
             await asyncio.wait_for(asyncio.shield(server.wait_closed()), self.close_timeout)
         except TimeoutError:
             for connection in tuple(self._connections):
-                connection.ws.transport.abort()
+                connection.abort()
             await server.wait_closed()
 
     async def _drain(self) -> None:
@@ -274,6 +303,10 @@ class XRaptor(Reader):
 
     def _requests_in_flight(self) -> int:
         return sum(len(c.tasks) + c.serving_inline for c in self._connections)
+
+    def _handle_connection(self, ws: ServerConnection) -> Coroutine[Any, Any, None]:
+        """websockets' handler of one connection, run in websockets' task for it."""
+        return self._open(WebsocketsConnection(ws, self._max_buffer, self.metrics))
 
     async def serve(self) -> None:
         """Serve until :meth:`stop` is called or SIGTERM/SIGINT arrives, then shut down."""
@@ -310,31 +343,44 @@ class XRaptor(Reader):
     ) -> HttpResponse | None:
         serving(self)  # guards' class-level calls mean this app (the connection's task)
         path = request.path.split("?", 1)[0]
+        if not is_upgrade(request):
+            return self.http_endpoint(path)
+        if self._health_path is not None and path == self._health_path:
+            return self.http_endpoint(path)
+        if self._draining:
+            return DRAINING_RESPONSE
+        remote = connection.remote_address
+        outcome = await self.admit(request, str(remote[0]) if remote else "")
+        if isinstance(outcome, Admitted):
+            set_identity(connection, outcome.identity)
+            return None
+        return outcome
+
+    def http_endpoint(self, path: str) -> HttpResponse | None:
+        """The answer to a plain HTTP GET of ``path`` (``/health``, ``/metrics``, the
+        browser client, :meth:`add_http_route` paths), ``None`` for other paths."""
         if self._health_path is not None and path == self._health_path:
             antenna = self.antenna.describe()
             body = self.metrics.health(antenna, draining=self._draining)
             status = HTTPStatus.OK if body["status"] == "ok" else HTTPStatus.SERVICE_UNAVAILABLE
             return _http(status, "application/json", orjson.dumps(body))
-        if self._draining and is_upgrade(request):
-            return _http(
-                HTTPStatus.SERVICE_UNAVAILABLE,
-                "text/plain; charset=utf-8",
-                b"the server is shutting down; connect again to another instance\n",
-            )
         if self._metrics_path is not None and path == self._metrics_path:
             text = self.metrics.prometheus(self.antenna.describe())
             return _http(HTTPStatus.OK, "text/plain; version=0.0.4; charset=utf-8", text.encode())
         static = self._http_routes.get(path)
-        if static is not None and not is_upgrade(request):
+        if static is not None:
             return _http(HTTPStatus.OK, static[0], static[1])
-        if is_upgrade(request):  # the Origin policy, then the connect guards
-            refused = await admit(
-                connection, request, self._origin_policy, self.guards(), self._refusal_log
-            )
-            if refused is not None:
-                self.metrics.handshake_refusals_total += 1
-            return refused
         return None
+
+    async def admit(self, request: HttpRequest, remote_ip: str) -> HttpResponse | Admitted:
+        """Admit a WebSocket upgrade: the Origin policy, then the connect guards (each
+        transport calls this with the handshake's path, query and headers)."""
+        outcome = await admit(
+            request, remote_ip, self._origin_policy, self.guards(), self._refusal_log
+        )
+        if not isinstance(outcome, Admitted):
+            self.metrics.handshake_refusals_total += 1
+        return outcome
 
 
 def run_coroutine(main: Coroutine[Any, Any, None]) -> None:
@@ -356,5 +402,11 @@ def _http(status: HTTPStatus, content_type: str, body: bytes) -> HttpResponse:
     headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body)))])
     return HttpResponse(status.value, status.phrase, headers, body)
 
+
+DRAINING_RESPONSE = _http(
+    HTTPStatus.SERVICE_UNAVAILABLE,
+    "text/plain; charset=utf-8",
+    b"the server is shutting down; connect again to another instance\n",
+)
 
 set_default_factory(XRaptor)
