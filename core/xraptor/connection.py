@@ -147,7 +147,7 @@ class Connection:
         #: tasks of GET/POST/PUT requests that are waiting for something (each was the
         #: reader until its handler waited: see ``Reader._read_loop``)
         self.tasks: AbstractSet[asyncio.Task[Any]] = _NO_TASKS  # a set once one waits
-        #: whether :meth:`cancel_requests` cancelled the reader
+        #: whether :meth:`cancel_requests` cancelled the reader or a request's task
         self.cancelled_reader = False
         #: whether the reader is serving a SUB or UNSUB (or any request with max_inflight=1)
         self.serving_inline = False
@@ -234,6 +234,9 @@ class Connection:
         """Cancel the requests in flight: their tasks, and the reader if it waits
         anywhere but for the next message (serving a SUB, or waiting for room)."""
         for task in self.tasks:
+            # the connection's first task may be among them (handed over): it ends
+            # quietly rather than cancelled, as an ASGI server would log that
+            self.cancelled_reader = True
             task.cancel()
         reader = self.reader
         if reader is not None and (self.serving_inline or self._room is not None):

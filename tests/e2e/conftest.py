@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from e2e_support import CHROMIUM, require_binary, require_module
+from e2e_support import CHROMIUM, free_port, require_binary, require_module, wait_for_port
 
 CHROMIUM_ARGS = [
     "--headless",
@@ -34,3 +35,19 @@ def browser() -> Iterator[Any]:
             yield browser
         finally:
             browser.close()
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A private redis-server on a free port (never the shared one on 6379)."""
+    binary = require_binary("redis-server")
+    port = free_port()
+    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    command += ["--appendonly", "no"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, process)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(10)

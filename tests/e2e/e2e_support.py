@@ -6,7 +6,9 @@ test; elsewhere it skips with the reason.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -19,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from xraptor import Client
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -111,3 +115,59 @@ def join_chat(page: Any, url: str, room: str, name: str) -> None:
     page.fill("#name", name)
     page.click("#join-button")
     expect(page.locator("body")).to_have_attribute("data-joined", "yes")
+
+
+#: clients opened at least, to spread over the workers
+CLIENTS = 12
+
+
+async def chat_across_workers(url: str, worker_pids: set[str] | None, workers: int = 2) -> None:
+    """Clients spread over the workers of one port chat in one room: each message
+    arrives exactly once at every member (``worker_pids``: the workers' pids, or
+    ``None`` to accept any ``workers`` distinct ones)."""
+    clients: list[Client] = []
+    where: list[str] = []
+    try:
+        # the kernel hashes each connection to a worker: connect until both have some
+        def spread() -> bool:
+            seen = set(where)
+            return seen == worker_pids if worker_pids is not None else len(seen) == workers
+
+        # (or, with a shared listening socket, whichever worker accepts first: workers
+        # still starting get none, so keep trying for a while, a little apart)
+        deadline = asyncio.get_running_loop().time() + 20
+        while len(clients) < CLIENTS or (
+            not spread() and len(clients) < 200 and asyncio.get_running_loop().time() < deadline
+        ):
+            client = Client(url, timeout=10)
+            clients.append(client)
+            await client.connect()
+            where.append((await client.get("/pid")).payload)
+            if len(clients) >= CLIENTS:
+                await asyncio.sleep(0.05)
+        assert spread(), f"the {len(clients)} clients went to {set(where)} only"
+        streams = [
+            client.subscribe("/chat_messages", {"chat_id": "spanning"}) for client in clients
+        ]
+        for stream in streams:
+            await stream.__aenter__()
+        # each worker has processed its SUBs before it answers the next request
+        for client in clients:
+            await client.get("/pid")
+        reply = await clients[0].post(
+            "/send_message_to_chat_room",
+            {"chat_id": "spanning", "client_id": "alice", "message": "hello, both workers"},
+        )
+        assert reply.payload == '{"message": "Message sent"}'
+        for stream in streams:
+            push = await asyncio.wait_for(anext(stream), 10)
+            assert json.loads(push.payload) == {"origin": "alice", "message": "hello, both workers"}
+        # exactly once: nothing else arrives
+        await asyncio.sleep(0.5)
+        for stream in streams:
+            assert not stream._queue, f"duplicate delivery: {list(stream._queue)}"
+        for stream in streams:
+            await stream.__aexit__(None, None, None)
+    finally:
+        for client in clients:
+            await client.close()

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
-import subprocess
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
-import pytest
-from e2e_support import free_port, require_binary, running, wait_for_port, xraptor_command
-
-from xraptor import Client
+from e2e_support import (
+    chat_across_workers,
+    free_port,
+    running,
+    xraptor_command,
+)
 
 APP = textwrap.dedent(
     """
@@ -33,63 +32,6 @@ APP = textwrap.dedent(
     app = xraptor.XRaptor("127.0.0.1", 8765)
     """
 )
-
-CLIENTS = 12
-
-
-@pytest.fixture
-def redis_url() -> Iterator[str]:
-    """A private redis-server on a free port (never the shared one on 6379)."""
-    binary = require_binary("redis-server")
-    port = free_port()
-    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-    command += ["--appendonly", "no"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        wait_for_port(port, process)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.terminate()
-        process.wait(10)
-
-
-async def _chat_across_workers(port: int, worker_pids: set[str]) -> None:
-    url = f"ws://127.0.0.1:{port}"
-    clients: list[Client] = []
-    where: list[str] = []
-    try:
-        # the kernel hashes each connection to a worker: connect until both have some
-        while len(clients) < CLIENTS or (set(where) != worker_pids and len(clients) < 64):
-            client = Client(url, timeout=10)
-            clients.append(client)
-            await client.connect()
-            where.append((await client.get("/pid")).payload)
-        assert set(where) == worker_pids, f"all {len(clients)} clients went to one worker"
-        streams = [
-            client.subscribe("/chat_messages", {"chat_id": "spanning"}) for client in clients
-        ]
-        for stream in streams:
-            await stream.__aenter__()
-        # each worker has processed its SUBs before it answers the next request
-        for client in clients:
-            await client.get("/pid")
-        reply = await clients[0].post(
-            "/send_message_to_chat_room",
-            {"chat_id": "spanning", "client_id": "alice", "message": "hello, both workers"},
-        )
-        assert reply.payload == '{"message": "Message sent"}'
-        for stream in streams:
-            push = await asyncio.wait_for(anext(stream), 10)
-            assert json.loads(push.payload) == {"origin": "alice", "message": "hello, both workers"}
-        # exactly once: nothing else arrives
-        await asyncio.sleep(0.5)
-        for stream in streams:
-            assert not stream._queue, f"duplicate delivery: {list(stream._queue)}"
-        for stream in streams:
-            await stream.__aexit__(None, None, None)
-    finally:
-        for client in clients:
-            await client.close()
 
 
 def test_a_room_spans_two_workers_over_redis(tmp_path: Path, redis_url: str) -> None:
@@ -112,7 +54,7 @@ def test_a_room_spans_two_workers_over_redis(tmp_path: Path, redis_url: str) -> 
                 for c in worker.net_connections("tcp")
             ):
                 time.sleep(0.05)
-        asyncio.run(_chat_across_workers(port, pids))
+        asyncio.run(chat_across_workers(f"ws://127.0.0.1:{port}", pids))
 
         parent.send_signal(signal.SIGTERM)
         output = parent.communicate(timeout=40)[0].decode(errors="replace")
