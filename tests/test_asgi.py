@@ -1,5 +1,5 @@
-"""xraptor through ASGI: mounted in FastAPI and served by a real uvicorn process,
-and served by uvicorn and hypercorn on their own.
+"""xraptor through ASGI: mounted in FastAPI and served by real uvicorn, hypercorn
+and granian processes, and served by each of them on its own.
 
 The app is ``tests/asgi_apps/mounted.py``: the 0.4 chat at ``/realtime``, a guarded
 app at ``/secure`` and a FastAPI route at ``/hello``.
@@ -32,6 +32,9 @@ def serve(*argv: str) -> Iterator[str]:
     command = [sys.executable, "-m", *argv, "--port", str(port)]
     if argv[0] == "hypercorn":
         command = [sys.executable, "-m", *argv, "--bind", f"127.0.0.1:{port}"]
+    elif argv[0] == "granian":
+        command = [sys.executable, "-m", "granian", "--interface", "asgi", *argv[1:]]
+        command += ["--host", "127.0.0.1", "--port", str(port)]
     else:
         command += ["--host", "127.0.0.1"]
     process = subprocess.Popen(
@@ -50,12 +53,15 @@ def serve(*argv: str) -> Iterator[str]:
         assert "Traceback" not in output, output
 
 
-@pytest.fixture(scope="module", params=["uvicorn", "hypercorn"])
+SERVERS = ["uvicorn", "hypercorn", "granian"]
+
+
+@pytest.fixture(scope="module", params=SERVERS)
 def fastapi_host(request: pytest.FixtureRequest) -> Iterator[str]:
     yield from serve(request.param, "mounted:api")
 
 
-@pytest.fixture(scope="module", params=["uvicorn", "hypercorn"])
+@pytest.fixture(scope="module", params=SERVERS)
 def standalone_host(request: pytest.FixtureRequest) -> Iterator[str]:
     yield from serve(request.param, "mounted:asgi")
 
