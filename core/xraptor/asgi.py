@@ -170,7 +170,7 @@ class AsgiConnection(Connection):
         self._queued += len(frame)
         if not self._writing:
             self._writing = True
-            self._writer = asyncio.get_running_loop().create_task(self._write_out(True))
+            self._writer = asyncio.get_running_loop().create_task(self._write_out(None))
         return True
 
     async def send(self, frame: bytes) -> None:
@@ -186,9 +186,12 @@ class AsgiConnection(Connection):
         self._queued += len(frame)
         if not self._writing:
             self._writing = True
-            await self._write_out(False)
+            await self._write_out(frame)
 
-    async def _write_out(self, own_task: bool) -> None:
+    async def _write_out(self, mine: bytes | None) -> None:
+        """Write the queue out: up to ``mine`` in a request's task (what is queued
+        behind it goes on in a writer task, so a busy stream cannot keep a request
+        from finishing), or all of it in the writer task (``mine`` is ``None``)."""
         outbox = self._outbox
         try:
             while outbox and self._open:
@@ -197,6 +200,8 @@ class AsgiConnection(Connection):
                 await self._asgi_send({"type": "websocket.send", "text": frame.decode()})
                 if self._room_waiters and self._queued <= HIGH_WATER:
                     self._wake()
+                if frame is mine:
+                    break
         except asyncio.CancelledError:
             raise
         except Exception as error:  # the client is gone (servers raise OSError or their own)
@@ -204,11 +209,11 @@ class AsgiConnection(Connection):
             self._gone()
         finally:
             self._writing = False
-            if own_task:
+            if mine is None:
                 self._writer = None
-            if outbox and self._open:  # queued while this one was being cancelled
+            if outbox and self._open:  # queued behind ``mine``, or left by a cancellation
                 self._writing = True
-                self._writer = asyncio.get_running_loop().create_task(self._write_out(True))
+                self._writer = asyncio.get_running_loop().create_task(self._write_out(None))
 
     def _wake(self) -> None:
         waiters, self._room_waiters = self._room_waiters, []
