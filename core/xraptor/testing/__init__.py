@@ -2,9 +2,9 @@
 
 * :class:`TestClient`: an app's client in the same process, with no port and no
   socket (``async with TestClient(app) as client: ...``); the pytest fixtures
-  ``xraptor_client``, ``xraptor_app`` and ``xraptor_antenna`` come with it
-  (:mod:`xraptor.testing.pytest_plugin`, loaded by pytest wherever xraptor is
-  installed; they need pytest-asyncio).
+  ``xraptor_client``, ``xraptor_connect`` (typed :class:`Connect`), ``xraptor_app``
+  and ``xraptor_antenna`` come with it (:mod:`xraptor.testing.pytest_plugin`,
+  loaded by pytest wherever xraptor is installed; they need pytest-asyncio).
 * :class:`AntennaConformance`: the antenna contract as a pytest suite. Subclass
   it in a ``Test...`` class and provide an ``antenna_factory`` fixture that
   returns a callable making a new, unstarted antenna; two antennas from the
@@ -26,13 +26,14 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .client import TestClient
+    from .client import Connect, TestClient
     from .conformance import AntennaConformance, eventually
     from .http import health, seconds_until_health
     from .tls import self_signed_cert
 
 __all__ = [
     "AntennaConformance",
+    "Connect",
     "TestClient",
     "eventually",
     "health",
@@ -42,6 +43,7 @@ __all__ = [
 
 _MODULES = {
     "AntennaConformance": "conformance",
+    "Connect": "client",
     "TestClient": "client",
     "eventually": "conformance",
     "health": "http",

@@ -31,10 +31,10 @@ import logging
 import os
 import weakref
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Literal, Self
+from typing import Any, Literal, Protocol, Self
 from urllib.parse import unquote
 
 from websockets.datastructures import Headers
@@ -53,7 +53,7 @@ from ..server import XRaptor
 
 logger = logging.getLogger("xraptor.testing")
 
-__all__ = ["TestClient"]
+__all__ = ["Connect", "TestClient"]
 
 #: the ``Host`` the app sees (unless the client's headers give one)
 HOST = "testserver"
@@ -224,6 +224,13 @@ class TestClient(Client):
         if sharing.clients == 0 and sharing.started:
             sharing.started = False
             await self.asgi.shutdown()
+
+
+class Connect(Protocol):
+    """The ``xraptor_connect`` fixture: ``await xraptor_connect(path, **options)`` is a
+    connected :class:`TestClient` of ``xraptor_app`` (``options`` as TestClient's)."""
+
+    def __call__(self, path: str = "/", **options: Any) -> Awaitable[TestClient]: ...
 
 
 @dataclass(slots=True)
