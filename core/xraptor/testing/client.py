@@ -31,7 +31,7 @@ import logging
 import os
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, Literal, Protocol, Self
@@ -100,7 +100,7 @@ class TestClient(Client):
         raise_errors: bool = True,
         max_queue: int = 1024,
         token: str | None = None,
-        headers: dict[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
         subprotocols: Iterable[str] = (),
         remote_ip: str = "127.0.0.1",
     ) -> None:
@@ -204,10 +204,11 @@ class TestClient(Client):
             if not asgi.started:
                 if self.app.antenna.state == "closed":
                     raise RuntimeError(
-                        "this app was shut down (its antenna is closed) and cannot start "
-                        "again; give each test a new app, or keep the app started around "
-                        "the TestClients that follow one another (one TestClient that stays "
-                        "open, or 'async with app.asgi_app().lifespan():')"
+                        "the app's antenna is closed: an app that was shut down (by the "
+                        "last TestClient that left it) cannot start again. Give each test "
+                        "a new app, or keep the app started around the TestClients that "
+                        "follow one another (one TestClient that stays open, or "
+                        "'async with app.asgi_app().lifespan():')"
                     )
                 await asgi.startup()
                 sharing.started = True
