@@ -216,6 +216,31 @@ async def test_a_shutdown_ends_streams_with_1001(transport: Transport) -> None:
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
 
 
+async def test_guards_and_handlers_see_the_path_as_sent(transport: Transport) -> None:
+    app = XRaptor("127.0.0.1", 0)
+    seen: list[tuple[str, str, dict[str, str]]] = []
+
+    @app.on_connect
+    async def look(handshake: Handshake) -> None:
+        seen.append((handshake.path, handshake.raw_query, handshake.query))
+
+    @app.register("/path").as_get
+    async def path(request: Request) -> Response:
+        assert request.connection is not None
+        return Response.create(request.request_id, {}, request.connection.path)
+
+    await transport.start(app)
+    sent = "/caf%C3%A9/a%20b?x=%20y"
+    client = (
+        Client(f"ws://127.0.0.1:{app.port}{sent}")
+        if transport.name == "network"
+        else TestClient(app, sent)
+    )
+    async with client:
+        assert (await client.get("/path")).payload == sent
+    assert seen == [("/caf%C3%A9/a%20b", "x=%20y", {"x": " y"})]
+
+
 # ----- in process ---------------------------------------------------------------------------
 
 
@@ -273,7 +298,11 @@ async def test_the_handshake_carries_path_query_headers_and_peer() -> None:
         remote_ip="10.0.0.7",
     ) as client:
         found = json.loads((await client.get("/headers")).payload)
-    assert found == {"path": "/realtime", "remote_ip": "10.0.0.7", "api_key": "k1"}
+    assert found == {
+        "path": "/realtime?room=lobby&x=%20y",
+        "remote_ip": "10.0.0.7",
+        "api_key": "k1",
+    }
     (handshake,) = seen
     assert handshake.path == "/realtime"
     assert handshake.query == {"room": "lobby", "x": " y"}
