@@ -26,6 +26,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 from websockets.datastructures import Headers
 from websockets.http11 import Request as HttpRequest
@@ -108,7 +109,11 @@ class AsgiConnection(Connection):
     ) -> None:
         client = scope.get("client")
         super().__init__(
-            _full_path(scope), str(client[0]) if client else "", identity, max_buffer, metrics
+            _request_target(scope),
+            str(client[0]) if client else "",
+            identity,
+            max_buffer,
+            metrics,
         )
         #: the ASGI scope of the connection
         self.scope = scope
@@ -428,8 +433,7 @@ class AsgiApp:
         if server.draining:
             await _deny(scope, send, _draining_response())
             return
-        query = scope.get("query_string", b"").decode("latin-1")
-        path = _full_path(scope) + (f"?{query}" if query else "")
+        path = _request_target(scope)
         client = scope.get("client")
         outcome = await server.admit(HttpRequest(path, headers), str(client[0]) if client else "")
         if not isinstance(outcome, Admitted):
@@ -456,10 +460,25 @@ class AsgiApp:
 
 
 def _full_path(scope: Scope) -> str:
-    """The request path as the client sent it (``root_path`` included)."""
+    """The request path as the client sent it (``root_path`` included): ``raw_path``,
+    not percent-decoded, as the native transport has it, where the server gives it and
+    it is the same path."""
     path: str = scope.get("path") or "/"
     root: str = scope.get("root_path") or ""
-    return path if not root or path.startswith(root) else root + path
+    full = path if not root or path.startswith(root) else root + path
+    raw: bytes | None = scope.get("raw_path")
+    if raw:
+        sent = raw.decode("latin-1")
+        if unquote(sent) == full:
+            return sent
+    return full
+
+
+def _request_target(scope: Scope) -> str:
+    """The path and query as the client sent them (the native transport's
+    ``connection.path`` and what the connect guards read)."""
+    query = scope.get("query_string", b"").decode("latin-1")
+    return _full_path(scope) + (f"?{query}" if query else "")
 
 
 def _relative_path(scope: Scope) -> str:

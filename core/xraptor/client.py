@@ -20,10 +20,10 @@ import logging
 import uuid
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 import orjson
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from .client_stream import ClientError, Stream, is_error, parse_response
@@ -36,6 +36,17 @@ logger = logging.getLogger("xraptor.client")
 __all__ = ["Client", "ClientError", "Stream"]
 
 Payload = str | dict[str, Any] | list[Any]
+
+
+class ClientWebSocket(Protocol):
+    """What the client uses of its WebSocket (a websockets ``ClientConnection``, or
+    :class:`xraptor.testing.TestClient`'s in-process one)."""
+
+    async def send(self, message: bytes, *, text: bool | None = None) -> None: ...
+
+    async def recv(self, decode: bool | None = None) -> str | bytes: ...
+
+    async def close(self) -> None: ...
 
 
 def _encode_payload(payload: Payload) -> str:
@@ -91,7 +102,7 @@ class Client:
         self.raise_errors = raise_errors
         self.max_queue = max_queue
         self._connect_options = connect_options
-        self._ws: ClientConnection | None = None
+        self._ws: ClientWebSocket | None = None
         self._reader: asyncio.Task[None] | None = None
         self._pending: dict[str, asyncio.Future[Response]] = {}
         self._streams: dict[str, Stream] = {}
@@ -105,10 +116,14 @@ class Client:
         if self._ws is not None:
             raise RuntimeError("the client is already connected")
         async with asyncio.timeout(self.timeout):
-            self._ws = await connect(self.url, **self._connect_options)
+            self._ws = await self._open_websocket()
         self._closed_error = None
         self._reader = asyncio.get_running_loop().create_task(self._read(self._ws))
         return self
+
+    async def _open_websocket(self) -> ClientWebSocket:
+        """Open the WebSocket (the seam :class:`xraptor.testing.TestClient` replaces)."""
+        return await connect(self.url, **self._connect_options)
 
     async def close(self) -> None:
         """Close the connection; pending requests and open streams end."""
@@ -225,7 +240,7 @@ class Client:
         )
         await ws.send(frame, text=True)
 
-    async def _read(self, ws: ClientConnection) -> None:
+    async def _read(self, ws: ClientWebSocket) -> None:
         error: BaseException
         try:
             while True:

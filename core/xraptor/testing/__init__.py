@@ -1,5 +1,10 @@
 """What plugin and application authors import in their tests.
 
+* :class:`TestClient`: an app's client in the same process, with no port and no
+  socket (``async with TestClient(app) as client: ...``); the pytest fixtures
+  ``xraptor_client``, ``xraptor_connect`` (typed :class:`Connect`), ``xraptor_app``
+  and ``xraptor_antenna`` come with it (:mod:`xraptor.testing.pytest_plugin`,
+  loaded by pytest wherever xraptor is installed; they need pytest-asyncio).
 * :class:`AntennaConformance`: the antenna contract as a pytest suite. Subclass
   it in a ``Test...`` class and provide an ``antenna_factory`` fixture that
   returns a callable making a new, unstarted antenna; two antennas from the
@@ -10,16 +15,51 @@
 * :func:`self_signed_cert`: a throw-away TLS certificate (needs ``openssl``).
 * :func:`xraptor.testing.faults.freeze_and_thaw`: a backend frozen under a running
   server turns ``/health`` to 503 and back (for antennas that implement ``ping``).
+
+The names are imported on first use, so that importing this package (as the pytest
+plugin does in every test run) costs neither pytest-asyncio nor the conformance suite.
 """
 
-from .conformance import AntennaConformance, eventually
-from .http import health, seconds_until_health
-from .tls import self_signed_cert
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .client import Connect, TestClient
+    from .conformance import AntennaConformance, eventually
+    from .http import health, seconds_until_health
+    from .tls import self_signed_cert
 
 __all__ = [
     "AntennaConformance",
+    "Connect",
+    "TestClient",
     "eventually",
     "health",
     "seconds_until_health",
     "self_signed_cert",
 ]
+
+_MODULES = {
+    "AntennaConformance": "conformance",
+    "Connect": "client",
+    "TestClient": "client",
+    "eventually": "conformance",
+    "health": "http",
+    "seconds_until_health": "http",
+    "self_signed_cert": "tls",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
