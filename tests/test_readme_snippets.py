@@ -7,6 +7,8 @@ says how to run it:
 * ``<!-- snippet: server -->``: a server; it must listen, say so in its log, answer
   ``/health``, and exit 0 on SIGINT;
 * ``<!-- snippet: demo -->``: a client; it runs while ``xraptor demo`` serves the port;
+* ``<!-- snippet: pytest -->``: a test module; pytest runs it (asyncio ``auto`` mode)
+  and every test in it must pass;
 * ``<!-- snippet: needs MODULE ... -->``: skipped unless every MODULE can be imported
   (``xraptor_redis``, ``xraptor_nats``: blocks that select a plugin's antenna);
 
@@ -31,8 +33,9 @@ from output_support import Output
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 MARKER = re.compile(r"<!--\s*snippet:\s*(.*?)\s*-->")
-MODES = {"server", "demo"}
+MODES = {"server", "demo", "pytest"}
 TIMEOUT = 30
+PYTEST = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,7 @@ SNIPPETS = snippets(README.read_text())
 
 def test_the_readme_has_snippets() -> None:
     assert len(SNIPPETS) >= 10
-    assert {s.mode for s in SNIPPETS} == {"script", "server", "demo"}
+    assert {s.mode for s in SNIPPETS} == {"script", "server", "demo", "pytest"}
     assert sum(bool(s.needs) for s in SNIPPETS) <= 4  # keep the skipped ones few
 
 
@@ -98,7 +101,7 @@ def test_snippet_runs(snippet: Snippet, tmp_path: Path) -> None:
     if missing:
         pytest.skip(f"needs {', '.join(missing)} (pip install {' '.join(missing)})")
     port = free_port()
-    script = tmp_path / "snippet.py"
+    script = tmp_path / ("test_snippet.py" if snippet.mode == "pytest" else "snippet.py")
     script.write_text(snippet.code.replace("8765", str(port)))
     if snippet.mode == "server":
         _serve(script, port)
@@ -115,6 +118,15 @@ def test_snippet_runs(snippet: Snippet, tmp_path: Path) -> None:
         finally:
             demo.terminate()
             demo.wait(20)
+    elif snippet.mode == "pytest":
+        result = subprocess.run(
+            [*PYTEST, "-o", "asyncio_mode=auto", script.name],
+            cwd=script.parent,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+        assert result.returncode == 0 and " passed" in result.stdout, result.stdout + result.stderr
     else:
         _run(script)
 
