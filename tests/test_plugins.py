@@ -8,6 +8,7 @@ distributions the test pip-installed, so "installed" and "not installed" are rea
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -65,6 +66,14 @@ def fake_plugin_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def postgres_plugin_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A third-party antenna named "postgres" that declares postgres:// and postgresql://."""
+    target = tmp_path_factory.mktemp("postgres-plugin")
+    _pip_install(target, FIXTURE_PLUGINS / "xraptor-postgres")
+    return target
+
+
+@pytest.fixture(scope="session")
 def broken_plugin_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two broken plugins: one fails to import, one misspells a hook."""
     target = tmp_path_factory.mktemp("broken-plugin")
@@ -74,16 +83,17 @@ def broken_plugin_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_isolated(
-    code: str, *path: Path, env: dict[str, str] | None = None
+    code: str, *path: Path, env: dict[str, str] | None = None, args: list[str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``code`` with no site-packages: only the core and ``path`` are importable."""
+    """Run ``code`` (with ``args`` in ``sys.argv``) with no site-packages: only the core
+    and ``path`` are importable."""
     environment = {
         "PATH": os.environ.get("PATH", ""),
         "PYTHONPATH": os.pathsep.join(str(p) for p in (CORE, *path)),
         **(env or {}),
     }
     return subprocess.run(
-        [sys.executable, "-S", "-c", textwrap.dedent(code)],
+        [sys.executable, "-S", "-c", textwrap.dedent(code), *(args or [])],
         env=environment,
         capture_output=True,
         text=True,
@@ -224,6 +234,58 @@ def test_disabled_plugins_are_not_loaded(
     )
 
 
+SELECT_BY_URL = """
+    import sys
+    from xraptor.plugins import resolve_antenna
+
+    for url in sys.argv[1:]:
+        antenna = resolve_antenna(url)
+        print(antenna.name, antenna.options.get("dsn"))
+"""
+
+
+def test_a_third_party_antenna_is_selected_by_the_url_schemes_it_declares(
+    deps_dir: Path, postgres_plugin_dir: Path, fake_plugin_dir: Path
+) -> None:
+    listed = run_isolated(LIST_PLUGINS, deps_dir, postgres_plugin_dir, fake_plugin_dir)
+    assert listed.returncode == 0, listed.stderr
+    assert "postgres: xraptor-postgres 0.4.0" in listed.stdout
+    assert "  schemes: postgres://, postgresql://" in listed.stdout
+    assert "  schemes: fake://" in listed.stdout  # the default: the antenna's name
+    assert "  schemes: memory://" in listed.stdout
+
+    urls = ["postgresql://app@db.example/chat", "POSTGRES://db.example/chat", "fake://"]
+    selected = run_isolated(
+        SELECT_BY_URL, deps_dir, postgres_plugin_dir, fake_plugin_dir, args=urls
+    )
+    assert selected.returncode == 0, selected.stderr
+    assert selected.stdout.splitlines() == [
+        "postgres postgresql://app@db.example/chat",  # options_from_url got the whole URL
+        "postgres POSTGRES://db.example/chat",  # schemes are case-insensitive
+        "fake None",
+    ]
+
+    served = run_isolated(
+        serve_once("postgresql://app@db.example/chat", ["/hello"]), deps_dir, postgres_plugin_dir
+    )
+    assert served.returncode == 0, served.stderr
+    assert json.loads(served.stdout)[0]["payload"] == "hi from postgres"
+
+
+def test_a_url_scheme_no_antenna_claims_names_the_known_schemes(deps_dir: Path) -> None:
+    for url in ("rediss://cache.example:6380/0", "postgresql://u:secret@db/app"):
+        result = run_isolated(serve_once(url, ["/hello"]), deps_dir)
+        assert result.returncode != 0
+        scheme = url.split("://")[0]
+        assert (
+            f"UnknownSchemeError: no installed antenna accepts {scheme}:// URLs; "
+            "known schemes: memory://. Install the plugin whose antenna accepts "
+            f"{scheme}:// URLs (the first-party plugins are xraptor-redis and xraptor-nats)"
+        ) in result.stderr
+        assert "secret" not in result.stderr  # the error repeats the scheme, not the URL
+        assert "pip install xraptor-" not in result.stderr  # no package name is guessed
+
+
 def test_the_core_works_with_no_plugin_installed(deps_dir: Path) -> None:
     listed = run_isolated(LIST_PLUGINS, deps_dir)
     assert listed.returncode == 0, listed.stderr
@@ -328,3 +390,151 @@ def test_registry_refuses_bad_antennas() -> None:
 def test_unknown_middleware_names_what_exists() -> None:
     with pytest.raises(xraptor.UnknownMiddlewareError, match="unknown middleware 'nope'"):
         XRaptor.use_middleware("nope", priority=1)
+
+
+# ----- URL schemes --------------------------------------------------------------------
+
+
+def test_an_antenna_accepts_its_name_as_scheme_unless_it_declares_schemes() -> None:
+    memory = xraptor.antennas.MemoryAntenna
+
+    class Renamed(memory):
+        name = "renamed"
+
+    class Declared(memory):
+        name = "postgres"
+        schemes = ("postgres", "postgresql")
+
+    class Instrumented(Declared):  # neither name nor schemes: both inherited
+        pass
+
+    class Fork(Declared):  # a new name without schemes: its own name only
+        name = "fork"
+
+    class Unreachable(memory):  # selectable by name only
+        name = "by-name-only"
+        schemes = ()
+
+    assert memory.schemes == ("memory",) and xraptor.Antenna.schemes == ()
+    assert Renamed.schemes == ("renamed",)
+    assert Instrumented.schemes == Declared.schemes == ("postgres", "postgresql")
+    assert Fork.schemes == ("fork",)
+
+    plugins = Plugins(discover=False)
+    for antenna_class in (Renamed, Declared, Fork, Unreachable):
+        plugins.antennas.add(antenna_class)
+    assert plugins.antennas.schemes() == ["fork", "memory", "postgres", "postgresql", "renamed"]
+    assert plugins.antennas.for_scheme("postgresql") is Declared
+    assert plugins.antennas.for_scheme("PostgreSQL") is Declared
+    assert plugins.antenna_class("by-name-only") is Unreachable
+    with pytest.raises(xraptor.UnknownSchemeError) as unknown:
+        plugins.antennas.for_scheme("by-name-only")
+    assert isinstance(unknown.value, xraptor.UnknownAntennaError | KeyError)
+    assert unknown.value.scheme == "by-name-only"
+    assert sorted(unknown.value.installed) == plugins.antennas.schemes()
+    assert "known schemes: fork://, memory://, postgres://, postgresql://, renamed://." in str(
+        unknown.value
+    )
+
+
+def test_a_url_selects_by_its_whole_scheme() -> None:
+    class Plain(xraptor.antennas.MemoryAntenna):
+        name = "plain"
+
+    class Plus(xraptor.antennas.MemoryAntenna):
+        name = "plus"
+        schemes = ("plain+tls",)
+
+    plugins = get_plugins()
+    plugins.register(_Offering(Plain, Plus), "scheme-plugin")
+    try:
+        assert XRaptor("127.0.0.1", 0, antenna="plain://").antenna.name == "plain"
+        # nothing is cut off or rewritten: "plain+tls" is a scheme of its own
+        assert XRaptor("127.0.0.1", 0, antenna="plain+tls://").antenna.name == "plus"
+        with pytest.raises(xraptor.UnknownSchemeError, match="plain\\+other://"):
+            XRaptor("127.0.0.1", 0, antenna="plain+other://")
+    finally:
+        plugins.unregister("scheme-plugin")
+    with pytest.raises(xraptor.UnknownSchemeError, match="no installed antenna accepts plain://"):
+        XRaptor("127.0.0.1", 0, antenna="plain://")
+
+
+@pytest.mark.parametrize(
+    ("schemes", "error", "message"),
+    [
+        ("postgresql", TypeError, r"must be a tuple of str, e\.g\. \('postgresql',\)"),
+        (None, TypeError, "must be a tuple of str"),
+        (("postgresql://",), ValueError, "'postgresql://' is not a URL scheme"),
+        (("",), ValueError, "'' is not a URL scheme"),
+        (("9p",), ValueError, "'9p' is not a URL scheme"),
+        (("\u212aafka",), ValueError, "is not a URL scheme"),  # Kelvin sign: lower() is "k"
+        ((b"pg",), ValueError, "is not a URL scheme"),
+    ],
+)
+def test_the_registry_refuses_bad_schemes(
+    schemes: object, error: type[Exception], message: str
+) -> None:
+    plugins = Plugins(discover=False)
+    bad = type("Bad", (xraptor.antennas.MemoryAntenna,), {"name": "bad", "schemes": schemes})
+    with pytest.raises(error, match=message):
+        plugins.antennas.add(bad)
+    assert "bad" not in plugins.antennas.names()  # a refused class adds nothing
+
+
+class _Offering:
+    """An in-process plugin that registers the given antenna classes."""
+
+    def __init__(self, *antenna_classes: type[xraptor.Antenna]) -> None:
+        self.antenna_classes = antenna_classes
+
+    @xraptor.hookimpl
+    def xraptor_register_antennas(self, registry: Any) -> None:
+        for antenna_class in self.antenna_classes:
+            registry.add(antenna_class)
+
+
+def test_a_scheme_two_plugins_claim_goes_to_the_later_one_as_names_do(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Postgres(xraptor.antennas.MemoryAntenna):
+        name = "postgres"
+        schemes = ("postgres", "postgresql")
+
+    class Timescale(xraptor.antennas.MemoryAntenna):
+        name = "timescale"
+        schemes = ("timescale", "POSTGRESQL")
+
+    class OtherPostgres(xraptor.antennas.MemoryAntenna):
+        name = "postgres"
+
+    plugins = Plugins(discover=False)
+    caplog.set_level(logging.WARNING, logger="xraptor.plugins")
+    plugins.register(_Offering(Postgres), "xraptor-postgres", "xraptor-postgres")
+    assert not caplog.records
+    plugins.register(_Offering(Timescale), "xraptor-timescale", "xraptor-timescale")
+    assert [record.getMessage() for record in caplog.records] == [
+        "antenna URL scheme 'postgresql' from xraptor-timescale (antenna 'timescale') "
+        "replaces the one from xraptor-postgres (antenna 'postgres')"
+    ]
+    assert plugins.antennas.for_scheme("postgresql") is Timescale
+    assert plugins.antennas.for_scheme("postgres") is Postgres
+    assert plugins.info["xraptor-timescale"].schemes == ["postgresql", "timescale"]
+
+    # the same rule for names, logged the same way
+    caplog.clear()
+    plugins.register(_Offering(OtherPostgres), "other-postgres")
+    assert [record.getMessage() for record in caplog.records] == [
+        "antenna 'postgres' from other-postgres replaces the one from xraptor-postgres",
+        "antenna URL scheme 'postgres' from other-postgres (antenna 'postgres') "
+        "replaces the one from xraptor-postgres (antenna 'postgres')",
+    ]
+    assert plugins.antenna_class("postgres") is OtherPostgres
+    assert plugins.antennas.for_scheme("postgres") is OtherPostgres
+
+    # a plugin taken out takes its schemes along (nothing is handed back, as for names)
+    plugins.unregister("xraptor-timescale")
+    assert plugins.antennas.schemes() == ["memory", "postgres"]
+    caplog.clear()
+    plugins.antennas.add(Postgres)  # registering the same class again is no clash
+    plugins.antennas.add(Postgres)
+    assert len(caplog.records) == 2  # the name and postgres:// taken back, once each

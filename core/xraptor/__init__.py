@@ -15,7 +15,13 @@ from .connection import Connection
 from .handshake import Handshake, Refuse
 from .hookspecs import hookimpl
 from .metrics import Metrics
-from .plugins import UnknownAntennaError, UnknownGuardError, UnknownMiddlewareError, get_plugins
+from .plugins import (
+    UnknownAntennaError,
+    UnknownGuardError,
+    UnknownMiddlewareError,
+    UnknownSchemeError,
+    get_plugins,
+)
 from .protocol import ErrorCode, MethodType, Request, RequestError, Response, error_response
 from .server import XRaptor
 
@@ -40,6 +46,7 @@ __all__ = [
     "UnknownAntennaError",
     "UnknownGuardError",
     "UnknownMiddlewareError",
+    "UnknownSchemeError",
     "XRaptor",
     "__version__",
     "antennas",

@@ -68,13 +68,21 @@ class Antenna(ABC):
 
     #: the name applications select the antenna by, e.g. ``"redis"``
     name: ClassVar[str] = ""
+    #: the URL schemes that select the antenna (``antenna="<scheme>://..."``), e.g.
+    #: ``("postgres", "postgresql")``; a class that sets its own ``name`` but not
+    #: ``schemes`` gets ``(name,)``, one that sets neither keeps its parent's
+    schemes: ClassVar[tuple[str, ...]] = ()
     _config: ClassVar[dict[str, Any]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__ and "schemes" not in cls.__dict__:
+            # the default follows the name, not the parent's schemes: a subclass that
+            # renames itself must not claim its parent's URLs by accident
+            cls.schemes = (cls.name,) if isinstance(cls.name, str) and cls.name else ()
         # ``is_alive`` is a driver method, yet applications call it too (0.4 did, on an
         # antenna it had not started): a driver's own ``is_alive`` is wrapped here so that
         # the first call starts the antenna, as ``post`` does, and drivers stay unchanged.
-        super().__init_subclass__(**kwargs)
         driver = cls.__dict__.get("is_alive")
         if callable(driver) and not getattr(driver, "__isabstractmethod__", False):
             cls.is_alive = _starting_first(driver)  # type: ignore[method-assign,assignment]

@@ -48,6 +48,7 @@ def _plugins(_: argparse.Namespace) -> int:
             print(f"  failed to load: {info.error}")
             continue
         print(f"  antennas: {', '.join(info.antennas) or '-'}")
+        print(f"  schemes: {', '.join(f'{scheme}://' for scheme in info.schemes) or '-'}")
         print(f"  middlewares: {', '.join(info.middlewares) or '-'}")
         print(f"  guards: {', '.join(info.guards) or '-'}")
     return 0
@@ -295,7 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     plugins = sub.add_parser(
-        "plugins", help="list the plugins found, with their antennas and middlewares"
+        "plugins",
+        help="list the plugins found, with their antennas, URL schemes, middlewares and guards",
     )
     plugins.set_defaults(func=_plugins)
     return parser

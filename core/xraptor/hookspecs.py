@@ -25,8 +25,9 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 def xraptor_register_antennas(registry: AntennaRegistry) -> None:
     """Offer antenna classes with ``registry.add(AntennaClass)``.
 
-    Each class names itself with its ``name`` class attribute; applications then
-    select it with ``antenna="<name>"`` or a ``<name>://`` URL.
+    Each class names itself with its ``name`` class attribute and lists the URL
+    schemes it accepts in ``schemes`` (default ``(name,)``); applications then
+    select it with ``antenna="<name>"`` or a ``<scheme>://`` URL.
     """
 
 

@@ -1,5 +1,8 @@
 """The plugin manager: built-in plugins, entry-point discovery and lookup by name.
 
+Antennas are also looked up by URL scheme: each antenna class declares the schemes
+it accepts (``schemes``, default ``(name,)``); the core knows no scheme of its own.
+
 Plugins are distributions that declare ``[project.entry-points.xraptor]``. Each
 entry point is loaded on its own: one that fails is logged with its distribution
 and version and the others still load. ``XRAPTOR_DISABLE_PLUGINS`` (a comma
@@ -11,6 +14,7 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -42,6 +46,8 @@ class PluginInfo:
     distribution: str
     version: str
     antennas: list[str] = field(default_factory=list)
+    #: the URL schemes this plugin's antennas claimed (``antennas``: the names)
+    schemes: list[str] = field(default_factory=list)
     middlewares: list[str] = field(default_factory=list)
     guards: list[str] = field(default_factory=list)
     error: str | None = None
@@ -74,6 +80,33 @@ class UnknownAntennaError(_UnknownName):
 
     def advice(self) -> str:
         return f"To add it, pip install xraptor-{self.name}"
+
+
+class UnknownSchemeError(UnknownAntennaError):
+    """No installed antenna accepts URLs of that scheme (an :class:`UnknownAntennaError`).
+
+    ``scheme`` (also ``name``) is the scheme, ``installed`` the schemes that are known.
+    """
+
+    kind = "antenna URL scheme"
+
+    @property
+    def scheme(self) -> str:
+        return self.name
+
+    def advice(self) -> str:
+        return (
+            f"Install the plugin whose antenna accepts {self.name}:// URLs (the first-party "
+            "plugins are xraptor-redis and xraptor-nats); xraptor plugins lists the installed "
+            "plugins with their schemes"
+        )
+
+    def __str__(self) -> str:
+        known = ", ".join(f"{scheme}://" for scheme in sorted(self.installed)) or "none"
+        return (
+            f"no installed antenna accepts {self.name}:// URLs; known schemes: {known}. "
+            f"{self.advice()}"
+        )
 
 
 class UnknownMiddlewareError(_UnknownName):
@@ -127,10 +160,43 @@ class _Registry(Generic[T]):
             del self._entries[name], self._owner[name]
 
 
+#: RFC 3986: ``scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )``, compared lower-case
+_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
+
+
+def _declared_schemes(antenna_class: type[Antenna]) -> tuple[str, ...]:
+    """``antenna_class.schemes``, checked and lower-cased, without repeats."""
+    declared: object = antenna_class.schemes
+    if isinstance(declared, str) or not isinstance(declared, tuple | list):
+        raise TypeError(
+            f"{antenna_class.__name__}.schemes must be a tuple of str, "
+            f"e.g. ({declared!r},), got {type(declared).__name__}"
+        )
+    schemes: list[str] = []
+    for scheme in declared:
+        if not (isinstance(scheme, str) and scheme.isascii() and _SCHEME.fullmatch(scheme.lower())):
+            raise ValueError(
+                f"{antenna_class.__name__}.schemes: {scheme!r} is not a URL scheme "
+                "(a letter, then letters, digits, '+', '-' or '.'; without '://')"
+            )
+        if scheme.lower() not in schemes:
+            schemes.append(scheme.lower())
+    return tuple(schemes)
+
+
 class AntennaRegistry(_Registry[type["Antenna"]]):
-    """Handed to ``xraptor_register_antennas``: ``registry.add(AntennaClass)``."""
+    """Handed to ``xraptor_register_antennas``: ``registry.add(AntennaClass)``.
+
+    Antennas are found by name and by URL scheme. As for names, a scheme that a
+    later plugin claims too goes to the later one, and the replacement is logged.
+    """
 
     kind = "antenna"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._schemes: dict[str, type[Antenna]] = {}
+        self._scheme_owner: dict[str, str] = {}
 
     def add(self, antenna_class: type[Antenna]) -> None:
         from .antenna import Antenna
@@ -142,13 +208,50 @@ class AntennaRegistry(_Registry[type["Antenna"]]):
             raise ValueError(
                 f"{antenna_class.__name__} must set a non-empty `name` class attribute"
             )
+        schemes = _declared_schemes(antenna_class)  # checked first: a bad class adds nothing
         self._put(name, antenna_class)
+        for scheme in schemes:
+            previous = self._schemes.get(scheme)
+            if previous is not None and previous is not antenna_class:
+                logger.warning(
+                    "antenna URL scheme %r from %s (antenna %r) replaces the one from %s "
+                    "(antenna %r)",
+                    scheme,
+                    self.current_plugin,
+                    name,
+                    self._scheme_owner[scheme],
+                    previous.name,
+                )
+            self._schemes[scheme] = antenna_class
+            self._scheme_owner[scheme] = self.current_plugin
 
     def get(self, name: str) -> type[Antenna]:
         try:
             return self._entries[name]
         except KeyError:
             raise UnknownAntennaError(name, list(self._entries)) from None
+
+    def for_scheme(self, scheme: str) -> type[Antenna]:
+        """The antenna class that accepts ``<scheme>://`` URLs (compared lower-case).
+
+        :raises UnknownSchemeError: when no installed antenna claims the scheme
+        """
+        try:
+            return self._schemes[scheme.lower()]
+        except KeyError:
+            raise UnknownSchemeError(scheme.lower(), list(self._schemes)) from None
+
+    def schemes(self) -> list[str]:
+        """Every URL scheme some installed antenna accepts."""
+        return sorted(self._schemes)
+
+    def schemes_owned_by(self, plugin: str) -> list[str]:
+        return sorted(s for s, owner in self._scheme_owner.items() if owner == plugin)
+
+    def remove_owned(self, plugin: str) -> None:
+        super().remove_owned(plugin)
+        for scheme in self.schemes_owned_by(plugin):
+            del self._schemes[scheme], self._scheme_owner[scheme]
 
 
 MiddlewareFactory = Callable[..., "MiddlewareFunc"]
@@ -256,6 +359,7 @@ class Plugins:
             for registry in registries:
                 registry.current_plugin = BUILTIN
         info.antennas = self.antennas.owned_by(name)
+        info.schemes = self.antennas.schemes_owned_by(name)
         info.middlewares = self.middlewares.owned_by(name)
         info.guards = self.guards.owned_by(name)
         self.info[name] = info
@@ -348,7 +452,12 @@ def reset_plugins() -> None:
 def resolve_antenna(spec: object, **options: Any) -> Antenna:
     """Turn a name, URL, class or instance into an antenna instance.
 
+    A URL (``"<scheme>://..."``) selects the antenna whose ``schemes`` hold its
+    scheme, which turns the URL into options with ``options_from_url``.
+
     :raises UnknownAntennaError: for a name no installed plugin offers
+    :raises UnknownSchemeError: (an ``UnknownAntennaError``) for a URL whose scheme
+        no installed antenna accepts
     :raises TypeError: for anything that is not an antenna (a 0.4-style class is
         refused with a pointer to the migration notes)
     """
@@ -370,10 +479,7 @@ def resolve_antenna(spec: object, **options: Any) -> Antenna:
         raise TypeError(f"{spec!r} is not a subclass of xraptor.Antenna")
     if isinstance(spec, str):
         if "://" in spec:
-            scheme = spec.split("://", 1)[0].lower()
-            name = scheme.split("+", 1)[0]
-            name = {"rediss": "redis", "tls": "nats", "unix": "redis"}.get(name, name)
-            cls = get_plugins().antenna_class(name)
+            cls = get_plugins().antennas.for_scheme(spec.split("://", 1)[0])
             return cls(**{**cls.options_from_url(spec), **options})
         return get_plugins().antenna_class(spec)(**options)
     raise TypeError(

@@ -23,12 +23,20 @@ def test_discovered_by_name() -> None:
     info = plugins.info["nats"]
     assert info.distribution == "xraptor-nats"
     assert info.antennas == ["nats"] and info.middlewares == ["nats-forward"]
+    assert info.schemes == ["nats", "tls"]
     assert info.error is None
 
 
 def test_process_wide_names() -> None:
     assert xraptor.get_plugins().antenna_class("nats") is NatsAntenna
     assert xraptor.antennas.NatsAntenna is NatsAntenna
+
+
+def test_declares_its_url_schemes() -> None:
+    # the core knows no NATS scheme: the antenna claims nats:// and tls://
+    assert NatsAntenna.schemes == ("nats", "tls")
+    for scheme in NatsAntenna.schemes:
+        assert xraptor.get_plugins().antennas.for_scheme(scheme) is NatsAntenna
 
 
 def test_selected_by_url() -> None:

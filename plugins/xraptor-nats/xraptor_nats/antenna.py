@@ -81,6 +81,8 @@ class NatsAntenna(Antenna):
     """
 
     name: ClassVar[str] = "nats"
+    #: ``nats://`` and ``tls://`` (TLS), nats-py's schemes for a NATS server
+    schemes: ClassVar[tuple[str, ...]] = ("nats", "tls")
     _config: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, **options: Any) -> None:

@@ -22,6 +22,7 @@ def test_discovered_by_name() -> None:
     info = plugins.info["redis"]
     assert info.distribution == "xraptor-redis"
     assert info.antennas == ["redis"]
+    assert info.schemes == ["redis", "rediss", "unix"]
     assert info.middlewares == ["redis-rate-limit"]
     assert info.error is None
 
@@ -31,12 +32,22 @@ def test_global_registry_and_04_name() -> None:
     assert xraptor.antennas.RedisAntenna is RedisAntenna
 
 
+def test_declares_its_url_schemes() -> None:
+    # the core knows no Redis scheme: the antenna claims redis-py's three
+    assert RedisAntenna.schemes == ("redis", "rediss", "unix")
+    for scheme in RedisAntenna.schemes:
+        assert xraptor.get_plugins().antennas.for_scheme(scheme) is RedisAntenna
+
+
 def test_selected_by_url_and_name() -> None:
     by_url = resolve_antenna("redis://10.1.2.3:6380/2")
     assert isinstance(by_url, RedisAntenna) and by_url.url == "redis://10.1.2.3:6380/2"
     tls = resolve_antenna("rediss://example.invalid:6380/0", publish_timeout=1)
     assert isinstance(tls, RedisAntenna) and tls.url.startswith("rediss://")
     assert tls.publish_timeout == 1.0
+    socket = resolve_antenna("unix:///run/redis/redis.sock?db=1")
+    assert isinstance(socket, RedisAntenna) and socket.url == "unix:///run/redis/redis.sock?db=1"
+    assert isinstance(resolve_antenna("REDISS://example.invalid:6380/0"), RedisAntenna)
     by_name = resolve_antenna("redis", url="redis://127.0.0.1:1/0")
     assert isinstance(by_name, RedisAntenna) and by_name.url == "redis://127.0.0.1:1/0"
 

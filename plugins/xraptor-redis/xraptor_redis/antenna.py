@@ -86,6 +86,8 @@ class RedisAntenna(Antenna):
     """
 
     name: ClassVar[str] = "redis"
+    #: redis-py's URL schemes: ``redis://``, ``rediss://`` (TLS) and ``unix://`` (a socket)
+    schemes: ClassVar[tuple[str, ...]] = ("redis", "rediss", "unix")
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
