@@ -69,7 +69,7 @@ def fake_plugin_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def postgres_plugin_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A third-party antenna named "postgres" that declares postgres:// and postgresql://."""
     target = tmp_path_factory.mktemp("postgres-plugin")
-    _pip_install(target, FIXTURE_PLUGINS / "xraptor-postgres")
+    _pip_install(target, FIXTURE_PLUGINS / "acme-xraptor-pg")
     return target
 
 
@@ -249,7 +249,7 @@ def test_a_third_party_antenna_is_selected_by_the_url_schemes_it_declares(
 ) -> None:
     listed = run_isolated(LIST_PLUGINS, deps_dir, postgres_plugin_dir, fake_plugin_dir)
     assert listed.returncode == 0, listed.stderr
-    assert "postgres: xraptor-postgres 0.4.0" in listed.stdout
+    assert "postgres: acme-xraptor-pg 0.4.0" in listed.stdout
     assert "  schemes: postgres://, postgresql://" in listed.stdout
     assert "  schemes: fake://" in listed.stdout  # the default: the antenna's name
     assert "  schemes: memory://" in listed.stdout
@@ -509,12 +509,12 @@ def test_a_scheme_two_plugins_claim_goes_to_the_later_one_as_names_do(
 
     plugins = Plugins(discover=False)
     caplog.set_level(logging.WARNING, logger="xraptor.plugins")
-    plugins.register(_Offering(Postgres), "xraptor-postgres", "xraptor-postgres")
+    plugins.register(_Offering(Postgres), "acme-xraptor-pg", "acme-xraptor-pg")
     assert not caplog.records
     plugins.register(_Offering(Timescale), "xraptor-timescale", "xraptor-timescale")
     assert [record.getMessage() for record in caplog.records] == [
         "antenna URL scheme 'postgresql' from xraptor-timescale (antenna 'timescale') "
-        "replaces the one from xraptor-postgres (antenna 'postgres')"
+        "replaces the one from acme-xraptor-pg (antenna 'postgres')"
     ]
     assert plugins.antennas.for_scheme("postgresql") is Timescale
     assert plugins.antennas.for_scheme("postgres") is Postgres
@@ -524,9 +524,9 @@ def test_a_scheme_two_plugins_claim_goes_to_the_later_one_as_names_do(
     caplog.clear()
     plugins.register(_Offering(OtherPostgres), "other-postgres")
     assert [record.getMessage() for record in caplog.records] == [
-        "antenna 'postgres' from other-postgres replaces the one from xraptor-postgres",
+        "antenna 'postgres' from other-postgres replaces the one from acme-xraptor-pg",
         "antenna URL scheme 'postgres' from other-postgres (antenna 'postgres') "
-        "replaces the one from xraptor-postgres (antenna 'postgres')",
+        "replaces the one from acme-xraptor-pg (antenna 'postgres')",
     ]
     assert plugins.antenna_class("postgres") is OtherPostgres
     assert plugins.antennas.for_scheme("postgres") is OtherPostgres
