@@ -6,6 +6,7 @@ import argparse
 import importlib
 import logging
 import os
+import ssl
 import sys
 from typing import TYPE_CHECKING
 
@@ -32,7 +33,13 @@ ENV = {
     "log_level": "XRAPTOR_LOG_LEVEL",
     "log_config": "XRAPTOR_LOG_CONFIG",
     "origin": "XRAPTOR_ORIGINS",
+    "transport": "XRAPTOR_TRANSPORT",
+    "ssl_certfile": "XRAPTOR_SSL_CERTFILE",
+    "ssl_keyfile": "XRAPTOR_SSL_KEYFILE",
 }
+
+#: the flags passed on as they are to the processes ``--reload`` and ``--workers`` start
+_PASSED_ON = ("transport", "ssl_certfile", "ssl_keyfile")
 
 
 class UsageError(Exception):
@@ -51,6 +58,7 @@ def _plugins(_: argparse.Namespace) -> int:
         print(f"  schemes: {', '.join(f'{scheme}://' for scheme in info.schemes) or '-'}")
         print(f"  middlewares: {', '.join(info.middlewares) or '-'}")
         print(f"  guards: {', '.join(info.guards) or '-'}")
+        print(f"  transports: {', '.join(info.transports) or '-'}")
     return 0
 
 
@@ -139,6 +147,18 @@ def _configure(args: argparse.Namespace) -> tuple[XRaptor, int]:
     antenna = _setting(args, "antenna")
     if antenna is not None:
         app.set_antenna(antenna)
+    transport = _setting(args, "transport")
+    if transport is not None:
+        try:
+            get_plugins().transport(transport)
+        except KeyError as error:
+            raise UsageError(str(error)) from None
+        app.transport = transport
+    certfile, keyfile = _setting(args, "ssl_certfile"), _setting(args, "ssl_keyfile")
+    if keyfile is not None and certfile is None:
+        raise UsageError("--ssl-keyfile needs --ssl-certfile (the certificate chain)")
+    if certfile is not None:
+        app.ssl = _server_tls(certfile, keyfile)
     origins = _origins(args)
     if origins is not None:
         source = "--origin" if getattr(args, "origin", None) else ENV["origin"]
@@ -160,6 +180,29 @@ def _configure(args: argparse.Namespace) -> tuple[XRaptor, int]:
         if app.port == 0:
             raise UsageError("--workers needs a fixed --port (port 0 would differ per worker)")
     return app, workers
+
+
+def _server_tls(certfile: str, keyfile: str | None) -> ssl.SSLContext:
+    """A server TLS context from a PEM certificate chain (and its key, if separate)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as error:
+        raise UsageError(
+            f"could not load the TLS certificate {certfile!r}"
+            + (f" with key {keyfile!r}" if keyfile else "")
+            + f": {error}"
+        ) from None
+    return context
+
+
+def _passed_on(args: argparse.Namespace) -> list[str]:
+    command: list[str] = []
+    for name in _PASSED_ON:
+        value = _setting(args, name)
+        if value is not None:
+            command += [f"--{name.replace('_', '-')}", value]
+    return command
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -210,7 +253,7 @@ def reload_command(args: argparse.Namespace) -> list[str]:
             command += [f"--{flag}", str(value)]
     for origin in getattr(args, "origin", None) or []:
         command += ["--origin", origin]
-    return command
+    return command + _passed_on(args)
 
 
 def _worker_command(args: argparse.Namespace, app: XRaptor) -> list[str]:
@@ -222,7 +265,7 @@ def _worker_command(args: argparse.Namespace, app: XRaptor) -> list[str]:
         command += ["--antenna", antenna]
     for origin in _origins(args) or []:
         command += ["--origin", origin]
-    return command
+    return command + _passed_on(args)
 
 
 # ----- the parser -------------------------------------------------------------------------
@@ -261,6 +304,21 @@ def build_parser() -> argparse.ArgumentParser:
         f"{ENV['origin']}, comma-separated)",
     )
     run.add_argument(
+        "--transport",
+        help=f"the listening transport (default websockets; env {ENV['transport']}); "
+        "xraptor plugins lists the installed ones",
+    )
+    run.add_argument(
+        "--ssl-certfile",
+        metavar="FILE",
+        help=f"serve wss:// with this PEM certificate chain (env {ENV['ssl_certfile']})",
+    )
+    run.add_argument(
+        "--ssl-keyfile",
+        metavar="FILE",
+        help=f"the certificate's private key, if not in the chain file (env {ENV['ssl_keyfile']})",
+    )
+    run.add_argument(
         "--workers",
         help=f"processes sharing the port with SO_REUSEPORT (env {ENV['workers']}; default 1)",
     )
@@ -297,7 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     plugins = sub.add_parser(
         "plugins",
-        help="list the plugins found, with their antennas, URL schemes, middlewares and guards",
+        help="list the plugins found, with their antennas, URL schemes, middlewares, guards "
+        "and transports",
     )
     plugins.set_defaults(func=_plugins)
     return parser

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from .plugins import AntennaRegistry, GuardRegistry, MiddlewareRegistry
+    from .plugins import AntennaRegistry, GuardRegistry, MiddlewareRegistry, TransportRegistry
     from .server import XRaptor
 
 PROJECT = "xraptor"
@@ -47,6 +47,16 @@ def xraptor_register_guards(registry: GuardRegistry) -> None:
     ``factory(**options)`` returns ``async def guard(handshake) -> identity``. Nothing
     runs until the application enables a guard by name with
     ``XRaptor.use_guard(name, **options)`` (or ``app.use_guard``).
+    """
+
+
+@hookspec
+def xraptor_register_transports(registry: TransportRegistry) -> None:
+    """Offer listening transports with ``registry.add(name, listen)``.
+
+    ``listen(app, options)`` binds and returns a listener (see
+    :mod:`xraptor.transport`); applications select it with ``XRaptor(...,
+    transport="<name>")`` or ``xraptor run --transport <name>``.
     """
 
 

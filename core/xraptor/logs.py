@@ -116,7 +116,9 @@ def _load_dict(file: Path, suffix: str) -> dict[str, Any]:
     return data
 
 
-def ws_url(host: str, port: int) -> str:
-    """``ws://host:port`` for the start-up line (IPv6 literals in brackets)."""
+def ws_url(host: str, port: int, *, tls: bool = False) -> str:
+    """``ws://host:port`` (``wss://`` with TLS) for the start-up line (IPv6 literals
+    in brackets)."""
     host = host or "0.0.0.0"
-    return f"ws://[{host}]:{port}" if ":" in host else f"ws://{host}:{port}"
+    scheme = "wss" if tls else "ws"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"

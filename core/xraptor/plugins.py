@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from .antenna import Antenna
     from .guards import GuardFactory
     from .middleware import MiddlewareFunc
+    from .transport import Listen
 
 logger = logging.getLogger("xraptor.plugins")
 
@@ -50,6 +51,7 @@ class PluginInfo:
     schemes: list[str] = field(default_factory=list)
     middlewares: list[str] = field(default_factory=list)
     guards: list[str] = field(default_factory=list)
+    transports: list[str] = field(default_factory=list)
     error: str | None = None
 
 
@@ -125,6 +127,18 @@ class UnknownGuardError(_UnknownName):
 
     def advice(self) -> str:
         return "Install the plugin that offers it (xraptor plugins lists what is found)"
+
+
+class UnknownTransportError(_UnknownName):
+    """No installed plugin offers a listening transport of that name."""
+
+    kind = "transport"
+
+    def advice(self) -> str:
+        return (
+            f"Install the plugin that offers it (xraptor-{self.name} for a first-party one); "
+            "xraptor plugins lists what is found"
+        )
 
 
 class _Registry(Generic[T]):
@@ -303,6 +317,28 @@ class GuardRegistry(_Registry["GuardFactory"]):
             raise UnknownGuardError(name, list(self._entries)) from None
 
 
+class TransportRegistry(_Registry["Listen"]):
+    """Handed to ``xraptor_register_transports``: ``registry.add(name, listen)``.
+
+    ``listen(app, options)`` binds and returns a listener (see :mod:`xraptor.transport`).
+    """
+
+    kind = "transport"
+
+    def add(self, name: str, listen: Listen) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValueError("a transport name must be a non-empty str")
+        if not callable(listen):
+            raise TypeError(f"the listen function of transport {name!r} is not callable")
+        self._put(name, listen)
+
+    def get(self, name: str) -> Listen:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise UnknownTransportError(name, list(self._entries)) from None
+
+
 class Plugins:
     """The loaded plugins of this process and what they offer."""
 
@@ -312,11 +348,17 @@ class Plugins:
         self.antennas = AntennaRegistry()
         self.middlewares = MiddlewareRegistry()
         self.guards = GuardRegistry()
+        self.transports = TransportRegistry()
         self.info: dict[str, PluginInfo] = {}
-        # the built-in memory antenna registers through the same hooks as installed plugins
+        # the built-in memory antenna and websockets transport register through the same
+        # hooks as installed plugins
         import xraptor.antennas.memory as memory_plugin
+        import xraptor.websocket_transport as websockets_plugin
 
         self._add("memory", memory_plugin, PluginInfo("memory", BUILTIN, _core_version()))
+        self._add(
+            "websockets", websockets_plugin, PluginInfo("websockets", BUILTIN, _core_version())
+        )
         if discover:
             self._discover()
 
@@ -329,10 +371,15 @@ class Plugins:
         plugin = self.manager.get_plugin(name)
         if plugin is not None:
             self.manager.unregister(plugin, name=name)
-        self.antennas.remove_owned(name)
-        self.middlewares.remove_owned(name)
-        self.guards.remove_owned(name)
+        self._remove_owned(name)
         self.info.pop(name, None)
+
+    def _remove_owned(self, name: str) -> None:
+        for registry in self._registries():
+            registry.remove_owned(name)
+
+    def _registries(self) -> tuple[_Registry[Any], ...]:
+        return (self.antennas, self.middlewares, self.guards, self.transports)
 
     def _add(self, name: str, plugin: object, info: PluginInfo) -> None:
         self.manager.register(plugin, name=name)
@@ -348,13 +395,14 @@ class Plugins:
                 f"plugin {name!r} implements unknown hooks {', '.join(sorted(unknown))}; "
                 f"known hooks: {', '.join(_HOOK_NAMES)}",
             )
-        registries = (self.antennas, self.middlewares, self.guards)
+        registries = self._registries()
         for registry in registries:
             registry.current_plugin = name
         try:
             self._call_for(name, "xraptor_register_antennas", registry=self.antennas)
             self._call_for(name, "xraptor_register_middlewares", registry=self.middlewares)
             self._call_for(name, "xraptor_register_guards", registry=self.guards)
+            self._call_for(name, "xraptor_register_transports", registry=self.transports)
         finally:
             for registry in registries:
                 registry.current_plugin = BUILTIN
@@ -362,6 +410,7 @@ class Plugins:
         info.schemes = self.antennas.schemes_owned_by(name)
         info.middlewares = self.middlewares.owned_by(name)
         info.guards = self.guards.owned_by(name)
+        info.transports = self.transports.owned_by(name)
         self.info[name] = info
 
     def _call_for(self, name: str, hook: str, **kwargs: object) -> None:
@@ -405,15 +454,20 @@ class Plugins:
                 )
                 if self.manager.get_plugin(entry_point.name) is not None:
                     self.manager.unregister(name=entry_point.name)
-                self.antennas.remove_owned(entry_point.name)
-                self.middlewares.remove_owned(entry_point.name)
-                self.guards.remove_owned(entry_point.name)
+                self._remove_owned(entry_point.name)
                 self.info[entry_point.name] = PluginInfo(
                     entry_point.name, dist_name, version, error=f"{type(error).__name__}: {error}"
                 )
 
     def antenna_class(self, name: str) -> type[Antenna]:
         return self.antennas.get(name)
+
+    def transport(self, name: str) -> Listen:
+        """The ``listen`` function of the transport called ``name``.
+
+        :raises UnknownTransportError: no installed plugin offers it
+        """
+        return self.transports.get(name)
 
     async def call_lifecycle(self, hook: str, **kwargs: Any) -> None:
         """Call a lifecycle hook and await any awaitable results."""

@@ -5,21 +5,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl as _ssl
 from collections.abc import Coroutine, Iterable
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Self
 
 import orjson
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
 from websockets.http11 import Request as HttpRequest
 from websockets.http11 import Response as HttpResponse
 
 from . import static
-from .admission import Admitted, admit, is_upgrade
+from .admission import Admitted, admit
 from .connection import Connection
-from .context import default_app, serving, set_default_factory
-from .handshake import select_subprotocol, set_identity
+from .context import default_app, set_default_factory
+from .endpoints import http_answer
 from .logs import serve_defaults, ws_url
 from .metrics import Metrics
 from .middleware import MiddlewareChain
@@ -27,10 +26,9 @@ from .origins import OriginPolicy
 from .plugins import get_plugins
 from .protocol import PING_ROUTE, MethodType, Request, Response
 from .reader import Reader
-from .redaction import redacting_logger
 from .routing import Router
 from .sampling import LogSampler
-from .websocket_transport import WebsocketsConnection
+from .transport import Listener, ListenOptions
 
 if TYPE_CHECKING:
     from .antenna import Antenna
@@ -73,6 +71,9 @@ class XRaptor(Reader):
     :param drain_timeout: seconds a shutdown waits for requests in flight to finish
     :param close_timeout: seconds the closing handshake of each connection may take at
         shutdown before the connection is dropped
+    :param transport: the listening transport, by name: ``"websockets"`` (built in) or
+        one a plugin offers (``xraptor plugins`` lists them)
+    :param ssl: an :class:`ssl.SSLContext` to serve ``wss://`` (``None``: plain ``ws://``)
     :param origins: the browser origins allowed to open a WebSocket: ``None`` (the
         default) for same-origin pages only, ``["https://app.example", ...]`` for
         exactly those, ``["*"]`` for every origin. Upgrades without an ``Origin``
@@ -105,6 +106,8 @@ class XRaptor(Reader):
         drain_timeout: float = 10.0,
         close_timeout: float = 2.0,
         origins: Iterable[str] | None = None,
+        transport: str = "websockets",
+        ssl: _ssl.SSLContext | None = None,
     ) -> None:
         if not isinstance(port, int) or not 0 <= port <= 65535:
             raise ValueError(f"port must be an int from 0 to 65535, got {port!r}")
@@ -118,6 +121,16 @@ class XRaptor(Reader):
         for name, seconds in (("drain_timeout", drain_timeout), ("close_timeout", close_timeout)):
             if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds < 0:
                 raise ValueError(f"{name} must be a number of seconds >= 0, got {seconds!r}")
+        if not isinstance(transport, str) or not transport:
+            raise TypeError(
+                f"transport must be a transport's name such as 'websockets', got {transport!r}"
+            )
+        if ssl is not None and not isinstance(ssl, _ssl.SSLContext):
+            raise TypeError(f"ssl must be an ssl.SSLContext, got {type(ssl).__name__}")
+        #: the listening transport's name (see :mod:`xraptor.transport`)
+        self.transport = transport
+        #: the TLS context the server listens with (``None``: plain ``ws://``)
+        self.ssl = ssl
         self.host = ip_address
         self.reuse_port = reuse_port
         self.port = port
@@ -143,7 +156,7 @@ class XRaptor(Reader):
         super().__init__()
         self._router = Router()
         self._chain: MiddlewareChain | None = None
-        self._server: Server | None = None
+        self._listener: Listener | None = None
         self._closing: asyncio.Future[None] | None = None
         self._stop_event: asyncio.Event | None = None
         self._http_routes: dict[str, tuple[str, bytes]] = {}
@@ -183,37 +196,44 @@ class XRaptor(Reader):
         return self
 
     @property
+    def health_path(self) -> str | None:
+        """The HTTP path of the health check (``None``: disabled)."""
+        return self._health_path
+
+    @property
     def running(self) -> bool:
-        return self._server is not None
+        return self._listener is not None
 
     # ----- lifecycle ------------------------------------------------------------
 
     async def start(self) -> None:
         """Start listening; returns once the port is bound (see :attr:`port`)."""
-        if self._server is not None:
+        if self._listener is not None:
             raise RuntimeError("the server is already running")
         if self._hosted is not None:
             raise RuntimeError("this app is already served by an ASGI server (asgi_app())")
+        listen = get_plugins().transport(self.transport)  # unknown names fail before anything
         antenna = await self._start_app()
-        self._server = await serve(
-            self._handle_connection,
-            self.host,
-            self.port,
-            process_request=self._process_request,
-            select_subprotocol=select_subprotocol,
-            logger=redacting_logger("websockets.server"),
-            reuse_port=self.reuse_port or None,
+        options = ListenOptions(
+            host=self.host,
+            port=self.port,
+            ssl=self.ssl,
+            reuse_port=self.reuse_port,
             close_timeout=self.close_timeout,
             **self._serve_options,
         )
-        for sock in self._server.sockets:
-            self.port = sock.getsockname()[1]
-            break
+        try:
+            self._listener = await listen(self, options)
+        except BaseException:
+            await antenna.close()
+            raise
+        self.port = self._listener.port
         await get_plugins().call_lifecycle("xraptor_startup", server=self)
         logger.info(  # once per start; serve() makes it visible without a logging set-up
-            "xraptor listening on %s (antenna %s, transport websockets)",
-            ws_url(self.host, self.port),
+            "xraptor listening on %s (antenna %s, transport %s)",
+            ws_url(self.host, self.port, tls=self.ssl is not None),
             antenna.name,
+            self.transport,
         )
 
     async def _start_app(self) -> Antenna:
@@ -250,40 +270,27 @@ class XRaptor(Reader):
         handshake bounded by :attr:`close_timeout`.
         """
         if self._closing is None:
-            if self._server is None:
+            if self._listener is None:
                 return
-            self._closing = asyncio.ensure_future(self._shut_down(self._server))
+            self._closing = asyncio.ensure_future(self._shut_down(self._listener))
         await asyncio.shield(self._closing)  # a second caller waits for the same shutdown
 
-    async def _shut_down(self, server: Server) -> None:
+    async def _shut_down(self, listener: Listener) -> None:
         self._draining = True
         try:
             await self._drain()
-            await self._close_connections(server)
+            await listener.close_connections(self.close_timeout)
             await get_plugins().call_lifecycle("xraptor_shutdown", server=self)
         finally:
-            self._server = None
-            server.close()
-            await server.wait_closed()
+            self._listener = None
+            await listener.wait_closed()
             await self.room_tasks.settle()
             await self.antenna.close()
-            logger.info("xraptor stopped listening on %s", ws_url(self.host, self.port))
+            logger.info(
+                "xraptor stopped listening on %s",
+                ws_url(self.host, self.port, tls=self.ssl is not None),
+            )
             self._closing = None
-
-    async def _close_connections(self, server: Server) -> None:
-        """Close every connection with 1001 within ``close_timeout``.
-
-        websockets bounds the closing handshake by ``close_timeout`` only once the
-        close frame is written; a client that stopped reading keeps it unwritten, so
-        connections still open past the bound are aborted here.
-        """
-        server.close()
-        try:
-            await asyncio.wait_for(asyncio.shield(server.wait_closed()), self.close_timeout)
-        except TimeoutError:
-            for connection in tuple(self._connections):
-                connection.abort()
-            await server.wait_closed()
 
     async def _drain(self) -> None:
         """Wait up to ``drain_timeout`` for the requests in flight to finish."""
@@ -303,10 +310,6 @@ class XRaptor(Reader):
 
     def _requests_in_flight(self) -> int:
         return sum(len(c.tasks) + c.serving_inline for c in self._connections)
-
-    def _handle_connection(self, ws: ServerConnection) -> Coroutine[Any, Any, None]:
-        """websockets' handler of one connection, run in websockets' task for it."""
-        return self._open(WebsocketsConnection(ws, self._max_buffer, self.metrics))
 
     async def serve(self) -> None:
         """Serve until :meth:`stop` is called or SIGTERM/SIGINT arrives, then shut down."""
@@ -338,24 +341,6 @@ class XRaptor(Reader):
 
     # ----- HTTP endpoints ---------------------------------------------------------
 
-    async def _process_request(
-        self, connection: ServerConnection, request: HttpRequest
-    ) -> HttpResponse | None:
-        serving(self)  # guards' class-level calls mean this app (the connection's task)
-        path = request.path.split("?", 1)[0]
-        if not is_upgrade(request):
-            return self.http_endpoint(path)
-        if self._health_path is not None and path == self._health_path:
-            return self.http_endpoint(path)
-        if self._draining:
-            return DRAINING_RESPONSE
-        remote = connection.remote_address
-        outcome = await self.admit(request, str(remote[0]) if remote else "")
-        if isinstance(outcome, Admitted):
-            set_identity(connection, outcome.identity)
-            return None
-        return outcome
-
     def http_endpoint(self, path: str) -> HttpResponse | None:
         """The answer to a plain HTTP GET of ``path`` (``/health``, ``/metrics``, the
         browser client, :meth:`add_http_route` paths), ``None`` for other paths."""
@@ -363,13 +348,15 @@ class XRaptor(Reader):
             antenna = self.antenna.describe()
             body = self.metrics.health(antenna, draining=self._draining)
             status = HTTPStatus.OK if body["status"] == "ok" else HTTPStatus.SERVICE_UNAVAILABLE
-            return _http(status, "application/json", orjson.dumps(body))
+            return http_answer(status, "application/json", orjson.dumps(body))
         if self._metrics_path is not None and path == self._metrics_path:
             text = self.metrics.prometheus(self.antenna.describe())
-            return _http(HTTPStatus.OK, "text/plain; version=0.0.4; charset=utf-8", text.encode())
+            return http_answer(
+                HTTPStatus.OK, "text/plain; version=0.0.4; charset=utf-8", text.encode()
+            )
         static = self._http_routes.get(path)
         if static is not None:
-            return _http(HTTPStatus.OK, static[0], static[1])
+            return http_answer(HTTPStatus.OK, static[0], static[1])
         return None
 
     async def admit(self, request: HttpRequest, remote_ip: str) -> HttpResponse | Admitted:
@@ -397,16 +384,5 @@ async def _pong(request: Request) -> Response:
     """``GET /_xraptor/ping``: answers ``pong`` (a liveness check for clients)."""
     return Response(request.request_id, "pong", {}, MethodType.GET)
 
-
-def _http(status: HTTPStatus, content_type: str, body: bytes) -> HttpResponse:
-    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body)))])
-    return HttpResponse(status.value, status.phrase, headers, body)
-
-
-DRAINING_RESPONSE = _http(
-    HTTPStatus.SERVICE_UNAVAILABLE,
-    "text/plain; charset=utf-8",
-    b"the server is shutting down; connect again to another instance\n",
-)
 
 set_default_factory(XRaptor)

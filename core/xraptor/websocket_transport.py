@@ -9,21 +9,35 @@ consumer policy reads the transport's write buffer directly.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import functools
 import logging
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
+from typing import TYPE_CHECKING, Any
 
-from websockets.asyncio.server import ServerConnection
+from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
+from websockets.http11 import Request as HttpRequest
+from websockets.http11 import Response as HttpResponse
 from websockets.protocol import State
 
+from .admission import Admitted, is_upgrade
 from .connection import Connection
-from .handshake import identity_of
+from .context import serving
+from .endpoints import DRAINING_RESPONSE
+from .handshake import identity_of, select_subprotocol, set_identity
+from .hookspecs import hookimpl
 from .metrics import Metrics
+from .redaction import redacting_logger
+from .transport import ListenOptions
+
+if TYPE_CHECKING:
+    from .plugins import TransportRegistry
+    from .server import XRaptor
 
 logger = logging.getLogger("xraptor.connection")
 
@@ -154,3 +168,88 @@ class WebsocketsConnection(Connection):
 
     async def wait_closed(self) -> None:
         await self.ws.wait_closed()
+
+
+# ----- the listener -----------------------------------------------------------------
+
+
+class WebsocketsListener:
+    """A ``websockets`` server serving one app (see :mod:`xraptor.transport`)."""
+
+    def __init__(self, app: XRaptor, server: Server) -> None:
+        self.app = app
+        self.server = server
+
+    @property
+    def port(self) -> int:
+        for sock in self.server.sockets:
+            port: int = sock.getsockname()[1]
+            return port
+        return 0
+
+    async def close_connections(self, timeout: float) -> None:
+        """Close every connection with 1001 within ``timeout``.
+
+        websockets bounds the closing handshake by ``close_timeout`` only once the
+        close frame is written; a client that stopped reading keeps it unwritten, so
+        connections still open past the bound are aborted here.
+        """
+        server = self.server
+        server.close()
+        try:
+            await asyncio.wait_for(asyncio.shield(server.wait_closed()), timeout)
+        except TimeoutError:
+            for connection in tuple(self.app._connections):
+                connection.abort()
+            await server.wait_closed()
+
+    async def wait_closed(self) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+
+
+async def listen(app: XRaptor, options: ListenOptions) -> WebsocketsListener:
+    """Serve ``app`` with a ``websockets`` server."""
+
+    def handle(ws: ServerConnection) -> Coroutine[Any, Any, None]:
+        # websockets' handler of one connection, run in websockets' task for it
+        return app._open(WebsocketsConnection(ws, app._max_buffer, app.metrics))
+
+    async def process_request(
+        connection: ServerConnection, request: HttpRequest
+    ) -> HttpResponse | None:
+        serving(app)  # guards' class-level calls mean this app (the connection's task)
+        path = request.path.split("?", 1)[0]
+        if not is_upgrade(request) or path == app.health_path:
+            return app.http_endpoint(path)
+        if app.draining:
+            return DRAINING_RESPONSE
+        remote = connection.remote_address
+        outcome = await app.admit(request, str(remote[0]) if remote else "")
+        if isinstance(outcome, Admitted):
+            set_identity(connection, outcome.identity)
+            return None
+        return outcome
+
+    server = await serve(
+        handle,
+        options.host,
+        options.port,
+        process_request=process_request,
+        select_subprotocol=select_subprotocol,
+        logger=redacting_logger("websockets.server"),
+        reuse_port=options.reuse_port or None,
+        ssl=options.ssl,
+        close_timeout=options.close_timeout,
+        max_size=options.max_size,
+        max_queue=options.max_queue,
+        ping_interval=options.ping_interval,
+        ping_timeout=options.ping_timeout,
+    )
+    return WebsocketsListener(app, server)
+
+
+@hookimpl
+def xraptor_register_transports(registry: TransportRegistry) -> None:
+    """The built-in transport registers through the same hook as plugins."""
+    registry.add("websockets", listen)
