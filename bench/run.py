@@ -1,11 +1,13 @@
 """Benchmarks: this xraptor against raw ``websockets``, the original xraptor 0.4.1 and
-python-socketio on uvicorn (the ``mixed`` case).
+python-socketio on uvicorn (the ``mixed`` case); in ``rr`` and ``fanout-memory-*`` also
+this xraptor served through ``asgi_app()`` by uvicorn (``xraptor-asgi``).
 
     python bench/run.py                   # everything, 3 pairs (under 10 minutes on 2 cores)
     python bench/run.py --quick           # tiny sizes, memory only, no 0.4.1 (a smoke run)
     python bench/run.py --only rr --pairs 5
     python bench/run.py --only fanout-memory,idle
     python bench/run.py --only mixed --pairs 5
+    python bench/run.py --only rr,fanout-memory --systems xraptor,raw,xraptor-asgi
 
 Every server runs in its own process and the load generator (``loadgen.py``) in
 another, on loopback only. The systems of one case run back to back, in an order
