@@ -22,6 +22,8 @@ MARK = re.compile(rb"@(\d+)#(\d+)@")
 PROBE_BASE = 1_000_000_000
 #: what the slow handler of the ``mixed`` case awaits (xraptor ``GET /slow``, socket.io ``slow``)
 SLOW_SECONDS = 0.005
+#: uvicorn's WebSocket implementation for ``xraptor-asgi`` (``run.py --asgi-ws``)
+DEFAULT_ASGI_WS = "websockets-sansio"
 
 
 def raise_nofile() -> int:

@@ -1,11 +1,13 @@
 """Benchmarks: this xraptor against raw ``websockets``, the original xraptor 0.4.1 and
-python-socketio on uvicorn (the ``mixed`` case).
+python-socketio on uvicorn (the ``mixed`` case); in ``rr`` and ``fanout-memory-*`` also
+this xraptor served through ``asgi_app()`` by uvicorn (``xraptor-asgi``).
 
     python bench/run.py                   # everything, 3 pairs (under 10 minutes on 2 cores)
     python bench/run.py --quick           # tiny sizes, memory only, no 0.4.1 (a smoke run)
     python bench/run.py --only rr --pairs 5
     python bench/run.py --only fanout-memory,idle
     python bench/run.py --only mixed --pairs 5
+    python bench/run.py --only rr,fanout-memory --systems xraptor,raw,xraptor-asgi
 
 Every server runs in its own process and the load generator (``loadgen.py``) in
 another, on loopback only. The systems of one case run back to back, in an order
@@ -46,15 +48,43 @@ RESULTS = BENCH / "results"
 VENV_041 = BENCH / ".venv-041"
 PACKAGES_041 = ["xraptor[redis-version,uvloop]==0.4.1", "nats-py", "psutil"]
 
-SYSTEMS = ("xraptor", "raw", "x041", "sio")
-LABELS = {"xraptor": "xraptor", "raw": "raw ws", "x041": "0.4.1", "sio": "socket.io"}
+#: in the order they run in a pair's first half (reversed in the second): raw sits
+#: between xraptor and xraptor-asgi, so both are measured next to it
+SYSTEMS = ("xraptor", "raw", "xraptor-asgi", "x041", "sio")
+LABELS = {
+    "xraptor": "xraptor",
+    "raw": "raw ws",
+    "xraptor-asgi": "xraptor ASGI",
+    "x041": "0.4.1",
+    "sio": "socket.io",
+}
 #: what most cases compare; the ``mixed`` case compares xraptor with python-socketio
 CLASSIC = ("xraptor", "raw", "x041")
-#: what the ``sio`` server process imports: module -> package
-SIO_MODULES = {"socketio": "python-socketio", "uvicorn": "uvicorn"}
+#: request/response and memory fan-out add xraptor served by uvicorn through ASGI
+WITH_ASGI = ("xraptor", "raw", "xraptor-asgi", "x041")
+#: what a server process imports beyond the core: system -> {module: package}
+REQUIRES = {
+    "sio": {"socketio": "python-socketio", "uvicorn": "uvicorn"},
+    "xraptor-asgi": {"uvicorn": "uvicorn"},
+}
+#: the per-pair ratios the table shows: key -> (numerator, denominator)
+RATIOS = {
+    "vs_raw": ("xraptor", "raw"),
+    "asgi_vs_raw": ("xraptor-asgi", "raw"),
+    "vs_041": ("xraptor", "x041"),
+    "vs_sio": ("xraptor", "sio"),
+}
+#: the short names in the ratio columns' headings
+SHORT = {
+    "xraptor": "xraptor",
+    "raw": "raw",
+    "xraptor-asgi": "asgi",
+    "x041": "0.4.1",
+    "sio": "socket.io",
+}
 
 sys.path.insert(0, str(BENCH))
-from common import free_port  # noqa: E402
+from common import DEFAULT_ASGI_WS, free_port  # noqa: E402
 
 
 def _die_with_parent() -> None:
@@ -164,6 +194,7 @@ def build_cases(args: argparse.Namespace) -> list[Case]:
                 "memory",
                 ["--conns", "2", "--round-trips", "100", "--seconds", "1"],
                 rr_metrics(),
+                systems=WITH_ASGI,
             )
         )
         cases.append(mixed_case(2, 4, 400, 0.5))
@@ -174,6 +205,7 @@ def build_cases(args: argparse.Namespace) -> list[Case]:
                 "memory",
                 ["--members", "10", "--messages", "20", "--seconds", "1"],
                 fanout_metrics("memory", 10),
+                systems=WITH_ASGI,
             )
         )
         cases.append(
@@ -196,6 +228,7 @@ def build_cases(args: argparse.Namespace) -> list[Case]:
             "memory",
             ["--conns", str(args.conns), "--round-trips", "400000", "--seconds", str(args.seconds)],
             rr_metrics(),
+            systems=WITH_ASGI,
             min_pairs=5,
         )
     )
@@ -219,6 +252,7 @@ def build_cases(args: argparse.Namespace) -> list[Case]:
                         str(max(2, args.window_deliveries // members)),
                     ],
                     fanout_metrics(antenna, members),
+                    systems=WITH_ASGI if antenna == "memory" else CLASSIC,
                 )
             )
     conns = str(args.idle_conns)
@@ -428,6 +462,8 @@ class Runner:
         if system == "sio":
             # servers.py too, on the same --loop as xraptor
             tail += ["--ws", self.args.sio_ws]
+        elif system == "xraptor-asgi":
+            tail += ["--ws", self.args.asgi_ws]
         if self.args.profile:
             tail += ["--profile", str(self.logs / f"{self.stem}-server.pstats")]
         return [sys.executable, str(BENCH / "servers.py"), system, *tail]
@@ -589,10 +625,12 @@ def median(values: Sequence[float | None]) -> float | None:
     return statistics.median(clean) if clean else None
 
 
-def ratios(samples: dict[str, list[dict[str, Any] | None]], key: str, other: str) -> list[float]:
-    """Per-pair ratios xraptor/other for ``key``."""
+def ratios(
+    samples: dict[str, list[dict[str, Any] | None]], key: str, other: str, system: str = "xraptor"
+) -> list[float]:
+    """Per-pair ratios ``system``/``other`` (by default xraptor/other) for ``key``."""
     out = []
-    for mine, theirs in zip(samples.get("xraptor", []), samples.get(other, []), strict=False):
+    for mine, theirs in zip(samples.get(system, []), samples.get(other, []), strict=False):
         if mine and theirs and mine.get(key) is not None and theirs.get(key):
             out.append(mine[key] / theirs[key])
     return out
@@ -637,9 +675,12 @@ def summarise(
             for system in SYSTEMS:
                 row[system] = median([s.get(metric.key) for s in samples.get(system, []) if s])
                 row[f"{system}_n"] = sum(1 for s in samples.get(system, []) if s)
-            row["vs_raw"] = median(ratios(samples, metric.key, "raw"))
-            row["vs_041"] = median(ratios(samples, metric.key, "x041"))
-            row["vs_sio"] = median(ratios(samples, metric.key, "sio"))
+            row["pair_ratios"] = {}
+            for name, (numerator, denominator) in RATIOS.items():
+                per_pair = ratios(samples, metric.key, denominator, numerator)
+                row[name] = median(per_pair)
+                if per_pair:
+                    row["pair_ratios"][name] = per_pair
             row["target"] = verdict(row[RATIO_KEYS[case.baseline]], metric.target)
             if metric.key == "backend_after":
                 before = row.get("xraptor")
@@ -662,11 +703,11 @@ RATIO_KEYS = {"raw": "vs_raw", "x041": "vs_041", "sio": "vs_sio"}
 def table(rows: list[dict[str, Any]]) -> str:
     # a column for every system a selected case compares
     shown = [s for s in SYSTEMS if any(s in r["systems"] for r in rows)]
-    others = [s for s in shown if s != "xraptor"]
+    keys = [k for k, (a, b) in RATIOS.items() if a in shown and b in shown]
     head = [
         "metric",
         *(LABELS[s] for s in shown),
-        *(f"xraptor/{LABELS[s].removesuffix(' ws')}" for s in others),
+        *(f"{SHORT[RATIOS[k][0]]}/{SHORT[RATIOS[k][1]]}" for k in keys),
         "target",
         "n",
     ]
@@ -674,7 +715,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         [
             r["label"],
             *(fmt(r[s]) for s in shown),
-            *(fmt(r[RATIO_KEYS[s]]) for s in others),
+            *(fmt(r[k]) for k in keys),
             r["target"],
             str(max(r[f"{system}_n"] for system in SYSTEMS)),
         ]
@@ -692,6 +733,27 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+#: the metrics whose per-pair ratios are listed under the table
+PAIR_METRICS = ("rate", "server_cpu_us_per_op")
+
+
+def pair_ratio_lines(rows: list[dict[str, Any]]) -> str:
+    """Each headline metric's per-pair ratios (the spread behind the medians)."""
+    lines = []
+    for r in rows:
+        if r["metric"] not in PAIR_METRICS:
+            continue
+        for key, values in r["pair_ratios"].items():
+            numerator, denominator = RATIOS[key]
+            lines.append(
+                f"  {r['label']}, {SHORT[numerator]}/{SHORT[denominator]}: "
+                f"{fmt(median(values))} ({', '.join(fmt(v) for v in values)})"
+            )
+    return (
+        "per-pair ratios (median, then each pair in order):\n" + "\n".join(lines) if lines else ""
+    )
+
+
 def environment(args: argparse.Namespace, client: str) -> dict[str, Any]:
     def version(name: str) -> str | None:
         try:
@@ -705,6 +767,8 @@ def environment(args: argparse.Namespace, client: str) -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "client": client,
         "server_loop": args.loop,
+        "asgi_ws": args.asgi_ws,
+        "sio_ws": args.sio_ws,
         "packages": {
             n: version(n)
             for n in (
@@ -749,7 +813,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "fanout-redis-1000, idle, backend ...",
     )
     parser.add_argument(
-        "--systems", default=",".join(SYSTEMS), help="comma-separated: xraptor,raw,x041,sio"
+        "--systems",
+        default=",".join(SYSTEMS),
+        help=f"comma-separated, run in this order: {','.join(SYSTEMS)}",
     )
     parser.add_argument("--no-041", action="store_true", help="skip xraptor 0.4.1")
     parser.add_argument(
@@ -795,6 +861,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=["auto", "websockets-sansio", "websockets", "wsproto"],
         default="auto",
         help="mixed: uvicorn's WebSocket implementation for socket.io (auto: websockets-sansio)",
+    )
+    parser.add_argument(
+        "--asgi-ws",
+        choices=["websockets-sansio", "websockets", "wsproto"],
+        default=DEFAULT_ASGI_WS,
+        help="xraptor-asgi: uvicorn's WebSocket implementation (default %(default)s, "
+        "the fastest of the three here; RESULTS.md)",
     )
     parser.add_argument("--idle-conns", type=int, default=5000)
     parser.add_argument("--backend-conns", type=int, default=1000)
@@ -856,15 +929,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  0.4.1 skipped: {error}", flush=True)
             systems.remove("x041")
     left_out: dict[str, str] = {}
-    if "sio" in systems and any("sio" in c.systems for c in cases):
-        missing = [p for m, p in SIO_MODULES.items() if importlib.util.find_spec(m) is None]
+    for system, modules in REQUIRES.items():
+        if system not in systems or not any(system in c.systems for c in cases):
+            continue
+        missing = [p for m, p in modules.items() if importlib.util.find_spec(m) is None]
         if missing:
             reason = f"{' and '.join(missing)} not installed (nox -s bench installs them)"
-            systems.remove("sio")
-            print(f"  socket.io left out: {reason}", flush=True)
-            # a smoke run where they are missing (the core test session) still covers the
-            # mixed case's xraptor side and says so; a real run records a skip
-            (left_out if args.quick else skips)["sio"] = reason
+            systems.remove(system)
+            print(f"  {LABELS[system]} left out: {reason}", flush=True)
+            # a smoke run where they are missing still covers the other systems and says
+            # so; a real run records a skip
+            (left_out if args.quick else skips)[system] = reason
     backends = Backends(logs)
     backends.start({c.antenna for c in cases} - {"memory"})
     pin = not args.no_pin and (os.cpu_count() or 1) >= 2
@@ -905,8 +980,12 @@ def main(argv: list[str] | None = None) -> int:
         backends.stop()
     rows = summarise(cases, data)
     text = table(rows)
+    per_pair = pair_ratio_lines(rows)
     print()
     print(text)
+    if per_pair:
+        print()
+        print(per_pair)
     if skips:
         print("\nskipped:")
         for key, reason in skips.items():
@@ -929,6 +1008,7 @@ def main(argv: list[str] | None = None) -> int:
                 "skipped": skips,
                 "left_out": left_out,
                 "table": text,
+                "pair_ratios": per_pair,
                 "seconds": time.monotonic() - started,
             },
             indent=2,

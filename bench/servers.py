@@ -1,4 +1,4 @@
-"""The servers under test, one per process: ``python bench/servers.py raw|xraptor|sio ...``.
+"""The servers under test, one per process: ``python bench/servers.py SYSTEM ...``.
 
 * ``raw``: plain ``websockets`` (new asyncio API), the baseline. By path:
   ``/echo`` echoes; ``/member`` joins the room; ``/pub`` publishes to the room
@@ -7,6 +7,9 @@
 * ``xraptor``: this repository's xraptor through its public API: ``GET /echo``,
   ``GET /slow`` (awaits 5 ms, then echoes), ``SUB /stream`` and the chat routes of
   :mod:`xraptor.demo`.
+* ``xraptor-asgi``: the same app through ``server.asgi_app()`` (ASGI 3), served by
+  uvicorn on this process's event loop, lifespan on, WebSocket implementation
+  ``--ws`` (default ``websockets-sansio``).
 * ``sio``: python-socketio's ``AsyncServer(async_mode="asgi")`` in ``socketio.ASGIApp``,
   served by uvicorn on this process's event loop (the same ``--loop`` as the others):
   events ``fast`` (acknowledged with its data) and ``slow`` (awaits 5 ms first).
@@ -25,9 +28,12 @@ import pstats
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from common import ROOM, SLOW_SECONDS, raise_nofile, run_loop
+from common import DEFAULT_ASGI_WS, ROOM, SLOW_SECONDS, raise_nofile, run_loop
+
+if TYPE_CHECKING:
+    from xraptor import XRaptor
 
 
 class RawBackend:
@@ -137,7 +143,8 @@ async def raw_main(port: int, antenna: str, url: str, stop: asyncio.Event) -> No
         await stop.wait()
 
 
-async def xraptor_main(port: int, antenna: str, url: str, stop: asyncio.Event) -> None:
+def xraptor_app(port: int, antenna: str, url: str) -> XRaptor:
+    """The bench app (served natively by ``xraptor`` and by uvicorn as ``xraptor-asgi``)."""
     import xraptor
     import xraptor.demo  # registers the chat routes
 
@@ -154,7 +161,11 @@ async def xraptor_main(port: int, antenna: str, url: str, stop: asyncio.Event) -
     async def stream(request: xraptor.Request) -> None:
         return None
 
-    server = xraptor.XRaptor("127.0.0.1", port, antenna=url if antenna != "memory" else "memory")
+    return xraptor.XRaptor("127.0.0.1", port, antenna=url if antenna != "memory" else "memory")
+
+
+async def xraptor_main(port: int, antenna: str, url: str, stop: asyncio.Event) -> None:
+    server = xraptor_app(port, antenna, url)
     await server.start()
     try:
         await stop.wait()
@@ -162,31 +173,28 @@ async def xraptor_main(port: int, antenna: str, url: str, stop: asyncio.Event) -
         await server.close()
 
 
-async def sio_main(
-    port: int, antenna: str, url: str, stop: asyncio.Event, ws: str = "auto"
+async def xraptor_asgi_main(
+    port: int, antenna: str, url: str, stop: asyncio.Event, ws: str = DEFAULT_ASGI_WS
 ) -> None:
-    """python-socketio on uvicorn; handlers run concurrently (its default ``async_handlers``)."""
-    import socketio  # type: ignore[import-untyped,unused-ignore]
+    """The same app through ``server.asgi_app()``, served by uvicorn with the lifespan on
+    (the antenna starts and stops with it)."""
+    server = xraptor_app(port, antenna, url)
+    await serve_uvicorn(server.asgi_app(), port, stop, ws=ws, lifespan="on")
+
+
+async def serve_uvicorn(
+    app: Any, port: int, stop: asyncio.Event, *, ws: str, lifespan: Literal["on", "off"]
+) -> None:
+    """Serve an ASGI app with uvicorn on this process's event loop until ``stop``."""
     import uvicorn
 
-    sio = socketio.AsyncServer(async_mode="asgi")
-
-    async def fast(sid: str, data: Any) -> Any:
-        return data
-
-    async def slow(sid: str, data: Any) -> Any:
-        await asyncio.sleep(SLOW_SECONDS)
-        return data
-
-    sio.on("fast", fast)
-    sio.on("slow", slow)
     config = uvicorn.Config(
-        socketio.ASGIApp(sio),
+        app,
         host="127.0.0.1",
         port=port,
         loop="none",  # serve() runs on the loop common.run_loop made (uvloop or asyncio)
-        lifespan="off",
-        ws=ws,  # uvicorn's WebSocket implementation; "auto" is websockets-sansio
+        lifespan=lifespan,
+        ws=ws,  # uvicorn's WebSocket implementation ("auto" is websockets-sansio)
         log_level="warning",
         access_log=False,
     )
@@ -200,9 +208,30 @@ async def sio_main(
     await serving
 
 
+async def sio_main(
+    port: int, antenna: str, url: str, stop: asyncio.Event, ws: str = "auto"
+) -> None:
+    """python-socketio on uvicorn; handlers run concurrently (its default ``async_handlers``)."""
+    import socketio  # type: ignore[import-untyped,unused-ignore]
+
+    sio = socketio.AsyncServer(async_mode="asgi")
+
+    async def fast(sid: str, data: Any) -> Any:
+        return data
+
+    async def slow(sid: str, data: Any) -> Any:
+        await asyncio.sleep(SLOW_SECONDS)
+        return data
+
+    sio.on("fast", fast)
+    sio.on("slow", slow)
+    await serve_uvicorn(socketio.ASGIApp(sio), port, stop, ws=ws, lifespan="off")
+
+
 MAINS: dict[str, Callable[[int, str, str, asyncio.Event], Awaitable[None]]] = {
     "raw": raw_main,
     "xraptor": xraptor_main,
+    "xraptor-asgi": xraptor_asgi_main,
     "sio": sio_main,
 }
 
@@ -216,12 +245,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
     parser.add_argument("--profile", default="", help="write cProfile stats here on exit")
     parser.add_argument(
-        "--ws", default="auto", help="sio: uvicorn's WebSocket implementation (auto, wsproto ...)"
+        "--ws",
+        default=None,
+        help="sio, xraptor-asgi: uvicorn's WebSocket implementation (auto, websockets, "
+        f"websockets-sansio, wsproto; default: auto for sio, {DEFAULT_ASGI_WS} for xraptor-asgi)",
     )
     args = parser.parse_args(argv)
     serve = MAINS[args.system]
     if args.system == "sio":
-        serve = functools.partial(sio_main, ws=args.ws)
+        serve = functools.partial(sio_main, ws=args.ws or "auto")
+    elif args.system == "xraptor-asgi":
+        serve = functools.partial(xraptor_asgi_main, ws=args.ws or DEFAULT_ASGI_WS)
     raise_nofile()
     profile = cProfile.Profile() if args.profile else None
 

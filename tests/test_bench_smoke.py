@@ -2,11 +2,14 @@
 
 Benchmarks are not tests: this only checks that the harness still drives this
 xraptor and the raw baseline and produces numbers. It needs no backend, no picows
-(it falls back to the websockets client) and no 0.4.1 virtualenv.
+(it falls back to the websockets client) and no 0.4.1 virtualenv. Where uvicorn is
+installed (the ``test`` extra has it), the same app served through ``asgi_app()`` by
+uvicorn (``xraptor-asgi``) runs the request/response and fan-out cases too.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -36,3 +39,12 @@ def test_quick_bench_produces_numbers(tmp_path: Path) -> None:
     assert rows[("fanout-memory-10", "delivered_ratio")]["xraptor"] == 1.0
     samples = result["samples"]["rr"]["xraptor"]
     assert samples[0]["round_trips"] >= 100
+    if importlib.util.find_spec("uvicorn") is None:
+        assert "xraptor-asgi" in result["left_out"], result["left_out"]
+        return
+    for key in [("rr", "rate"), ("fanout-memory-10", "rate")]:
+        assert rows[key]["xraptor-asgi"] is not None and rows[key]["xraptor-asgi"] > 0, key
+        assert rows[key]["asgi_vs_raw"] is not None and rows[key]["asgi_vs_raw"] > 0, key
+    assert rows[("fanout-memory-10", "delivered_ratio")]["xraptor-asgi"] == 1.0
+    assert result["samples"]["rr"]["xraptor-asgi"][0]["round_trips"] >= 100
+    assert "asgi/raw" in proc.stdout

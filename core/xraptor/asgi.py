@@ -10,8 +10,11 @@ where the host sends none (a mounted app: Starlette gives mounts no lifespan
 events); :meth:`AsgiApp.lifespan` plugs it into the host's own lifespan.
 
 ASGI writes are awaitable only, so :class:`AsgiConnection` keeps an outgoing
-queue per connection: an answer is written by the task that produced it, pushes
-by one writer task per connection while it has a backlog, the queue bounded by
+queue per connection: an answer is written by the task that produced it; a push
+to a connection with nothing queued takes the first step of the ASGI ``send``
+inline (done when the server writes without waiting, as uvicorn does while its
+transport is writable), and one writer task per connection finishes that send
+and writes what queues behind it while there is a backlog, the queue bounded by
 ``max_buffer`` (past it, the slow-consumer policy closes the connection with
 1013). Keepalive pings, the inbound queue and the closing handshake belong to
 the ASGI server.
@@ -23,6 +26,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import types
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
@@ -38,6 +42,7 @@ from .context import serving
 from .handshake import SUBPROTOCOL, http_response
 from .metrics import Metrics
 from .plugins import get_plugins
+from .reader import _finish
 
 if TYPE_CHECKING:
     from .server import XRaptor
@@ -168,14 +173,36 @@ class AsgiConnection(Connection):
         return False
 
     def enqueue(self, frame: bytes) -> bool:
-        """Queue a frame; one writer task per connection writes the queue out."""
+        """Write a frame now if nothing is queued and the ASGI server's ``send`` does
+        not wait, else queue it: one writer task per connection writes the queue out."""
         if not self._open:
             return False
-        self._outbox.append(frame)
-        self._queued += len(frame)
-        if not self._writing:
+        if self._writing:
+            self._outbox.append(frame)
+            self._queued += len(frame)
+            return True
+        # the fan-out path: no task per push while the server writes without waiting.
+        # The first step runs in the pushing task, what follows a wait in the writer
+        # task: fine for sends that hold nothing bound to a task across that wait
+        # (uvicorn's: an Event; hypercorn's: an asyncio.Lock and drain())
+        sending = self._asgi_send({"type": "websocket.send", "text": frame.decode()})
+        if type(sending) is not types.CoroutineType:  # another awaitable: its own task
             self._writing = True
-            self._writer = asyncio.get_running_loop().create_task(self._write_out(None))
+            self._writer = asyncio.get_running_loop().create_task(self._write_out(None, sending))
+            return True
+        try:
+            waiting_for = sending.send(None)
+        except StopIteration:
+            return True
+        except Exception as error:  # the client is gone
+            logger.debug("writing to an ASGI connection failed: %r", error)
+            self._gone()
+            return False
+        # it waits (the transport is paused): a writer task finishes it, then the queue
+        self._writing = True
+        self._writer = asyncio.get_running_loop().create_task(
+            self._write_out(None, _finish(sending, waiting_for))
+        )
         return True
 
     async def send(self, frame: bytes) -> None:
@@ -193,12 +220,17 @@ class AsgiConnection(Connection):
             self._writing = True
             await self._write_out(frame)
 
-    async def _write_out(self, mine: bytes | None) -> None:
+    async def _write_out(self, mine: bytes | None, started: Awaitable[None] | None = None) -> None:
         """Write the queue out: up to ``mine`` in a request's task (what is queued
         behind it goes on in a writer task, so a busy stream cannot keep a request
-        from finishing), or all of it in the writer task (``mine`` is ``None``)."""
+        from finishing), or all of it in the writer task (``mine`` is ``None``),
+        after ``started``, a send that :meth:`enqueue` began and that waits."""
         outbox = self._outbox
         try:
+            if started is not None:
+                await started
+                if self._room_waiters and self._queued <= HIGH_WATER:
+                    self._wake()
             while outbox and self._open:
                 frame = outbox.popleft()
                 self._queued -= len(frame)
