@@ -335,7 +335,7 @@ class AntennaConformance:
         return None
 
     @pytest.fixture
-    def channels(self) -> ChannelNames:
+    def channel_names(self) -> ChannelNames:
         return ChannelNames()
 
     @pytest_asyncio.fixture
@@ -372,9 +372,9 @@ class AntennaConformance:
 
     @pytest.mark.asyncio
     async def test_delivers_in_order(
-        self, antenna: Antenna, other: Antenna, channels: ChannelNames
+        self, antenna: Antenna, other: Antenna, channel_names: ChannelNames
     ) -> None:
-        channel = channels("order")
+        channel = channel_names("order")
         async with antenna.subscribe(channel) as sub:
             for i in range(500):
                 await other.post(channel, f"m{i}")
@@ -383,13 +383,13 @@ class AntennaConformance:
 
     @pytest.mark.asyncio
     async def test_concurrent_posts_keep_call_order(
-        self, antenna: Antenna, other: Antenna, channels: ChannelNames
+        self, antenna: Antenna, other: Antenna, channel_names: ChannelNames
     ) -> None:
         """300 ``post()`` calls in flight at once reach subscribers in the order the calls
         were made (the order their tasks started), per channel, here on two channels
         at once, from another instance and from the subscriber's own. A driver that
         spreads publishes over a pool of connections must keep them in that order."""
-        remote, local = channels("burst-remote"), channels("burst-local")
+        remote, local = channel_names("burst-remote"), channel_names("burst-local")
         async with antenna.subscribe(remote) as from_other, antenna.subscribe(local) as own:
             calls: list[asyncio.Future[None]] = []
             for i in range(300):
@@ -407,9 +407,9 @@ class AntennaConformance:
 
     @pytest.mark.asyncio
     async def test_several_subscribers_each_get_every_message(
-        self, antenna: Antenna, other: Antenna, channels: ChannelNames
+        self, antenna: Antenna, other: Antenna, channel_names: ChannelNames
     ) -> None:
-        channel = channels("many")
+        channel = channel_names("many")
         async with (
             antenna.subscribe(channel) as a1,
             antenna.subscribe(channel) as a2,
@@ -425,9 +425,9 @@ class AntennaConformance:
 
     @pytest.mark.asyncio
     async def test_one_backend_subscription_per_channel(
-        self, antenna: Antenna, channels: ChannelNames
+        self, antenna: Antenna, channel_names: ChannelNames
     ) -> None:
-        channel = channels("shared")
+        channel = channel_names("shared")
         async with antenna.subscribe(channel) as s1, antenna.subscribe(channel) as s2:
             assert antenna.watched_channels().count(channel) == 1
             await s1.aclose()
@@ -438,9 +438,9 @@ class AntennaConformance:
 
     @pytest.mark.asyncio
     async def test_unsubscribe_stops_delivery_and_frees(
-        self, antenna: Antenna, other: Antenna, channels: ChannelNames
+        self, antenna: Antenna, other: Antenna, channel_names: ChannelNames
     ) -> None:
-        gone, probe_channel = channels("gone"), channels("probe")
+        gone, probe_channel = channel_names("gone"), channel_names("probe")
         sub = antenna.subscribe(gone)
         await sub.open()
         await other.post(gone, "before")
@@ -460,14 +460,14 @@ class AntennaConformance:
         self,
         antenna: Antenna,
         other: Antenna,
-        channels: ChannelNames,
+        channel_names: ChannelNames,
         antenna_resources: ResourceCounter | None,
     ) -> None:
         """Once a channel's last local listener leaves, the backend no longer holds its
         subscription: another instance's ``is_alive`` says so, and so do the antenna's
         resource counts (with the ``antenna_resources`` fixture). Twice over, on
         channels left one at a time while the others stay held."""
-        names = [channels(f"release-{i}") for i in range(3)]
+        names = [channel_names(f"release-{i}") for i in range(3)]
         baseline = await self._subscriptions(antenna_resources, antenna)
         for _ in range(2):
             subs = [antenna.subscribe(name) for name in names]
@@ -505,9 +505,9 @@ class AntennaConformance:
 
     @pytest.mark.asyncio
     async def test_is_alive_before_during_after(
-        self, antenna: Antenna, other: Antenna, channels: ChannelNames
+        self, antenna: Antenna, other: Antenna, channel_names: ChannelNames
     ) -> None:
-        alive, never = channels("alive"), channels("alive-not")
+        alive, never = channel_names("alive"), channel_names("alive-not")
         assert await antenna.is_alive(alive) is False
         assert await other.is_alive(alive) is False
         async with antenna.subscribe(alive):
@@ -520,13 +520,13 @@ class AntennaConformance:
 
     @pytest.mark.asyncio
     async def test_is_alive_starts_a_new_antenna(
-        self, antenna_factory: AntennaFactory, channels: ChannelNames
+        self, antenna_factory: AntennaFactory, channel_names: ChannelNames
     ) -> None:
         """``is_alive`` on an antenna not started yet starts it (as ``post`` does)."""
         antenna = antenna_factory()
         try:
             before = antenna.state
-            assert await antenna.is_alive(channels("never-subscribed")) is False
+            assert await antenna.is_alive(channel_names("never-subscribed")) is False
             assert (before, antenna.state) == ("new", "up")
         finally:
             await antenna.close()
@@ -535,9 +535,9 @@ class AntennaConformance:
 
     @pytest.mark.asyncio
     async def test_many_channels_without_crosstalk(
-        self, antenna: Antenna, other: Antenna, channels: ChannelNames
+        self, antenna: Antenna, other: Antenna, channel_names: ChannelNames
     ) -> None:
-        names = [channels(f"ch-{i}") for i in range(200)]
+        names = [channel_names(f"ch-{i}") for i in range(200)]
         subs = [antenna.subscribe(name) for name in names]
         for sub in subs:
             await sub.open()
@@ -554,21 +554,21 @@ class AntennaConformance:
 
     @pytest.mark.asyncio
     async def test_look_alike_channel_names_stay_apart(
-        self, antenna: Antenna, other: Antenna, channels: ChannelNames
+        self, antenna: Antenna, other: Antenna, channel_names: ChannelNames
     ) -> None:
         """Names of every character class (wildcards and separators of common backends,
         quotes, whitespace, control characters, NUL, case, Unicode look-alikes and
         normalization forms, astral characters) are distinct channels."""
-        await self._names_stay_apart(antenna, other, [channels(body) for body in _LOOK_ALIKE])
+        await self._names_stay_apart(antenna, other, [channel_names(body) for body in _LOOK_ALIKE])
 
     @pytest.mark.asyncio
     async def test_long_channel_names(
-        self, antenna: Antenna, other: Antenna, channels: ChannelNames
+        self, antenna: Antenna, other: Antenna, channel_names: ChannelNames
     ) -> None:
         """Names of 63 bytes to past 1 KiB (and 1,024 characters of up to four bytes)
         work and stay distinct: a backend's limit on names (e.g. 63-byte identifiers)
         is the driver's to hide, by hashing or encoding, never by truncating."""
-        await self._names_stay_apart(antenna, other, _long_names(channels))
+        await self._names_stay_apart(antenna, other, _long_names(channel_names))
 
     async def _names_stay_apart(self, antenna: Antenna, other: Antenna, names: list[str]) -> None:
         assert len(set(names)) == len(names)
@@ -603,9 +603,9 @@ class AntennaConformance:
 
     @pytest.mark.asyncio
     async def test_large_and_non_ascii_messages(
-        self, antenna: Antenna, other: Antenna, channels: ChannelNames
+        self, antenna: Antenna, other: Antenna, channel_names: ChannelNames
     ) -> None:
-        channel = channels("big")
+        channel = channel_names("big")
         large = "x" * 512_000
         text = 'olá 🦖 — 中文 \u0000 "quoted" \\ end'
         async with antenna.subscribe(channel) as sub:
@@ -616,26 +616,26 @@ class AntennaConformance:
 
     @pytest.mark.asyncio
     async def test_bad_arguments_are_refused(
-        self, antenna: Antenna, channels: ChannelNames
+        self, antenna: Antenna, channel_names: ChannelNames
     ) -> None:
         with pytest.raises(TypeError):
             await antenna.post(1, "x")  # type: ignore[arg-type]
         with pytest.raises(TypeError):
-            await antenna.post(channels("ch"), b"x")  # type: ignore[arg-type]
+            await antenna.post(channel_names("ch"), b"x")  # type: ignore[arg-type]
         with pytest.raises(ValueError):
             await antenna.post("", "x")
         with pytest.raises(ValueError):
             await antenna.subscribe("").open()
-        after_bad = channels("after-bad")
+        after_bad = channel_names("after-bad")
         async with antenna.subscribe(after_bad) as sub:
             await antenna.post(after_bad, "fine")
             assert await _next(sub) == "fine"
 
     @pytest.mark.asyncio
     async def test_concurrent_subscribe_and_unsubscribe(
-        self, antenna: Antenna, other: Antenna, channels: ChannelNames
+        self, antenna: Antenna, other: Antenna, channel_names: ChannelNames
     ) -> None:
-        names = [channels(f"churn-{i}") for i in range(3)]
+        names = [channel_names(f"churn-{i}") for i in range(3)]
         live: list[Subscription] = []
         rng = random.Random(5)
 
@@ -668,11 +668,11 @@ class AntennaConformance:
 
     @pytest.mark.asyncio
     async def test_close_releases_everything(
-        self, antenna_factory: AntennaFactory, other: Antenna, channels: ChannelNames
+        self, antenna_factory: AntennaFactory, other: Antenna, channel_names: ChannelNames
     ) -> None:
         """``close()`` ends every subscription (a listener's ``on_closed``, a
         Subscription's iteration), and another instance sees its channels released."""
-        closing, listened = channels("closing"), channels("closing-listener")
+        closing, listened = channel_names("closing"), channel_names("closing-listener")
         antenna = antenna_factory()
         await antenna.start()
         sub = antenna.subscribe(closing)
@@ -696,7 +696,7 @@ class AntennaConformance:
 
     @pytest.mark.asyncio
     async def test_close_leaves_no_task_running(
-        self, antenna_factory: AntennaFactory, channels: ChannelNames
+        self, antenna_factory: AntennaFactory, channel_names: ChannelNames
     ) -> None:
         """Every task an antenna started (readers, publishers, reconnectors, probes) has
         ended once ``close()`` returned (within ``release_within``), whether its
@@ -706,14 +706,14 @@ class AntennaConformance:
         try:
             await first.start()
             await second.start()
-            channel, left_open = channels("tasks"), channels("tasks-left-open")
+            channel, left_open = channel_names("tasks"), channel_names("tasks-left-open")
             async with first.subscribe(channel) as sub:
                 await second.post(channel, "hello")
                 assert await _next(sub) == "hello"
                 assert await second.is_alive(channel)
             await first.subscribe(left_open).open()
             await second.post(left_open, "unread")
-            assert await first.is_alive(channels("tasks-nobody")) is False
+            assert await first.is_alive(channel_names("tasks-nobody")) is False
         finally:
             await first.close()
             await second.close()
@@ -731,7 +731,7 @@ class AntennaConformance:
         self,
         required_antenna_resources: ResourceCounter,
         antenna_factory: AntennaFactory,
-        channels: ChannelNames,
+        channel_names: ChannelNames,
     ) -> None:
         """What ``antenna_resources`` counts (connections, subscriptions) drops to 0
         once ``close()`` returned (within ``release_within``), subscriptions left open
@@ -740,7 +740,7 @@ class AntennaConformance:
         antenna = antenna_factory()
         try:
             await antenna.start()
-            first, second = channels("resources-1"), channels("resources-2")
+            first, second = channel_names("resources-1"), channel_names("resources-2")
             await antenna.subscribe(first).open()
             async with antenna.subscribe(second) as sub:
                 await antenna.post(second, "counted")
@@ -788,14 +788,14 @@ class AntennaConformance:
 
     @pytest.mark.asyncio
     async def test_fault_post_raises_unavailable_while_down(
-        self, required_backend_fault: BackendFault, antenna: Antenna, channels: ChannelNames
+        self, required_backend_fault: BackendFault, antenna: Antenna, channel_names: ChannelNames
     ) -> None:
         """While the backend is down, ``post()`` raises ``AntennaUnavailable`` within
         ``unavailable_within`` (no other error, no hang); ``is_alive`` answers or raises
         it as promptly. Right after the stop, before the driver noticed, a post may
         still go out (and be lost: at most once). Once the backend is back, posting
         works again."""
-        channel = channels("outage")
+        channel = channel_names("outage")
         await antenna.post(channel, "before")
         async with self._outage(required_backend_fault):
             await self._fails_over(antenna.post(channel, "just stopped"), antenna, "post()", True)
@@ -846,13 +846,16 @@ class AntennaConformance:
         required_backend_fault: BackendFault,
         antenna: Antenna,
         other: Antenna,
-        channels: ChannelNames,
+        channel_names: ChannelNames,
     ) -> None:
         """After the backend came back, every watched channel delivers again with no new
         subscribe, and ``report_gap`` reached its listeners first: a Listener's
         ``on_gap`` and a :class:`~xraptor.Gap` in :meth:`Subscription.events`, before
         the first message after the outage."""
-        listened, subscribed = channels("resume-listener"), channels("resume-subscription")
+        listened, subscribed = (
+            channel_names("resume-listener"),
+            channel_names("resume-subscription"),
+        )
         recorder = _Recorder()
         await antenna.listen(listened, recorder)
         events: list[str | Gap] = []
