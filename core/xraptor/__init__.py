@@ -6,6 +6,7 @@ from .antenna import (
     Antenna,
     AntennaError,
     AntennaUnavailable,
+    Gap,
     MessageTooLarge,
     Subscription,
 )
@@ -14,6 +15,7 @@ from .client import Client, ClientError
 from .connection import Connection
 from .handshake import Handshake, Refuse
 from .hookspecs import hookimpl
+from .hub import Listener
 from .metrics import Metrics
 from .plugins import (
     UnknownAntennaError,
@@ -34,7 +36,9 @@ __all__ = [
     "ClientError",
     "Connection",
     "ErrorCode",
+    "Gap",
     "Handshake",
+    "Listener",
     "MessageTooLarge",
     "MethodType",
     "Metrics",

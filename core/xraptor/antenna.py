@@ -13,7 +13,9 @@ coroutines, the *driver* side:
 * :meth:`Antenna.is_alive`: whether any process listens to a channel now.
 
 A driver that lost its backend and resubscribed calls :meth:`Antenna.report_gap`
-so that clients learn messages may have been missed, and keeps :attr:`state`
+so that clients learn messages may have been missed (every listener's ``on_gap``;
+a :class:`Subscription` shows it as a :class:`Gap` in :meth:`Subscription.events`),
+and keeps :attr:`state`
 truthful with :meth:`Antenna.set_state`. A driver may also implement the
 optional :meth:`Antenna.ping` (one round trip to the backend): the base class
 then probes it in the background (:mod:`xraptor.probe`), so that a backend that
@@ -28,6 +30,7 @@ import asyncio
 import functools
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ClassVar, Literal, Self
 
@@ -275,7 +278,12 @@ class Antenna(ABC):
         await self.publish(channel, message)
 
     async def listen(self, channel: str, listener: Listener) -> None:
-        """Add a local listener; returns once the channel is being received."""
+        """Add a local listener; returns once the channel is being received.
+
+        The listener (:class:`~xraptor.hub.Listener`) is told of each message
+        (``on_message``), of each gap the driver reports (``on_gap``) and, if it has
+        ``on_closed``, of the antenna's close.
+        """
         _check_channel(channel)
         if self._state == "new":
             await self.start()
@@ -347,8 +355,22 @@ def _check_channel(channel: object) -> None:
 _END = object()
 
 
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """A gap notice in :meth:`Subscription.events`: messages of ``channel`` published
+    around this point may have been lost (the backend was unreachable); the messages
+    after it are live again."""
+
+    channel: str
+
+
 class Subscription:
-    """One consumer's view of a channel: an async iterator and context manager."""
+    """One consumer's view of a channel: an async iterator and context manager.
+
+    Iterating it yields the channel's messages; :meth:`events` yields them together
+    with the gap notices (:class:`Gap`) in the order they came, and :attr:`gaps`
+    counts the notices.
+    """
 
     def __init__(self, antenna: Antenna, channel: str, max_pending: int) -> None:
         self.antenna = antenna
@@ -358,6 +380,7 @@ class Subscription:
         self._open = False
         self._closed = False
         self._overflowed = False
+        #: gap notices received so far (see :meth:`events` for where they fell)
         self.gaps = 0
 
     # Listener protocol
@@ -369,6 +392,7 @@ class Subscription:
 
     def on_gap(self, channel: str) -> None:
         self.gaps += 1
+        self._queue.put_nowait(Gap(channel))
 
     def on_closed(self) -> None:
         self._closed = True
@@ -405,6 +429,23 @@ class Subscription:
         return self
 
     async def __anext__(self) -> str:
+        while True:
+            item = await self._next_event()
+            if isinstance(item, str):
+                return item
+
+    def events(self) -> AsyncIterator[str | Gap]:
+        """The messages and the gap notices, in the order they came.
+
+        ``async for event in sub.events()`` yields each message (a ``str``) and, where
+        the antenna reported a gap, a :class:`Gap`: the consumer learns where messages
+        may be missing (iterating the subscription itself skips the notices). Read a
+        subscription one way or the other, not both at once. Cancelling a wait for
+        the next event (a timeout) loses nothing.
+        """
+        return _Events(self)
+
+    async def _next_event(self) -> str | Gap:
         if not self._open and not self._closed:
             await self.open()
         if self._overflowed:
@@ -416,5 +457,21 @@ class Subscription:
         if item is _END:
             self._queue.put_nowait(_END)
             raise StopAsyncIteration
-        assert isinstance(item, str)
+        assert isinstance(item, str | Gap)
         return item
+
+
+class _Events:
+    """:meth:`Subscription.events`: a plain iterator object (not an async generator, so
+    a timed-out ``__anext__`` leaves it usable)."""
+
+    __slots__ = ("_subscription",)
+
+    def __init__(self, subscription: Subscription) -> None:
+        self._subscription = subscription
+
+    def __aiter__(self) -> _Events:
+        return self
+
+    async def __anext__(self) -> str | Gap:
+        return await self._subscription._next_event()

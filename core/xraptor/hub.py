@@ -18,13 +18,24 @@ logger = logging.getLogger("xraptor.hub")
 
 
 class Listener(Protocol):
-    """A local consumer of one channel."""
+    """A local consumer of one channel (:meth:`xraptor.Antenna.listen`).
+
+    Both methods are called synchronously, on the event loop, and must not block
+    (a listener that needs to await queues the work). An exception they raise is
+    logged and does not reach the antenna or the other listeners.
+
+    A listener may also have ``on_closed()`` (no arguments): it is then called once
+    when the antenna closes with the listener still added; no message follows it.
+    It is optional, so it is not part of this protocol's required methods.
+    """
 
     def on_message(self, channel: str, message: str) -> None:
-        """Called once per message, in order; must not block."""
+        """Called once per message of ``channel``, in the channel's order."""
 
     def on_gap(self, channel: str) -> None:
-        """Called when messages on the channel may have been lost (backend outage)."""
+        """Called when messages of ``channel`` may have been lost (the driver reported a
+        gap with :meth:`xraptor.Antenna.report_gap`, e.g. after a reconnection): the
+        messages after it are live again, those around it may be missing."""
 
 
 class _Channel:

@@ -8,7 +8,11 @@
 * :class:`AntennaConformance`: the antenna contract as a pytest suite. Subclass
   it in a ``Test...`` class and provide an ``antenna_factory`` fixture that
   returns a callable making a new, unstarted antenna; two antennas from the
-  factory must behave like two processes sharing one backend.
+  factory must behave like two processes sharing one backend. An antenna with a
+  real backend also provides ``backend_fault`` (a :class:`BackendFault` that stops
+  and starts it: the fault tests), and optionally ``antenna_resources`` (what an
+  antenna holds at its backend, counted). :class:`ChannelNames` makes the suite's
+  channel names unique to each test.
 * :func:`eventually`: poll an async condition with a deadline.
 * :func:`health`: a running server's ``/health`` status and document;
   :func:`seconds_until_health`: how long until it answers a given status.
@@ -27,13 +31,22 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .client import Connect, TestClient
-    from .conformance import AntennaConformance, eventually
+    from .conformance import (
+        AntennaConformance,
+        BackendFault,
+        ChannelNames,
+        ResourceCounter,
+        eventually,
+    )
     from .http import health, seconds_until_health
     from .tls import self_signed_cert
 
 __all__ = [
     "AntennaConformance",
+    "BackendFault",
+    "ChannelNames",
     "Connect",
+    "ResourceCounter",
     "TestClient",
     "eventually",
     "health",
@@ -43,6 +56,9 @@ __all__ = [
 
 _MODULES = {
     "AntennaConformance": "conformance",
+    "BackendFault": "conformance",
+    "ChannelNames": "conformance",
+    "ResourceCounter": "conformance",
     "Connect": "client",
     "TestClient": "client",
     "eventually": "conformance",

@@ -64,6 +64,11 @@ class NatsServer:
         assert self._executor is not None and self._executor.process is not None
         os.kill(self._executor.process.pid, signal.SIGCONT)
 
+    @property
+    def running(self) -> bool:
+        """Whether this test's private server is running now."""
+        return self._executor is not None and self._executor.running()
+
     def restart(self) -> None:
         """Start the server again on the same port."""
         if self._executor is not None and self._executor.running():

@@ -112,19 +112,31 @@ def _no_backend(reason: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    """A Redis URL shared by the tests of one module (private server when possible)."""
+def redis_module_server() -> Iterator[RedisServer | None]:
+    """The private server behind ``redis_url`` (``None`` when that is XRAPTOR_REDIS_URL).
+
+    A test may stop and start it, and must leave it running.
+    """
     if REDIS_BINARY is not None:
         server = RedisServer()
         server.start()
         try:
-            yield server.url
+            yield server
         finally:
             server.kill()
     elif EXTERNAL_URL:
-        yield EXTERNAL_URL
+        yield None
     else:
         _no_backend("no redis-server on PATH and XRAPTOR_REDIS_URL is not set")
+
+
+@pytest.fixture(scope="module")
+def redis_url(redis_module_server: RedisServer | None) -> str:
+    """A Redis URL shared by the tests of one module (private server when possible)."""
+    if redis_module_server is not None:
+        return redis_module_server.url
+    assert EXTERNAL_URL
+    return EXTERNAL_URL
 
 
 @pytest.fixture
