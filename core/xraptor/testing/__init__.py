@@ -9,6 +9,8 @@
   it in a ``Test...`` class and provide an ``antenna_factory`` fixture that
   returns a callable making a new, unstarted antenna; two antennas from the
   factory must behave like two processes sharing one backend.
+* :class:`HistoryConformance`: the optional history capability as a pytest suite,
+  for antennas that declare it (same ``antenna_factory`` fixture).
 * :func:`eventually`: poll an async condition with a deadline.
 * :func:`health`: a running server's ``/health`` status and document;
   :func:`seconds_until_health`: how long until it answers a given status.
@@ -28,12 +30,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .client import Connect, TestClient
     from .conformance import AntennaConformance, eventually
+    from .history import HistoryConformance
     from .http import health, seconds_until_health
     from .tls import self_signed_cert
 
 __all__ = [
     "AntennaConformance",
     "Connect",
+    "HistoryConformance",
     "TestClient",
     "eventually",
     "health",
@@ -44,6 +48,7 @@ __all__ = [
 _MODULES = {
     "AntennaConformance": "conformance",
     "Connect": "client",
+    "HistoryConformance": "history",
     "TestClient": "client",
     "eventually": "conformance",
     "health": "http",
