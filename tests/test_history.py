@@ -476,3 +476,54 @@ async def test_a_refused_sub_recovers_nothing() -> None:
             assert answer["header"] == {"error": "forbidden"}
             with pytest.raises(TimeoutError):
                 await asyncio.wait_for(ws.recv(), 0.3)
+
+
+# ----- the Python client -----------------------------------------------------------------------
+
+
+async def test_the_client_keeps_positions_and_resumes_from_them() -> None:
+    app = chat(("chat:", {"history_size": 100}))
+    rooms = {"rooms": ["chat:p1", "chat:p2", "lobby"]}
+    async with serving(app) as url, Client(url) as poster:
+        async with Client(url) as member, member.subscribe("/room", rooms) as stream:
+            assert stream.positions == {}
+            await say(poster, "chat:p1", "one-0", "one-1")
+            await say(poster, "chat:p2", "two-0")
+            await say(poster, "lobby", "no history")
+            pushes = await take(stream, 4)
+            positions = dict(stream.positions)
+        assert positions == {
+            "chat:p1": pushes[1].header["position"],
+            "chat:p2": pushes[2].header["position"],
+        }
+        await say(poster, "chat:p1", "one-2")
+        await say(poster, "chat:p2", "two-1")
+        async with Client(url) as member:
+            resumed = member.subscribe("/room", {"rooms": ["chat:p1", "chat:p2"]}, since=positions)
+            assert resumed.positions == positions  # it starts from since
+            async with resumed as stream:
+                missed = await take(stream, 2)
+                assert await quiet(stream)
+                assert stream.positions == {
+                    push.header["room"]: push.header["position"] for push in missed
+                }
+    assert sorted(push.payload for push in missed) == ["one-2", "two-1"]
+
+
+async def test_the_client_sees_the_unrecovered_notice() -> None:
+    async with (
+        serving(chat(("chat:", {"history_size": 100}))) as url,
+        Client(url) as member,
+        member.subscribe("/room", {"room": "chat:u"}, since={"chat:u": "gone:7"}) as stream,
+    ):
+        (notice,) = await take(stream, 1)
+        assert notice.header == {"notice": "unrecovered", "room": "chat:u"}
+        assert stream.positions == {"chat:u": "gone:7"}  # a notice is no position
+
+
+def test_the_client_checks_since() -> None:
+    client = Client("ws://127.0.0.1:1")
+    with pytest.raises(TypeError, match="since"):
+        client.subscribe("/room", since={"chat:1": 5})  # type: ignore[dict-item]
+    with pytest.raises(TypeError, match="since"):
+        client.subscribe("/room", since="chat:1")  # type: ignore[arg-type]
