@@ -22,6 +22,12 @@ then probes it in the background (:mod:`xraptor.probe`), so that a backend that
 freezes without dropping the connection is reported ``down`` too. Everything
 else (``post``, ``subscribe``, ``listen``, lifecycle) is provided here. The
 suite in :mod:`xraptor.testing` states the contract as tests.
+
+Optional capability, **history** (rooms that keep their last messages, so that a
+client that was away can recover them; see :mod:`xraptor.history`): a driver that
+implements both :meth:`Antenna.publish_with_history` and :meth:`Antenna.read_history`
+declares it (:attr:`Antenna.can_keep_history`), and runs
+:class:`xraptor.testing.HistoryConformance` besides the contract's suite.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ClassVar, Literal, Self
 
+from .history import HistoryEntry, HistoryPolicy, Position
 from .hub import Hub, Listener
 from .probe import DEFAULT_INTERVAL, DEFAULT_TIMEOUT, Prober, seconds_option
 
@@ -54,6 +61,10 @@ class MessageTooLarge(AntennaError, ValueError):
 
 class SubscriptionOverflow(AntennaError):
     """A :class:`Subscription` consumer fell too far behind and messages were dropped."""
+
+
+class HistoryNotSupported(AntennaError):
+    """The app configured rooms with history and its antenna cannot keep history."""
 
 
 class Antenna(ABC):
@@ -103,6 +114,9 @@ class Antenna(ABC):
         self.health_timeout = seconds_option(self.options, "health_timeout", DEFAULT_TIMEOUT)
         self.health_interval = seconds_option(self.options, "health_interval", DEFAULT_INTERVAL)
         self._prober: Prober | None = None
+        #: the history policy of each channel (set by the app at start, see
+        #: :meth:`set_history`); ``None``: no channel keeps history, nothing is asked
+        self._history: Callable[[str], HistoryPolicy | None] | None = None
         if self.can_ping:
             self._prober = Prober(
                 self.ping,
@@ -166,11 +180,74 @@ class Antenna(ABC):
         """Whether this antenna implements :meth:`ping` (and so is probed)."""
         return type(self).ping is not Antenna.ping
 
+    # ----- optional capability: history ------------------------------------------
+
+    async def publish_with_history(
+        self, channel: str, message: str, history: HistoryPolicy
+    ) -> Position:
+        """Optional (history): publish ``message`` and append it to ``channel``'s history,
+        as one step; return its position.
+
+        The message is in the history before any process receives it, and its offset
+        is greater than that of every message published to the channel before it in
+        the same epoch. The history keeps the channel's last ``history.size`` messages,
+        each for ``history.ttl`` seconds (``None``: until trimmed). Every process
+        watching the channel receives it with its position: drivers hand it to
+        :meth:`deliver_at` (not :meth:`deliver`). A history that was lost (a backend
+        restart, an expiry of the whole history) starts a new epoch.
+
+        :raises AntennaUnavailable: when the backend cannot take it in time
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not keep history")
+
+    async def read_history(self, channel: str, after: Position) -> list[HistoryEntry] | None:
+        """Optional (history): the messages of ``channel`` published after ``after``,
+        oldest first, with their positions, when the message at ``after`` is still in
+        the history (so that none between is missing); ``None`` when it is not
+        (trimmed, expired, another epoch, never there).
+
+        :raises AntennaUnavailable: when the backend cannot answer in time
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not keep history")
+
+    @property
+    def can_keep_history(self) -> bool:
+        """Whether this antenna implements the history capability."""
+        cls = type(self)
+        return (
+            cls.publish_with_history is not Antenna.publish_with_history
+            and cls.read_history is not Antenna.read_history
+        )
+
+    def set_history(self, resolver: Callable[[str], HistoryPolicy | None] | None) -> None:
+        """Say which channels keep history (the app does, at start): ``resolver(channel)``
+        is the channel's :class:`~xraptor.history.HistoryPolicy`, or ``None`` for none.
+
+        :raises HistoryNotSupported: a resolver for an antenna without the capability
+        """
+        if resolver is not None and not self.can_keep_history:
+            raise HistoryNotSupported(
+                f"the {self.name or type(self).__name__} antenna cannot keep room history "
+                "(yet), and rooms were configured with history_size > 0; use an antenna "
+                "that can (the memory antenna), or configure the rooms without history"
+            )
+        self._history = resolver
+
+    def history_of(self, channel: str) -> HistoryPolicy | None:
+        """The history policy of ``channel`` (``None``: it keeps none)."""
+        resolver = self._history
+        return None if resolver is None else resolver(channel)
+
     # ----- helpers for drivers -------------------------------------------------
 
     def deliver(self, channel: str, message: str) -> None:
         """Hand a received message to this process's listeners of ``channel``."""
         self._hub.dispatch(channel, message)
+
+    def deliver_at(self, channel: str, message: str, position: Position) -> None:
+        """Hand a received message of a channel with history, with its position, to
+        this process's listeners of ``channel``."""
+        self._hub.dispatch_at(channel, message, position)
 
     def report_gap(self, channels: Iterable[str] | None = None) -> None:
         """Tell listeners that messages on ``channels`` (default: all) may be lost."""
@@ -262,7 +339,8 @@ class Antenna(ABC):
         await self.close()
 
     async def post(self, channel: str, message: str) -> None:
-        """Publish ``message`` (a str) to ``channel``.
+        """Publish ``message`` (a str) to ``channel``; a channel that keeps history (see
+        :meth:`set_history`) also appends it there, with a position.
 
         :raises TypeError: on a non-str channel or message
         :raises ValueError: on an empty channel
@@ -275,6 +353,12 @@ class Antenna(ABC):
             raise AntennaError(f"the {self.name} antenna is closed")
         if self._state == "new":
             await self.start()
+        history = self._history
+        if history is not None:
+            policy = history(channel)
+            if policy is not None:
+                await self.publish_with_history(channel, message, policy)
+                return
         await self.publish(channel, message)
 
     async def listen(self, channel: str, listener: Listener) -> None:

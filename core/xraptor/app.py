@@ -20,6 +20,7 @@ from .antenna import Antenna
 from .broadcast import RoomTasks
 from .context import current_app, default_app, reset_default_app
 from .guards import Guard, GuardList
+from .history import HistoryResolver, RoomSettings, room_settings
 from .metrics import Metrics
 from .middleware import MiddlewareChain, MiddlewareFunc
 from .plugins import get_plugins, resolve_antenna
@@ -68,6 +69,8 @@ class App:
         self._routes: dict[str, Route] = {}
         self._middlewares = MiddlewareChain()
         self._guards = GuardList()
+        #: the configure_rooms() calls, in order (the last matching one wins)
+        self._room_settings: list[RoomSettings] = []
         self._antenna: Antenna | None = None
         self._made_antenna = False
         #: the app most recently started (kept on the default app: 0.4 code calls
@@ -145,6 +148,44 @@ class App:
         self._guards.add(guard, name)
 
     @per_app
+    def configure_rooms(
+        self,
+        /,
+        pattern: str,
+        *,
+        history_size: int = 0,
+        history_ttl: float | None = None,
+        presence: bool = False,
+        join_leave: bool = False,
+    ) -> None:
+        """Configure the rooms whose id ``pattern`` (a regex, tried with ``re.match`` as
+        middleware patterns are) matches: each keeps its last ``history_size`` messages,
+        each for ``history_ttl`` seconds (``None``: until trimmed), and its pushes carry
+        ``{"room", "position"}`` headers; a SUB with ``since`` recovers from them.
+
+        When several calls match a room, the last one wins (the app's own calls over
+        the default app's); ``history_size=0`` keeps no history. Read when the app
+        starts, as routes are; the antenna must keep history (the memory antenna does).
+
+        :raises ValueError: an invalid pattern, size or ttl
+        :raises NotImplementedError: ``presence`` or ``join_leave`` (not implemented yet)
+        :raises RuntimeError: the app is started already
+        """
+        settings = room_settings(
+            pattern,
+            history_size=history_size,
+            history_ttl=history_ttl,
+            presence=presence,
+            join_leave=join_leave,
+        )
+        if self.started:
+            raise RuntimeError(
+                "configure_rooms() on a started app: room settings are read when the app "
+                "starts; configure rooms before start()"
+            )
+        self._room_settings.append(settings)
+
+    @per_app
     def set_antenna(self, /, antenna: object, **options: Any) -> App:
         """Select the antenna: a name (``"redis"``), a URL, an Antenna class or instance.
 
@@ -189,6 +230,19 @@ class App:
     @property
     def running(self) -> bool:
         return False
+
+    @property
+    def started(self) -> bool:
+        """Whether the app serves now (natively or through ASGI)."""
+        return self.running
+
+    def history_resolver(self) -> HistoryResolver | None:
+        """Which rooms keep history (the default app's settings, then the app's own,
+        the last matching one winning); ``None`` when none does."""
+        resolver = HistoryResolver(
+            settings for source in self._sources() for settings in source._room_settings
+        )
+        return resolver if resolver.keeps_history else None
 
     @property
     def antenna(self) -> Antenna:

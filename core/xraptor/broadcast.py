@@ -8,6 +8,11 @@ local members directly: one backend delivery per process and one encoding of
 the message per room, whatever the number of members. A member that is not a
 stream of this process (an id another process serves) is forwarded to with a
 post on its own channel, as xraptor 0.4 did, and pruned when no longer alive.
+
+A room that keeps history (:meth:`xraptor.XRaptor.configure_rooms`) receives each
+message with its position and pushes it with the header ``{"room", "position"}``;
+a member whose SUB asked to recover (``since``) has its live messages held back
+until :mod:`xraptor.recovery` has pushed the history it missed.
 """
 
 from __future__ import annotations
@@ -17,8 +22,11 @@ import logging
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from .antenna import Antenna
 from .context import current_app
+from .history import HistoryEntry, Position
 from .protocol import push_tail
 
 if TYPE_CHECKING:
@@ -66,6 +74,10 @@ class Broadcast:
         #: why the room's last subscription failed (``None``: it did not); a SUB whose
         #: handler joined a room that could not subscribe is refused
         self.failure: Exception | None = None
+        #: members recovering history (SUB ``since``) -> their live messages meanwhile
+        self._recovering: dict[str, list[HistoryEntry]] = {}
+        #: the room id as JSON, for the headers of positioned pushes (made on first use)
+        self._id_json = b""
 
     @classmethod
     def get(cls, broadcast_id: str, app: App | None = None) -> Broadcast:
@@ -96,6 +108,9 @@ class Broadcast:
         if stream is not None:
             self._local[member] = stream
             stream.rooms.add(self)
+            since = stream.since
+            if since is not None and self.broadcast_id in since:
+                self._recovering.setdefault(member, [])
         else:
             self._remote.add(member)
             self._ensure_prune()
@@ -115,6 +130,8 @@ class Broadcast:
         stream = self._local.pop(member, None)
         if stream is not None:
             stream.rooms.discard(self)
+        if self._recovering:
+            self._recovering.pop(member, None)
         self._remote.discard(member)
         if not self._local and not self._remote:
             self._close()
@@ -138,6 +155,32 @@ class Broadcast:
                 stream.connection.push(stream.prefix + tail)
         if self._remote:
             self._app.room_tasks.track(self._forward(message))
+
+    def on_message_at(self, channel: str, message: str, position: Position) -> None:
+        """A message of a room with history: pushed with its room and position."""
+        if self._local:
+            tail = push_tail(message, self.position_header(position))
+            recovering = self._recovering
+            for member, stream in tuple(self._local.items()):
+                if recovering:
+                    held = recovering.get(member)
+                    if held is not None:
+                        held.append(HistoryEntry(position, message))
+                        continue
+                stream.connection.push(stream.prefix + tail)
+        if self._remote:
+            self._app.room_tasks.track(self._forward(message))
+
+    def position_header(self, position: Position) -> bytes:
+        """The header of this room's push at ``position``: ``{"room": ..., "position": ...}``."""
+        if not self._id_json:
+            self._id_json = orjson.dumps(self.broadcast_id)
+        return b'{"room":' + self._id_json + b',"position":' + orjson.dumps(str(position)) + b"}"
+
+    def held_back(self, member: str) -> list[HistoryEntry] | None:
+        """End ``member``'s recovery: the live messages held back for it (``None``: it
+        was not recovering, or left the room); later ones are pushed to it at once."""
+        return self._recovering.pop(member, None)
 
     def on_gap(self, channel: str) -> None:
         gap = self.antenna.gap_round

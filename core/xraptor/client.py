@@ -204,15 +204,28 @@ class Client:
         return await self.request(MethodType.PUT, route, payload, header)
 
     def subscribe(
-        self, route: str, payload: Payload = "", header: dict[str, Any] | None = None
+        self,
+        route: str,
+        payload: Payload = "",
+        header: dict[str, Any] | None = None,
+        *,
+        since: Mapping[str, str] | None = None,
     ) -> Stream:
         """A stream: ``async with`` sends SUB, iterating yields its messages, exit sends UNSUB.
 
         The SUB asks for an acknowledgment (header ``{"ack": true}``): entering returns
         once the server has registered the stream, run its handler and subscribed the
         rooms it joined, and raises :class:`ClientError` when the server refused it.
+
+        :param since: positions to recover from, per room with history
+            (``{"<room id>": "<epoch>:<offset>"}``, e.g. an earlier stream's
+            :attr:`~xraptor.client.Stream.positions`): the stream first receives what
+            each room published after its position, or an ``unrecovered`` notice
+        :raises TypeError: ``since`` is not a mapping of str to str
         """
-        return Stream(self, route, _encode_payload(payload), header or {}, self.max_queue)
+        return Stream(
+            self, route, _encode_payload(payload), header or {}, self.max_queue, since=since
+        )
 
     # ----- plumbing -----------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import uuid
 from collections import deque
+from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
@@ -19,6 +20,9 @@ if TYPE_CHECKING:
 
 #: the code of the ClientError that ends a stream whose consumer fell behind
 CLIENT_OVERFLOW = "client_overflow"
+
+#: header keys of rooms with history (see the README's "Delivery guarantees")
+SINCE, ROOM, POSITION = "since", "room", "position"
 
 
 class ClientError(Exception):
@@ -45,6 +49,20 @@ class ClientError(Exception):
                 code = str(data.get("code", code))
                 message = str(data.get("message", message))
         return cls(code, message, response)
+
+
+def _check_since(since: Mapping[str, str] | None) -> dict[str, str] | None:
+    if since is None:
+        return None
+    if not isinstance(since, Mapping):
+        raise TypeError(f"since must be a mapping of room ids to positions, got {since!r:.80}")
+    for room, position in since.items():
+        if not isinstance(room, str) or not isinstance(position, str):
+            raise TypeError(
+                'since maps room ids (str) to positions ("<epoch>:<offset>" str), '
+                f"got {room!r:.64}: {position!r:.64}"
+            )
+    return dict(since)
 
 
 def is_error(response: Response) -> bool:
@@ -75,9 +93,15 @@ class Stream:
     """A SUB stream; use as ``async with client.subscribe(...) as stream: async for ...``.
 
     Every message of the stream is a :class:`~xraptor.Response`: the pushes,
-    the SUB handler's own reply when it sends one, and gap notices (header
-    ``{"notice": "gap"}``: the backend reconnected and messages may be missing).
+    the SUB handler's own reply when it sends one, gap notices (header
+    ``{"notice": "gap"}``: the backend reconnected and messages may be missing) and
+    unrecovered notices (header ``{"notice": "unrecovered", "room": ...}``: a room's
+    history no longer reached back to ``since``).
     An error response ends the stream by raising :class:`ClientError`.
+
+    :ivar positions: the position of the last push iterated over, per room with
+        history (``{"<room id>": "<epoch>:<offset>"}``), starting from ``since``:
+        what a later ``client.subscribe(..., since=stream.positions)`` resumes from
     """
 
     def __init__(
@@ -87,11 +111,15 @@ class Stream:
         payload: str,
         header: dict[str, Any],
         max_queue: int,
+        *,
+        since: Mapping[str, str] | None = None,
     ) -> None:
         self._client = client
         self.route = route
         self.payload = payload
         self.header = header
+        self._since = _check_since(since)
+        self.positions: dict[str, str] = dict(self._since or {})
         self.request_id = uuid.uuid4().hex
         self._queue: deque[Response] = deque()
         self._max_queue = max_queue
@@ -108,13 +136,10 @@ class Stream:
         try:
             # the server answers {"ack": true} once the stream is registered, its handler
             # returned and the rooms it joined are subscribed; a refusal is an error frame
-            await client._send(
-                self.request_id,
-                self.route,
-                MethodType.SUB,
-                self.payload,
-                {**self.header, ACK: True},
-            )
+            header = {**self.header, ACK: True}
+            if self._since:
+                header[SINCE] = self._since
+            await client._send(self.request_id, self.route, MethodType.SUB, self.payload, header)
             async with asyncio.timeout(client.timeout):
                 await self._ack
         except ClientError:
@@ -157,10 +182,16 @@ class Stream:
         while True:
             if self._queue:
                 response = self._queue.popleft()
+                header = response.header
                 if is_error(response):
                     error = ClientError.from_response(response)
                     self._end(error)
                     raise error
+                position = header.get(POSITION)
+                if position is not None:
+                    room = header.get(ROOM)
+                    if isinstance(room, str) and isinstance(position, str):
+                        self.positions[room] = position
                 return response
             if self._error is not None:
                 if isinstance(self._error, ConnectionClosedOK):

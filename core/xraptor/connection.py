@@ -15,6 +15,7 @@ from .sampling import LogSampler
 if TYPE_CHECKING:
     from .antenna import Antenna
     from .broadcast import Broadcast
+    from .history import Position
     from .metrics import Metrics
 
 logger = logging.getLogger("xraptor.connection")
@@ -31,7 +32,7 @@ _NO_TASKS: frozenset[asyncio.Task[Any]] = frozenset()
 class Stream:
     """A SUB's stream: the hub listener that pushes its channel to its connection."""
 
-    __slots__ = ("_gap_round", "antenna", "connection", "prefix", "request_id", "rooms")
+    __slots__ = ("_gap_round", "antenna", "connection", "prefix", "request_id", "rooms", "since")
 
     def __init__(self, connection: Connection, request_id: str, antenna: Antenna) -> None:
         self.connection = connection
@@ -39,6 +40,9 @@ class Stream:
         self.antenna = antenna
         self.prefix = push_prefix(request_id)
         self.rooms: set[Broadcast] = set()
+        #: the positions its SUB asked to recover from, by room (header ``since``),
+        #: until the recovery ran (see :mod:`xraptor.recovery`); ``None``: none
+        self.since: dict[str, Position] | None = None
         self._gap_round = -1
 
     def on_message(self, channel: str, message: str) -> None:

@@ -24,6 +24,7 @@ from .protocol import (
     Response,
     ack_frame,
 )
+from .recovery import recover, since_of
 from .routing import Handler, Router
 from .sampling import LogSampler
 
@@ -228,7 +229,9 @@ class Dispatch(App):
                 f"this connection already has {len(connection.streams)} open streams, the "
                 "server's limit; UNSUB one first",
             )
+        since = since_of(request) if request.header else None
         stream = Stream(connection, request_id, self.antenna)
+        stream.since = since
         self.streams[request_id] = stream
         connection.streams[request_id] = stream
         self.metrics.streams_active += 1
@@ -267,6 +270,12 @@ class Dispatch(App):
         )
         if refused:
             await self._end_stream(stream)
+        elif since is not None:
+            try:
+                await recover(stream, antenna)
+            except BaseException:
+                await self._end_stream(stream)
+                raise
         await self._answer(connection, request, result)
         if not refused and request.header.get(ACK) is True:
             await connection.send(ack_frame(request_id))

@@ -12,7 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from .history import Position
 
 logger = logging.getLogger("xraptor.hub")
 
@@ -133,6 +136,23 @@ class Hub:
             return
         for listener in tuple(listeners):
             self._call(listener, channel, message)
+
+    def dispatch_at(self, channel: str, message: str, position: Position) -> None:
+        """Hand one message of a channel with history, and its position, to every local
+        listener of ``channel``: to its ``on_message_at(channel, message, position)``
+        when it has one (rooms do), else to its ``on_message``."""
+        entry = self._channels.get(channel)
+        if entry is None:
+            return
+        for listener in tuple(entry.listeners):
+            at = getattr(listener, "on_message_at", None)
+            try:
+                if at is not None:
+                    at(channel, message, position)
+                else:
+                    listener.on_message(channel, message)
+            except Exception:
+                logger.exception("listener of channel %.64r failed", channel)
 
     @staticmethod
     def _call(listener: Listener, channel: str, message: str) -> None:

@@ -19,6 +19,12 @@ _COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("streams_active", "gauge", "Open SUB streams"),
     ("slow_consumer_disconnects_total", "counter", "Connections closed as slow consumers"),
     ("gap_notices_total", "counter", "Backend gaps reported to streams"),
+    ("recoveries_total", "counter", "Rooms recovered from history for a SUB with since"),
+    (
+        "unrecovered_total",
+        "counter",
+        "Unrecovered notices: the room's history no longer reached back to a SUB's since",
+    ),
     (
         "handshake_refusals_total",
         "counter",
@@ -44,6 +50,8 @@ class Metrics:
         self.streams_active = 0
         self.slow_consumer_disconnects_total = 0
         self.gap_notices_total = 0
+        self.recoveries_total = 0
+        self.unrecovered_total = 0
         self.refusal_logs_suppressed_total = 0
         self.handshake_refusals_total = 0
         self._start = time.monotonic()

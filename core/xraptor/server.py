@@ -204,6 +204,10 @@ class XRaptor(Reader):
     def running(self) -> bool:
         return self._listener is not None
 
+    @property
+    def started(self) -> bool:
+        return self._listener is not None or self._hosted is not None
+
     # ----- lifecycle ------------------------------------------------------------
 
     async def start(self) -> None:
@@ -240,6 +244,9 @@ class XRaptor(Reader):
         """Start what serving needs besides a listener (the native server and ASGI)."""
         self.load_routes()
         antenna = self._antenna = self.antenna  # pinned while it serves
+        history = self.history_resolver()
+        if history is not None:
+            antenna.set_history(history)  # raises if the antenna cannot keep history
         default_app()._last_started = self
         self.metrics = Metrics()
         self._draining = False

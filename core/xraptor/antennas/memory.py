@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import math
+import secrets
+import time
+from collections import deque
+from itertools import islice
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..antenna import Antenna
+from ..history import HistoryEntry, HistoryPolicy, Position
 from ..hookspecs import hookimpl
 
 if TYPE_CHECKING:
@@ -17,11 +23,18 @@ class MemoryAntenna(Antenna):
     Every ``MemoryAntenna`` of the process shares one bus, so two instances behave
     like two processes sharing a backend. Delivery is synchronous: ``post`` hands
     the message to every listener before it returns.
+
+    It keeps history (the optional capability): each channel with history has a ring
+    buffer of its last messages, shared by every instance like the bus, and lost with
+    the process. Offsets count up by one from 1; a channel's epoch is drawn when its
+    buffer is made, again after the buffer was dropped (every message expired).
     """
 
     name: ClassVar[str] = "memory"
     #: channel -> antennas watching it, shared by every instance in the process
     _bus: ClassVar[dict[str, list[MemoryAntenna]]] = {}
+    #: channel -> its history, shared by every instance in the process
+    _histories: ClassVar[dict[str, _History]] = {}
 
     @classmethod
     def options_from_url(cls, url: str) -> dict[str, Any]:
@@ -44,6 +57,27 @@ class MemoryAntenna(Antenna):
         for antenna in tuple(watchers):
             antenna.deliver(channel, message)
 
+    async def publish_with_history(
+        self, channel: str, message: str, history: HistoryPolicy
+    ) -> Position:
+        now = time.monotonic()
+        record = _sweep(self._histories, channel, now)
+        if record is None:
+            record = self._histories[channel] = _History(history.size)
+        position = record.append(message, history, now)
+        # appended before any listener runs: a reader never misses a delivered message
+        watchers = self._bus.get(channel)
+        if watchers:
+            for antenna in tuple(watchers):
+                antenna.deliver_at(channel, message, position)
+        return position
+
+    async def read_history(self, channel: str, after: Position) -> list[HistoryEntry] | None:
+        record = _sweep(self._histories, channel, time.monotonic())
+        if record is None or after.epoch != record.epoch:
+            return None
+        return record.after(after.offset)
+
     async def watch(self, channel: str) -> None:
         watchers = self._bus.setdefault(channel, [])
         if self not in watchers:
@@ -63,6 +97,59 @@ class MemoryAntenna(Antenna):
             watchers.remove(self)
         if not watchers:
             del self._bus[channel]
+
+
+class _History:
+    """One channel's ring buffer: ``(offset, expiry, message)``, oldest first."""
+
+    __slots__ = ("entries", "epoch", "last_offset")
+
+    def __init__(self, size: int) -> None:
+        self.epoch = secrets.token_hex(4)
+        self.last_offset = 0
+        self.entries: deque[tuple[int, float, str]] = deque(maxlen=size)
+
+    def append(self, message: str, history: HistoryPolicy, now: float) -> Position:
+        if self.entries.maxlen != history.size:  # configured anew: keep the newest
+            self.entries = deque(self.entries, maxlen=history.size)
+        self.last_offset += 1
+        expiry = math.inf if history.ttl is None else now + history.ttl
+        self.entries.append((self.last_offset, expiry, message))
+        return Position(self.epoch, self.last_offset)
+
+    def expire(self, now: float) -> None:
+        entries = self.entries
+        while entries and entries[0][1] <= now:
+            entries.popleft()
+
+    def after(self, offset: int) -> list[HistoryEntry] | None:
+        """The entries after ``offset`` if the one at ``offset`` is still here."""
+        entries = self.entries
+        if not entries:
+            return None
+        first = entries[0][0]
+        # offsets are contiguous here, so the entry at ``offset`` has this index
+        index = offset - first
+        if not 0 <= index < len(entries):
+            return None
+        epoch = self.epoch
+        return [
+            HistoryEntry(Position(epoch, at), message)
+            for at, _, message in islice(entries, index + 1, None)
+        ]
+
+
+def _sweep(histories: dict[str, _History], channel: str, now: float) -> _History | None:
+    """``channel``'s history with its expired messages dropped; ``None`` when it has
+    none left (the next message starts a new epoch: memory is not kept for idle rooms)."""
+    record = histories.get(channel)
+    if record is None:
+        return None
+    record.expire(now)
+    if not record.entries:
+        del histories[channel]
+        return None
+    return record
 
 
 @hookimpl

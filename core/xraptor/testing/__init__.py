@@ -13,6 +13,8 @@
   and starts it: the fault tests), and optionally ``antenna_resources`` (what an
   antenna holds at its backend, counted). :class:`ChannelNames` makes the suite's
   channel names unique to each test.
+* :class:`HistoryConformance`: the optional history capability as a pytest suite,
+  for antennas that declare it (same ``antenna_factory`` fixture).
 * :func:`eventually`: poll an async condition with a deadline.
 * :func:`health`: a running server's ``/health`` status and document;
   :func:`seconds_until_health`: how long until it answers a given status.
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
         ResourceCounter,
         eventually,
     )
+    from .history import HistoryConformance
     from .http import health, seconds_until_health
     from .tls import self_signed_cert
 
@@ -46,6 +49,7 @@ __all__ = [
     "BackendFault",
     "ChannelNames",
     "Connect",
+    "HistoryConformance",
     "ResourceCounter",
     "TestClient",
     "eventually",
@@ -60,6 +64,7 @@ _MODULES = {
     "ChannelNames": "conformance",
     "ResourceCounter": "conformance",
     "Connect": "client",
+    "HistoryConformance": "history",
     "TestClient": "client",
     "eventually": "conformance",
     "health": "http",

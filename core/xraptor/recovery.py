@@ -1,0 +1,133 @@
+"""Recovery: a SUB with ``since`` receives what its rooms published after its positions.
+
+The SUB's header carries ``"since": {"<room id>": "<epoch>:<offset>", ...}``. For each
+room its handler joins, the room holds the member's live messages back from the
+moment it joined (:meth:`~xraptor.Broadcast.add_member`); once the handler returned
+and the rooms are subscribed, the history after the position is read and pushed, in
+order, then the held-back messages that the history did not hold (by offset), and
+from then on the room pushes to the member directly. No message is pushed twice and
+none is missing between the history and the live messages: each message is in the
+history before any process receives it.
+
+When the history no longer reaches back to the position (trimmed, expired, another
+epoch, a room without history), the stream receives one push with the header
+``{"notice": "unrecovered", "room": "<room id>"}`` instead, then the live messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import orjson
+
+from .antenna import AntennaUnavailable
+from .history import HistoryEntry, Position
+from .protocol import ErrorCode, Request, RequestError, push_tail
+
+if TYPE_CHECKING:
+    from .antenna import Antenna
+    from .broadcast import Broadcast
+    from .connection import Stream
+
+#: the SUB header key carrying the positions to recover from
+SINCE = "since"
+
+UNRECOVERED_PAYLOAD = (
+    '{"code": "unrecovered", "message": "the room\'s history no longer reaches back to '
+    'the position given in since; messages published meanwhile may have been missed"}'
+)
+
+
+def since_of(request: Request) -> dict[str, Position] | None:
+    """The positions a SUB asks to recover from (header ``since``), ``None`` without.
+
+    :raises RequestError: ``invalid_field`` when ``since`` is not an object of room
+        ids to ``"<epoch>:<offset>"`` strings
+    """
+    since = request.header.get(SINCE)
+    if since is None:
+        return None
+    if type(since) is not dict:
+        raise RequestError.about(
+            request,
+            ErrorCode.INVALID_FIELD,
+            'header "since" must be an object of room ids to positions '
+            '("<epoch>:<offset>" strings, as pushes carry them)',
+        )
+    positions: dict[str, Position] = {}
+    for room, text in since.items():
+        try:
+            positions[room] = Position.parse(text)
+        except ValueError as error:
+            raise RequestError.about(
+                request, ErrorCode.INVALID_FIELD, f'header "since", room {room[:64]!r}: {error}'
+            ) from None
+    return positions
+
+
+async def recover(stream: Stream, antenna: Antenna) -> None:
+    """Push to ``stream`` what each room it joined published after its ``since``
+    position (or the ``unrecovered`` notice), then let its live messages through.
+
+    :raises AntennaUnavailable: the history could not be read (the SUB is refused)
+    """
+    since = stream.since
+    if since is None:
+        return
+    try:
+        for room in tuple(stream.rooms):
+            after = since.get(room.broadcast_id)
+            if after is not None:
+                await _recover_room(stream, room, after, antenna)
+    finally:
+        stream.since = None
+        for room in tuple(stream.rooms):
+            room.held_back(stream.request_id)
+
+
+async def _recover_room(stream: Stream, room: Broadcast, after: Position, antenna: Antenna) -> None:
+    entries: list[HistoryEntry] | None = None
+    if antenna.history_of(room.broadcast_id) is not None:
+        try:
+            entries = await antenna.read_history(room.broadcast_id, after)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            raise AntennaUnavailable(
+                f"could not read the history of room {room.broadcast_id[:64]!r}: {error}"
+            ) from error
+    connection = stream.connection
+    prefix = stream.prefix
+    last = after
+    if entries is None:
+        connection.metrics.unrecovered_total += 1
+        await _send(stream, prefix + push_tail(UNRECOVERED_PAYLOAD, _unrecovered_header(room)))
+    else:
+        connection.metrics.recoveries_total += 1
+        for entry in entries:
+            if not connection.is_open():
+                return
+            # awaited (room in the outgoing buffer), not pushed: a long history must not
+            # make its own client a slow consumer; live messages wait in the room meanwhile
+            await _send(
+                stream, prefix + push_tail(entry.message, room.position_header(entry.position))
+            )
+            last = entry.position
+    held = room.held_back(stream.request_id)
+    for entry in held or ():
+        position = entry.position
+        if position.epoch == last.epoch and position.offset <= last.offset:
+            continue  # in the history already
+        connection.push(prefix + push_tail(entry.message, room.position_header(position)))
+
+
+async def _send(stream: Stream, frame: bytes) -> None:
+    connection = stream.connection
+    if not connection.write(frame):
+        await connection.send(frame)
+    connection.metrics.pushes_total += 1
+
+
+def _unrecovered_header(room: Broadcast) -> bytes:
+    return orjson.dumps({"notice": "unrecovered", "room": room.broadcast_id})
