@@ -54,6 +54,7 @@ async def test_an_empty_close_frame_is_echoed_empty(make_app: AppFactory) -> Non
         ([(CONTINUATION, b"{}", True)], 1002),  # a continuation of nothing
         ([(TEXT, b"{", False), (TEXT, b"}", True)], 1002),  # a new message inside one
         ([(TEXT, b"{}", True, 4)], 1002),  # a reserved bit
+        ([(TEXT, b"{", False), (CLOSE, struct.pack("!H", 1000), True)], 1002),  # as websockets
         ([(CLOSE, struct.pack("!H", 1005), True)], 1002),  # codes a peer may not send
         ([(CLOSE, struct.pack("!H", 1006), True)], 1002),
         ([(CLOSE, struct.pack("!H", 5000), True)], 1002),

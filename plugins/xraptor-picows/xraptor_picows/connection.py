@@ -331,6 +331,10 @@ class PicowsSocket(WSListener):
             self.fail(1002, f"invalid close code {code}")
             return
         self.close_received = True
+        if self._parts is not None:
+            # as websockets does (its reference behaviour for kosoku's case 7.1.5)
+            self.fail(1002, "incomplete fragmented message")
+            return
         assert self.transport is not None
         if not self.close_sent:
             # echo the peer's close frame as it came (websockets does the same)
