@@ -101,6 +101,9 @@ async def test_the_xraptor_subprotocol_is_answered_when_offered(make_app: AppFac
     url = f"ws://127.0.0.1:{app.port}"
     async with connect(url, subprotocols=[Subprotocol("xraptor")]) as ws:
         assert ws.subprotocol == "xraptor"
+        # websockets' client offers permessage-deflate: picows negotiates no extension
+        assert ws.response is not None
+        assert "Sec-WebSocket-Extensions" not in ws.response.headers
     async with connect(url, subprotocols=[Subprotocol("chat")]) as ws:
         assert ws.subprotocol is None
     async with connect(url) as ws:

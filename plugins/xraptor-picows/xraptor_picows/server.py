@@ -26,7 +26,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from picows import (
     WSAutoPingStrategy,
@@ -138,8 +138,8 @@ class HandshakeGate(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # asyncio's or uvloop's (the same methods; uvloop's need not subclass asyncio's)
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.remote_ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         self.server.gates.add(self)
