@@ -289,7 +289,7 @@ class PicowsSocket(WSListener):
                 if not self.gone:
                     assert self.underlying is not None
                     self.underlying.resume_reading()
-        elif self.gone or self.close_received or self.failed or self.close_sent:
+        elif self.gone or self.close_received or self.failed:
             raise Closed("the WebSocket connection is closed")
         else:
             waiter = self._waiter = self.loop.create_future()
@@ -362,7 +362,8 @@ class PicowsSocket(WSListener):
             encoded = encoded[:_MAX_REASON].decode(errors="ignore").encode()
         self.transport.send_close(WSCloseCode(code), encoded)
         self._wake_writers()
-        self._wake_reader()
+        # the reader waits on until the handshake ends (as on websockets): nothing more
+        # is delivered meanwhile, and requests in flight are cancelled when it ended
         if self.close_received:
             self.transport.disconnect()
         else:
