@@ -225,3 +225,26 @@ async def test_keepalive_drops_a_peer_that_never_answers_pings(make_app: AppFact
         await ws.send(request_text("still"))
         assert json.loads(await ws.recv())["request_id"] == "still"
         mute.close()
+
+
+async def test_the_demo_chat_on_picows() -> None:
+    from xraptor import demo
+
+    server = demo.make_server("127.0.0.1", 0, transport="picows")
+    await server.start()
+    try:
+        page = await http_get(server.port, "/")
+        assert page.status == 200 and b"<html" in page.body.lower()
+        url = f"ws://127.0.0.1:{server.port}"
+        room = {"chat_id": "lobby"}
+        async with (
+            Client(url) as alice,
+            Client(url) as bob,
+            alice.subscribe("/chat_messages", room) as messages,
+        ):
+            said = {**room, "client_id": "bob", "message": "hello"}
+            await bob.post("/send_message_to_chat_room", said)
+            pushed = json.loads((await anext(messages)).payload)
+        assert pushed == {"origin": "bob", "message": "hello"}
+    finally:
+        await server.close()

@@ -182,10 +182,9 @@ class PicowsSocket(WSListener):
         if frame.rsv1 or frame.rsv2 or frame.rsv3:
             self.fail(1002, "reserved bits must be 0")
         elif kind is _TEXT or kind is _BINARY:
+            # (picows refused a frame over max_size already: its max_frame_size)
             if self._parts is not None:
                 self.fail(1002, "expected a continuation frame")
-            elif self.max_size is not None and frame.payload_size > self.max_size:
-                self.fail(1009, f"message over {self.max_size} bytes")
             elif frame.fin:
                 data = frame.get_payload_as_bytes()
                 self._deliver(data if kind is _TEXT else _Binary(data))
