@@ -11,12 +11,16 @@ from pathlib import Path
 
 import nox
 
-nox.options.sessions = ["tests", "redis", "nats", "e2e", "lint", "types"]
+nox.options.sessions = ["tests", "redis", "nats", "picows", "e2e", "lint", "types"]
 nox.options.error_on_missing_interpreters = True
 
 ROOT = Path(__file__).parent
 PYTHON = "3.11"
-PLUGINS = {"redis": "plugins/xraptor-redis", "nats": "plugins/xraptor-nats"}
+PLUGINS = {
+    "redis": "plugins/xraptor-redis",
+    "nats": "plugins/xraptor-nats",
+    "picows": "plugins/xraptor-picows",
+}
 TOOLS = ["ruff>=0.6", "mypy>=1.11"]
 #: the conformance suite (its case list is not a documented API: pinned below 0.2)
 KOSOKU = "kosoku>=0.1,<0.2"
@@ -49,6 +53,26 @@ def redis(session: nox.Session, parser: str) -> None:
 def nats(session: nox.Session) -> None:
     """The xraptor-nats plugin's tests against a real nats-server."""
     _plugin_session(session, "nats")
+
+
+#: the core's tests of serving connections, run again on the picows transport
+PICOWS_CORE_TESTS = [
+    f"tests/test_{name}.py"
+    for name in (
+        "requests", "streams", "edge", "drain", "concurrency", "origins", "auth", "client",
+        "apps", "antenna_health",
+    )
+]  # fmt: skip
+
+
+@nox.session(python=PYTHON)
+def picows(session: nox.Session) -> None:
+    """The xraptor-picows plugin's tests, then the core's serving tests on its transport."""
+    _plugin_session(session, "picows")
+    session.run(
+        "python", "-m", "pytest", *PICOWS_CORE_TESTS, *session.posargs,
+        env={"XRAPTOR_TRANSPORT": "picows"},
+    )  # fmt: skip
 
 
 @nox.session(python=PYTHON)
@@ -106,17 +130,24 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
-def conformance(session: nox.Session) -> None:
+@nox.parametrize("transport", ["websockets", "picows"])
+def conformance(session: nox.Session, transport: str) -> None:
     """RFC 6455: the kosoku suite against xraptor and a raw websockets echo server (opt-in).
 
     Compares per case who closed the connection and with which code; fails when a case of
-    groups 1-7 differs and is not in conformance/allowed_differences.toml. Arguments go to
+    groups 1-7 differs and is not in conformance/allowed_differences.toml. Runs xraptor on
+    each transport (``nox -s "conformance(transport='picows')"`` for one). Arguments go to
     ``python -m conformance``: ``-- --cases '6.*'``, ``-- --slow`` (adds compression, minutes).
     """
     started = time.monotonic()
     try:
         session.install("-e", ".", KOSOKU)
-        report = Path(session.create_tmp()) / "conformance.json"
-        session.run("python", "-m", "conformance", "--json", str(report), *session.posargs)
+        if transport != "websockets":
+            session.install("-e", PLUGINS[transport])
+        report = Path(session.create_tmp()) / f"conformance-{transport}.json"
+        session.run(
+            "python", "-m", "conformance", "--json", str(report), *session.posargs,
+            env={"XRAPTOR_TRANSPORT": transport},
+        )  # fmt: skip
     finally:
         session.log(f"conformance session wall time: {time.monotonic() - started:.1f} s")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import fnmatch
+import os
 import sys
 import tempfile
 import time
@@ -126,8 +127,12 @@ def group_of(case_id: str) -> str:
     return case_id.split(".", 1)[0]
 
 
-def load_allow_list(path: Path, all_cases: Sequence[str]) -> dict[str, str]:
-    """``{case id: reason}``; only cases of groups 1-7, each with a reason."""
+def load_allow_list(
+    path: Path, all_cases: Sequence[str], transport: str = "websockets"
+) -> dict[str, str]:
+    """``{case id: reason}``: ``[allowed]`` and ``[transports.<transport>]`` (the
+    differences of xraptor on that transport only); only cases of groups 1-7, each with
+    a reason."""
     try:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as error:
@@ -135,6 +140,11 @@ def load_allow_list(path: Path, all_cases: Sequence[str]) -> dict[str, str]:
     allowed = data.get("allowed", {})
     if not isinstance(allowed, dict):
         raise RunError(f"{path}: [allowed] must be a table of case id = reason")
+    transports = data.get("transports", {})
+    own = transports.get(transport, {}) if isinstance(transports, dict) else None
+    if not isinstance(own, dict):
+        raise RunError(f"{path}: [transports.{transport}] must be a table of case id = reason")
+    allowed = {**allowed, **own}
     known = set(all_cases)
     for case, reason in allowed.items():
         if case not in known or group_of(case) not in GATING_GROUPS:
@@ -236,7 +246,8 @@ async def run_suite(
 async def run(options: Options) -> int:
     started = time.monotonic()
     all_cases = suite_cases()
-    allowed = load_allow_list(options.allow_list, all_cases)
+    transport = os.environ.get("XRAPTOR_TRANSPORT") or "websockets"
+    allowed = load_allow_list(options.allow_list, all_cases, transport)
     cases = select(all_cases, options.cases, options.slow)
     print(versions())
     async with AsyncExitStack() as stack:

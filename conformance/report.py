@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -48,9 +49,10 @@ class Comparison:
 
 
 def versions() -> str:
-    names = ("kosoku", "websockets", "xraptor")
+    transport = os.environ.get("XRAPTOR_TRANSPORT") or "websockets"
+    names = ("kosoku", "websockets", "xraptor", *(("picows",) if transport == "picows" else ()))
     found = ", ".join(f"{name} {version(name)}" for name in names)
-    return f"{found}, Python {platform.python_version()}"
+    return f"{found}, Python {platform.python_version()}; xraptor on the {transport} transport"
 
 
 def print_report(

@@ -26,8 +26,9 @@ HOST = "127.0.0.1"
 
 @asynccontextmanager
 async def xraptor_server() -> AsyncIterator[int]:
-    """xraptor with its defaults: memory antenna, no routes, default limits."""
-    app = xraptor.XRaptor(HOST, 0)
+    """xraptor with its defaults: memory antenna, no routes, default limits; on the
+    transport ``XRAPTOR_TRANSPORT`` names (as for ``xraptor run``; default websockets)."""
+    app = xraptor.XRaptor(HOST, 0, transport=os.environ.get("XRAPTOR_TRANSPORT") or "websockets")
     await app.start()
     try:
         yield app.port

@@ -88,13 +88,18 @@ class Client:
 
 ServerFactory = Callable[..., Awaitable[XRaptor]]
 
+#: the listening transport of the servers these tests start (``make_server`` and, through
+#: the environment, ``xraptor run``): ``XRAPTOR_TRANSPORT``, as for ``xraptor run``; the
+#: xraptor-picows plugin's session runs the core's serving tests with ``picows``
+TRANSPORT = os.environ.get("XRAPTOR_TRANSPORT") or "websockets"
+
 
 @pytest_asyncio.fixture
 async def make_server() -> AsyncIterator[ServerFactory]:
     servers: list[XRaptor] = []
 
     async def factory(**kwargs: Any) -> XRaptor:
-        server = XRaptor("127.0.0.1", 0, **kwargs)
+        server = XRaptor("127.0.0.1", 0, **{"transport": TRANSPORT, **kwargs})
         await server.start()
         servers.append(server)
         return server

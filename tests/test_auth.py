@@ -14,7 +14,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.typing import Subprotocol
 
 import xraptor
-from core_support import ServerFactory
+from core_support import TRANSPORT, ServerFactory
 from xraptor import Client, Handshake, Refuse, Request, Response, XRaptor
 from xraptor.handshake import encode_token_subprotocol
 from xraptor.plugins import get_plugins
@@ -346,11 +346,14 @@ async def test_tokens_never_reach_the_logs(make_server: ServerFactory, all_logs:
     await raw_get(server.port, headers=[("Sec-WebSocket-Protocol", f"x y, {bearer}")])
     await asyncio.sleep(0.1)
     text = "\n".join(line for line in all_logs if not line.startswith("test.browser "))
-    # the capture works: websockets logged the handshakes' headers at DEBUG
-    assert "< Authorization: [redacted]" in text and "> Authorization: [redacted]" in text
-    assert "< Cookie: [redacted]" in text
-    assert "xraptor.bearer.[redacted]" in text
-    assert "invalid Sec-WebSocket-Protocol header" in text
+    # the capture works: websockets logged the handshakes' headers at DEBUG (the
+    # client's always; the server's on the websockets transport, where it logs them)
+    assert "> Authorization: [redacted]" in text
+    if TRANSPORT == "websockets":
+        assert "< Authorization: [redacted]" in text
+        assert "< Cookie: [redacted]" in text
+        assert "xraptor.bearer.[redacted]" in text
+        assert "invalid Sec-WebSocket-Protocol header" in text
     for secret in ("s3cret", bearer.removeprefix("xraptor.bearer.")):
         assert secret not in text, [line for line in text.splitlines() if secret in line]
 
