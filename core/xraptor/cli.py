@@ -1,4 +1,4 @@
-"""The ``xraptor`` command: ``run``, ``demo`` and ``plugins``."""
+"""The ``xraptor`` command: ``run``, ``demo``, ``plugins`` and ``new-plugin``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import logging
 import os
 import ssl
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import logs
@@ -72,6 +73,24 @@ def _demo(args: argparse.Namespace) -> int:
         flush=True,
     )
     server.run()
+    return 0
+
+
+def _new_plugin(args: argparse.Namespace) -> int:
+    from .scaffold import ScaffoldError, scaffold
+
+    try:
+        names, folder, written = scaffold(args.name, args.dir)
+    except ScaffoldError as error:
+        print(f"xraptor new-plugin: error: {error}", file=sys.stderr)
+        return USAGE
+    print(f"created {names.dist} in {folder}/ (antenna {names.cls}, package {names.package}):")
+    for path in written:
+        print(f"  {path.relative_to(folder)}")
+    print(
+        f"next: cd {folder} && pip install -e '.[test]' && pytest\n"
+        f"then replace the TODOs in {names.package}/antenna.py with your backend's calls"
+    )
     return 0
 
 
@@ -359,6 +378,25 @@ def build_parser() -> argparse.ArgumentParser:
         "and transports",
     )
     plugins.set_defaults(func=_plugins)
+
+    new_plugin = sub.add_parser(
+        "new-plugin",
+        help="scaffold an antenna plugin distribution: xraptor new-plugin NAME",
+        description="Write a new plugin project xraptor-NAME (package xraptor_NAME, with "
+        "dashes as underscores): pyproject.toml with the entry point, an antenna skeleton "
+        "that works in-process, the conformance tests and a README. An existing folder "
+        "that is not empty is refused.",
+    )
+    new_plugin.add_argument(
+        "name", metavar="NAME", help="the antenna name, e.g. postgres or my-bus (lowercase)"
+    )
+    new_plugin.add_argument(
+        "--dir",
+        type=Path,
+        metavar="PATH",
+        help="the folder to create (default ./xraptor-NAME); an empty one is fine",
+    )
+    new_plugin.set_defaults(func=_new_plugin)
     return parser
 
 
