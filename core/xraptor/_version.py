@@ -1,3 +1,3 @@
 """The version of the ``xraptor`` distribution (the one place it is written; see pyproject.toml)."""
 
-__version__ = "0.5.0.dev0"
+__version__ = "0.5.0"

@@ -14,7 +14,7 @@ import xraptor
 if TYPE_CHECKING:
     from xraptor.plugins import AntennaRegistry, MiddlewareRegistry
 
-__version__ = "0.5.0.dev0"
+__version__ = "0.5.0"
 
 
 @xraptor.hookimpl

@@ -1,0 +1,131 @@
+"""The three distributions' metadata follows the README's Versioning rules.
+
+The core and the plugins share their minor version, each plugin requires a core of its
+minor version and the core's extras require plugins of the core's; every distribution
+carries the same MIT LICENSE (each plugin folder keeps its own copy, since a license path
+cannot leave the project folder); one repository URL everywhere.
+
+These tests read the repository (not the core's sdist, which leaves them out); ``nox -s
+dist`` checks the built sdists and wheels themselves.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from packaging.requirements import Requirement
+from packaging.version import Version
+
+import xraptor
+
+ROOT = Path(__file__).resolve().parent.parent
+PLUGINS = {
+    "xraptor-redis": ROOT / "plugins/xraptor-redis",
+    "xraptor-nats": ROOT / "plugins/xraptor-nats",
+}
+PROJECTS = {"xraptor": ROOT, **PLUGINS}
+REPOSITORY = "https://github.com/xraptor/xraptor"
+PYTHONS = ["3.11", "3.12", "3.13"]
+
+
+def _pyproject(folder: Path) -> dict[str, Any]:
+    project: dict[str, Any] = tomllib.loads((folder / "pyproject.toml").read_text())["project"]
+    return project
+
+
+def _core_version() -> Version:
+    text = (ROOT / "core/xraptor/_version.py").read_text()
+    match = re.search(r'^__version__ = "([^"]+)"$', text, re.MULTILINE)
+    assert match, "core/xraptor/_version.py has no __version__ line"
+    return Version(match.group(1))
+
+
+def _same_minor(version: Version) -> str:
+    """The specifier of the rule: ``>=X.Y,<X.(Y+1)``."""
+    major, minor = version.release[:2]
+    return f"<{major}.{minor + 1},>={major}.{minor}"
+
+
+def _requirements(items: list[str]) -> dict[str, Requirement]:
+    return {(r := Requirement(item)).name: r for item in items}
+
+
+def test_the_license_is_mit_in_every_distribution_and_the_copies_are_equal() -> None:
+    text = (ROOT / "LICENSE").read_text()
+    assert text.startswith("MIT License\n")
+    assert "Copyright (c) the xraptor authors" in text
+    for name, folder in PROJECTS.items():
+        project = _pyproject(folder)
+        assert project["license"] == "MIT", name
+        assert project["license-files"] == ["LICENSE"], name
+        assert (folder / "LICENSE").read_text() == text, f"{folder}/LICENSE differs from LICENSE"
+
+
+def test_versions_are_releases_and_plugins_share_the_core_minor_version() -> None:
+    core = _core_version()
+    assert str(core) == xraptor.__version__
+    assert not core.is_prerelease and not core.is_devrelease, (
+        f"{core} is a pre-release: `xraptor>={core.major}.{core.minor}` does not match it, so "
+        "pip would take a core of the previous minor version from the package index"
+    )
+    for name, folder in PLUGINS.items():
+        project = _pyproject(folder)
+        version = Version(project["version"])
+        assert not version.is_prerelease, f"{name} {version} is a pre-release"
+        assert version.release[:2] == core.release[:2], (
+            f"{name} {version} and xraptor {core} must share their minor version"
+        )
+        package = folder / name.replace("-", "_") / "__init__.py"
+        written = re.search(r'^__version__ = "([^"]+)"$', package.read_text(), re.MULTILINE)
+        assert written is None or written.group(1) == str(version), f"{package}: {written}"
+
+
+def test_each_plugin_requires_a_core_of_its_minor_version() -> None:
+    core = _core_version()
+    for name, folder in PLUGINS.items():
+        project = _pyproject(folder)
+        requirement = _requirements(project["dependencies"])["xraptor"]
+        assert str(requirement.specifier) == _same_minor(Version(project["version"])), name
+        assert requirement.specifier.contains(core), f"{name} does not accept xraptor {core}"
+
+
+def test_the_core_extras_require_plugins_of_its_minor_version_and_keep_the_04_names() -> None:
+    core = _core_version()
+    extras: dict[str, list[str]] = _pyproject(ROOT)["optional-dependencies"]
+    for extra, plugin in (("redis", "xraptor-redis"), ("nats", "xraptor-nats")):
+        requirement = _requirements(extras[extra])[plugin]
+        assert str(requirement.specifier) == _same_minor(core), extra
+        assert requirement.specifier.contains(Version(_pyproject(PLUGINS[plugin])["version"]))
+    # xraptor 0.4's extra names, as aliases of the current ones
+    assert extras["redis_version"] == ["xraptor[redis]"]
+    assert extras["uvloop"] == ["xraptor[speed]"]
+
+
+def test_classifiers_claim_the_supported_pythons_in_every_distribution() -> None:
+    for name, folder in PROJECTS.items():
+        project = _pyproject(folder)
+        assert project["requires-python"] == f">={PYTHONS[0]}", name
+        classifiers: list[str] = project["classifiers"]
+        claimed = [c.rsplit(" :: ", 1)[1] for c in classifiers if re.fullmatch(r".*:: 3\.\d+", c)]
+        assert claimed == PYTHONS, name
+        for expected in ("Framework :: AsyncIO", "Typing :: Typed"):
+            assert expected in classifiers, f"{name}: no {expected!r}"
+        assert any(c.startswith("Development Status :: ") for c in classifiers), name
+
+
+def test_one_repository_url_everywhere() -> None:
+    for name, folder in PROJECTS.items():
+        urls: dict[str, str] = _pyproject(folder)["urls"]
+        assert urls["Repository"] == REPOSITORY, name
+        for label, url in urls.items():
+            assert url == REPOSITORY or url.startswith((REPOSITORY + "/", REPOSITORY + "#")), (
+                f"{name} {label}: {url}"
+            )
+    texts = [ROOT / "README.md", *(folder / "README.md" for folder in PLUGINS.values())]
+    texts += [folder / "pyproject.toml" for folder in PROJECTS.values()]
+    for path in texts:
+        for url in re.findall(r"https://github\.com/[^\s)\"'#]*", path.read_text()):
+            assert url == REPOSITORY or url.startswith(REPOSITORY + "/"), f"{path}: {url}"
