@@ -97,9 +97,16 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def types(session: nox.Session) -> None:
-    """mypy --strict on the core, the plugins, the conformance runner and this noxfile."""
+    """mypy --strict on the core, the plugins, the conformance runner, this noxfile and the
+    sdists' build hook."""
     session.install(
-        "-e", ".[test]", *(f"-e{path}" for path in PLUGINS.values()), *TOOLS, "nox", KOSOKU
+        "-e",
+        ".[test]",
+        *(f"-e{path}" for path in PLUGINS.values()),
+        *TOOLS,
+        "nox",
+        KOSOKU,
+        "hatchling",
     )
     session.run("mypy")
     for path in PLUGINS.values():
@@ -107,6 +114,7 @@ def types(session: nox.Session) -> None:
         session.run("mypy", "--strict", f"{path}/{package}")
     session.run("mypy", "--strict", "conformance")
     session.run("mypy", "--strict", "noxfile.py")
+    session.run("mypy", "--strict", "hatch_build.py")  # the plugins' copies are equal (tested)
 
 
 @nox.session(python=PYTHON)

@@ -64,6 +64,26 @@ def test_the_license_is_mit_in_every_distribution_and_the_copies_are_equal() -> 
         assert (folder / "LICENSE").read_text() == text, f"{folder}/LICENSE differs from LICENSE"
 
 
+def test_every_distribution_builds_its_sdist_with_the_same_hook() -> None:
+    """hatch_build.py keeps .gitignore out of the sdists; each folder has its own copy."""
+    text = (ROOT / "hatch_build.py").read_text()
+    for name, folder in PROJECTS.items():
+        assert (folder / "hatch_build.py").read_text() == text, f"{folder}/hatch_build.py differs"
+        config = tomllib.loads((folder / "pyproject.toml").read_text())
+        assert "custom" in config["tool"]["hatch"]["build"]["targets"]["sdist"]["hooks"], name
+
+
+def test_every_distribution_configures_its_own_tests() -> None:
+    """Each sdist holds its tests and runs them from its unpacked folder (``pytest`` there)."""
+    for name, folder in PROJECTS.items():
+        config = tomllib.loads((folder / "pyproject.toml").read_text())
+        pytest_options = config["tool"]["pytest"]["ini_options"]
+        assert pytest_options["asyncio_mode"] == "auto", name
+        assert pytest_options["testpaths"] == ["tests"], name
+        assert "/tests" in config["tool"]["hatch"]["build"]["targets"]["sdist"]["include"], name
+        assert "test" in config["project"]["optional-dependencies"], name
+
+
 def test_versions_are_releases_and_plugins_share_the_core_minor_version() -> None:
     core = _core_version()
     assert str(core) == xraptor.__version__
