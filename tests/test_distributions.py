@@ -16,6 +16,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
 
@@ -149,3 +150,33 @@ def test_one_repository_url_everywhere() -> None:
     for path in texts:
         for url in re.findall(r"https://github\.com/[^\s)\"'#]*", path.read_text()):
             assert url == REPOSITORY or url.startswith(REPOSITORY + "/"), f"{path}: {url}"
+
+
+@pytest.mark.parametrize("name", sorted(PLUGINS))
+def test_plugin_readmes_link_to_the_repository_not_to_relative_paths(name: str) -> None:
+    """A relative link breaks on the package index page, where the README is shown."""
+    text = (PLUGINS[name] / "README.md").read_text()
+    relative = [
+        target
+        for target in re.findall(r"\]\(([^)\s]+)\)", text)
+        if not re.match(r"(https?://|#|mailto:)", target)
+    ]
+    assert not relative, f"{name}/README.md links to relative paths: {relative}"
+
+
+def test_the_core_package_index_readme_cuts_readme_md_at_headings_it_has_once() -> None:
+    """pyproject.toml reorders README.md for the package index (install first) at headings."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    readme = config["tool"]["hatch"]["metadata"]["hooks"]["fancy-pypi-readme"]
+    text = (ROOT / "README.md").read_text()
+    markers = [
+        marker
+        for fragment in readme["fragments"]
+        for key in ("start-at", "start-after", "end-before")
+        if (marker := fragment.get(key)) is not None
+    ]
+    assert markers
+    for marker in markers:
+        assert text.count(marker) == 1, f"README.md must hold {marker!r} exactly once"
+    install, development = text.index("\n## Install\n"), text.index("\n## Development\n")
+    assert install < development
