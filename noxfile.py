@@ -1,7 +1,8 @@
-"""Sessions: the core tests, each plugin's tests, end-to-end tests, lint, types and benchmarks.
+"""Sessions: the core tests, each plugin's tests, end-to-end tests, lint, types, the built
+distributions and benchmarks.
 
-``nox`` runs the default sessions (everything but ``bench``, ``conformance`` and ``demo``);
-``nox -s tests`` runs one.
+``nox`` runs the default sessions (everything but ``bench``, ``conformance``, ``demo`` and
+``sdist_tests``); ``nox -s tests`` runs one.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import nox
 
-nox.options.sessions = ["tests", "redis", "nats", "picows", "e2e", "lint", "types"]
+nox.options.sessions = ["tests", "redis", "nats", "picows", "e2e", "lint", "types", "dist"]
 nox.options.error_on_missing_interpreters = True
 
 ROOT = Path(__file__).parent
@@ -24,6 +25,9 @@ PLUGINS = {
 TOOLS = ["ruff>=0.6", "mypy>=1.11"]
 #: the conformance suite (its case list is not a documented API: pinned below 0.2)
 KOSOKU = "kosoku>=0.1,<0.2"
+#: building and checking the distributions (readme_renderer[md] renders the Markdown READMEs;
+#: virtualenv makes the venvs of the installed wheels)
+DIST_TOOLS = ["build>=1.2", "twine>=6.1", "readme_renderer[md]>=43", "virtualenv>=20.26"]
 
 
 def _pytest(session: nox.Session, *paths: str) -> None:
@@ -97,8 +101,8 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def types(session: nox.Session) -> None:
-    """mypy --strict on the core, the plugins, the conformance runner, this noxfile and the
-    sdists' build hook."""
+    """mypy --strict on the core, the plugins, the conformance runner, this noxfile, the
+    distribution check and the sdists' build hook."""
     session.install(
         "-e",
         ".[test]",
@@ -114,7 +118,39 @@ def types(session: nox.Session) -> None:
         session.run("mypy", "--strict", f"{path}/{package}")
     session.run("mypy", "--strict", "conformance")
     session.run("mypy", "--strict", "noxfile.py")
+    session.run("mypy", "--strict", ".ci/dist_check.py", ".ci/dist_room.py")
     session.run("mypy", "--strict", "hatch_build.py")  # the plugins' copies are equal (tested)
+
+
+@nox.session(python=PYTHON)
+def dist(session: nox.Session) -> None:
+    """The distributions as users get them (.ci/dist_check.py, about two minutes).
+
+    Builds every sdist and wheel, reads them (files, LICENSE, versions, the package index
+    description), runs ``twine check --strict``, then per Python 3.11-3.13 found (pyenv's
+    included; a missing one is skipped, none found fails under CI=true) installs
+    ``xraptor-redis xraptor-nats`` from the built wheels next to the package index in a fresh
+    venv and checks the resolved versions, ``pip check``, ``xraptor plugins``, a Redis room
+    across two ``xraptor run`` processes (private redis-server) and ``xraptor demo``'s page.
+    ``nox -s dist -- --python 3.12`` checks one Python.
+    """
+    session.install(*DIST_TOOLS)
+    dist_dir = Path(session.create_tmp()) / "dist"
+    session.run("python", ".ci/dist_check.py", "--dist", str(dist_dir), *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def sdist_tests(session: nox.Session) -> None:
+    """Each sdist's own tests, run from its unpacked folder in a venv of its own (opt-in).
+
+    Builds the distributions as ``dist`` does, then per sdist: ``pip install '.[test]'``
+    (the other distributions from the built wheels) and ``python -m pytest`` in the
+    unpacked folder. About six minutes; needs redis-server and nats-server as the plugin
+    sessions do.
+    """
+    session.install(*DIST_TOOLS)
+    dist_dir = Path(session.create_tmp()) / "dist"
+    session.run("python", ".ci/dist_check.py", "--dist", str(dist_dir), "--sdist-tests")
 
 
 @nox.session(python=PYTHON)
