@@ -128,10 +128,11 @@ def dist(session: nox.Session) -> None:
 
     Builds every sdist and wheel, reads them (files, LICENSE, versions, the package index
     description), runs ``twine check --strict``, then per Python 3.11-3.13 found (pyenv's
-    included; a missing one is skipped, none found fails under CI=true) installs
-    ``xraptor-redis xraptor-nats`` from the built wheels next to the package index in a fresh
-    venv and checks the resolved versions, ``pip check``, ``xraptor plugins``, a Redis room
-    across two ``xraptor run`` processes (private redis-server) and ``xraptor demo``'s page.
+    included; a missing one is skipped, none found fails under CI=true) installs the plugins
+    (``xraptor-redis xraptor-nats ...``) from the built wheels next to the package index in a
+    fresh venv and checks the resolved versions, ``pip check``, ``xraptor plugins``, a Redis
+    room across two ``xraptor run`` processes (private redis-server; the second on picows)
+    and ``xraptor demo``'s page.
     ``nox -s dist -- --python 3.12`` checks one Python.
     """
     session.install(*DIST_TOOLS)

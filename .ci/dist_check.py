@@ -1,21 +1,23 @@
-"""Build the three distributions and check them as a user gets them (``nox -s dist``).
+"""Build the distributions and check them as a user gets them (``nox -s dist``).
 
-1. Builds the sdist and the wheel of ``xraptor``, ``xraptor-redis`` and ``xraptor-nats``
-   (``python -m build``: each wheel is built from its sdist) into ``--dist``.
+1. Builds the sdist and the wheel of ``xraptor`` and of every plugin under ``plugins/``
+   (``xraptor-redis``, ``xraptor-nats``, ...; ``python -m build``: each wheel is built
+   from its sdist) into ``--dist``.
 2. Reads them: the versions of the sources, LICENSE and ``License-File`` in each sdist
    and wheel, the files of each sdist (the core's: only the core and its tests), the
    repository URL, and the description the package index shows (links absolute,
    installing before developing).
-3. ``twine check --strict`` on all six.
-4. For each Python of ``PYTHONS`` found on this machine, in a fresh venv, installs
-   ``xraptor-redis xraptor-nats`` with ``--find-links`` to the built wheels (wheels only
-   for the three) and the package index for everything else, so the resolver has to pick
-   the core built here over xraptor 0.4.1 from the index, then checks: the installed
-   versions are the built ones (``importlib.metadata``, ``pip show``), ``pip check``,
-   ``xraptor plugins`` lists memory, redis and nats, two ``xraptor run`` processes of an
-   app that selects ``antenna="redis"`` by name serve one room on a private
-   ``redis-server`` (.ci/dist_room.py: a client on each process hears both), and
-   ``xraptor demo`` serves its chat page at ``GET /``.
+3. ``twine check --strict`` on all of them.
+4. For each Python of ``PYTHONS`` found on this machine, in a fresh venv, installs the
+   plugins (``xraptor-redis xraptor-nats ...``) with ``--find-links`` to the built wheels
+   (wheels only for the built distributions) and the package index for everything else,
+   so the resolver has to pick the core built here over xraptor 0.4.1 from the index,
+   then checks: the installed versions are the built ones (``importlib.metadata``, ``pip
+   show``), ``pip check``, ``xraptor plugins`` lists memory and every plugin's entry
+   points, two ``xraptor run`` processes of an app that selects ``antenna="redis"`` by
+   name serve one room on a private ``redis-server`` (.ci/dist_room.py: a client on each
+   process hears both; the second process on the picows transport when that plugin is
+   built), and ``xraptor demo`` serves its chat page at ``GET /``.
 
 A Python that is missing is skipped with the reason; under ``CI=true`` the run fails when
 none is found, or when ``redis-server`` is missing. With ``--sdist-tests`` (``nox -s
@@ -53,21 +55,33 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-PROJECTS = {
-    "xraptor": ROOT,
-    "xraptor-redis": ROOT / "plugins" / "xraptor-redis",
-    "xraptor-nats": ROOT / "plugins" / "xraptor-nats",
+
+
+def _project(folder: Path) -> dict[str, Any]:
+    project: dict[str, Any] = tomllib.loads((folder / "pyproject.toml").read_text())["project"]
+    return project
+
+
+#: every plugin distribution of the repository (plugins/<name>/pyproject.toml)
+PLUGINS = {
+    folder.name: folder
+    for folder in sorted((ROOT / "plugins").iterdir())
+    if (folder / "pyproject.toml").is_file()
 }
+PROJECTS = {"xraptor": ROOT, **PLUGINS}
 PYTHONS = ("3.11", "3.12", "3.13")
 REPOSITORY = "https://github.com/xraptor/xraptor"
-PLUGIN_NAMES = ("memory", "redis", "nats")
+#: what ``xraptor plugins`` must list: the built-in one and each plugin's entry points
+PLUGIN_NAMES = ["memory"] + [
+    entry for folder in PLUGINS.values() for entry in _project(folder)["entry-points"]["xraptor"]
+]
 #: what each sdist may hold at its top level (the core's: not the plugins, bench/, ...)
 SDIST_TOP = {
     "xraptor": {"core", "tests", "README.md", "CHANGELOG.md", "LICENSE"},
-    "xraptor-redis": {"xraptor_redis", "tests", "README.md", "LICENSE"},
-    "xraptor-nats": {"xraptor_nats", "tests", "README.md", "LICENSE"},
+    **{name: {name.replace("-", "_"), "tests", "README.md", "LICENSE"} for name in PLUGINS},
 }
 SDIST_ALWAYS = {"pyproject.toml", "PKG-INFO", "hatch_build.py"}
 STARTUP = 30.0  # seconds a server gets to answer
@@ -144,9 +158,8 @@ def source_versions() -> dict[str, str]:
     if match is None:
         raise CheckFailed("core/xraptor/_version.py has no __version__")
     versions = {"xraptor": match.group(1)}
-    for name in ("xraptor-redis", "xraptor-nats"):
-        project = tomllib.loads((PROJECTS[name] / "pyproject.toml").read_text())["project"]
-        versions[name] = project["version"]
+    for name, folder in PLUGINS.items():
+        versions[name] = _project(folder)["version"]
     return versions
 
 
@@ -391,20 +404,19 @@ def check_python(
             dist,
             "--only-binary",
             ",".join(artifacts),
-            "xraptor-redis",
-            "xraptor-nats",
+            *PLUGINS,
         ],
         cwd=work,
     )
     result.passed(
-        f"pip install --find-links <dist> xraptor-redis xraptor-nats "
+        f"pip install --find-links <dist> {' '.join(PLUGINS)} "
         f"({time.monotonic() - started_at:.0f} s)"
     )
 
     built = {name: artifact.version for name, artifact in artifacts.items()}
     versions = (
         "import importlib.metadata as m, json\n"
-        "print(json.dumps({d: m.version(d) for d in ('xraptor', 'xraptor-redis', 'xraptor-nats')}))"
+        f"print(json.dumps({{d: m.version(d) for d in {list(PROJECTS)!r}}}))"
     )
     installed = json.loads(run([python, "-c", versions], cwd=work).strip().splitlines()[-1])
     if installed != built:
@@ -413,7 +425,7 @@ def check_python(
     if f"Version: {built['xraptor']}" not in shown.splitlines():
         raise CheckFailed(f"pip show xraptor:\n{shown}")
     imported = (
-        "import json, xraptor, xraptor_redis, xraptor_nats\n"
+        f"import json, xraptor, {', '.join(n.replace('-', '_') for n in PLUGINS)}\n"
         "print(json.dumps([xraptor.__version__, xraptor.__file__]))"
     )
     module_version, module_file = json.loads(
@@ -424,7 +436,7 @@ def check_python(
     if not Path(module_file).resolve().is_relative_to(venv.resolve()):
         raise CheckFailed(f"xraptor imported from {module_file}, not from the venv")
     resolved = ", ".join(f"{name} {version}" for name, version in built.items())
-    result.passed(f"resolved {resolved} (importlib.metadata, pip show); the three import")
+    result.passed(f"resolved {resolved} (importlib.metadata, pip show); all import")
 
     run([python, "-m", "pip", "check"], cwd=work)
     result.passed("pip check")
@@ -462,19 +474,14 @@ def redis_room(python: Path, scripts: Path, work: Path) -> str:
         wait_for("redis-server", lambda: redis_answers(redis_port), redis, redis_log)
         env = {"DIST_ROOM_REDIS": f"redis://127.0.0.1:{redis_port}/0"}
         ports = [free_port(), free_port()]
+        # the second process on another transport when a transport plugin is built
+        second_transport = ["--transport", "picows"] if "picows" in PLUGIN_NAMES else []
         logs = [work / f"room-{port}.log" for port in ports]
+        xraptor_run: list[str | Path] = [scripts / "xraptor", "run", "dist_room:app", "--port"]
         with (
+            started([*xraptor_run, str(ports[0])], logs[0], cwd=work, env=env) as first,
             started(
-                [scripts / "xraptor", "run", "dist_room:app", "--port", str(ports[0])],
-                logs[0],
-                cwd=work,
-                env=env,
-            ) as first,
-            started(
-                [scripts / "xraptor", "run", "dist_room:app", "--port", str(ports[1])],
-                logs[1],
-                cwd=work,
-                env=env,
+                [*xraptor_run, str(ports[1]), *second_transport], logs[1], cwd=work, env=env
             ) as second,
         ):
             for process, port, logfile in ((first, ports[0], logs[0]), (second, ports[1], logs[1])):
@@ -495,7 +502,17 @@ def redis_room(python: Path, scripts: Path, work: Path) -> str:
                 raise CheckFailed(f"the room clients said:\n{client}")
             for process, port, logfile in ((first, ports[0], logs[0]), (second, ports[1], logs[1])):
                 stop(process, f"xraptor run on port {port}", logfile)
-    return 'antenna="redis": one room across two xraptor run processes (private redis-server)'
+    expected = ["websockets", second_transport[1] if second_transport else "websockets"]
+    for logfile, transport in zip(logs, expected, strict=True):
+        if f"antenna redis, transport {transport})" not in logfile.read_text(errors="replace"):
+            raise CheckFailed(
+                f"{logfile.name}: not served by redis and {transport}:\n{_tail(logfile)}"
+            )
+    transports = "websockets and " + second_transport[1] if second_transport else "websockets"
+    return (
+        'antenna="redis": one room across two xraptor run processes '
+        f"(private redis-server; transports: {transports})"
+    )
 
 
 def demo_page(scripts: Path, work: Path) -> str:
@@ -593,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
     for check in check_artifacts(artifacts):
         log(f"ok: {check}")
     run([sys.executable, "-m", "twine", "check", "--strict", *sorted(args.dist.iterdir())])
-    log("ok: twine check --strict (6 files)")
+    log(f"ok: twine check --strict ({2 * len(artifacts)} files)")
 
     with tempfile.TemporaryDirectory(prefix="xraptor-dist-") as tmp:
         if args.sdist_tests:

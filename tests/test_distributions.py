@@ -23,9 +23,11 @@ from packaging.version import Version
 import xraptor
 
 ROOT = Path(__file__).resolve().parent.parent
+#: every plugin distribution of the repository (plugins/<name>/pyproject.toml)
 PLUGINS = {
-    "xraptor-redis": ROOT / "plugins/xraptor-redis",
-    "xraptor-nats": ROOT / "plugins/xraptor-nats",
+    folder.name: folder
+    for folder in sorted((ROOT / "plugins").iterdir())
+    if (folder / "pyproject.toml").is_file()
 }
 PROJECTS = {"xraptor": ROOT, **PLUGINS}
 REPOSITORY = "https://github.com/xraptor/xraptor"
@@ -52,6 +54,14 @@ def _same_minor(version: Version) -> str:
 
 def _requirements(items: list[str]) -> dict[str, Requirement]:
     return {(r := Requirement(item)).name: r for item in items}
+
+
+def test_the_plugins_are_found() -> None:
+    assert {"xraptor-redis", "xraptor-nats"} <= set(PLUGINS)
+    for name, folder in PLUGINS.items():
+        assert _pyproject(folder)["name"] == name, (
+            f"{folder}: the folder is not named as its project"
+        )
 
 
 def test_the_license_is_mit_in_every_distribution_and_the_copies_are_equal() -> None:
@@ -148,7 +158,10 @@ def test_one_repository_url_everywhere() -> None:
     texts = [ROOT / "README.md", *(folder / "README.md" for folder in PLUGINS.values())]
     texts += [folder / "pyproject.toml" for folder in PROJECTS.values()]
     for path in texts:
-        for url in re.findall(r"https://github\.com/[^\s)\"'#]*", path.read_text()):
+        # links to an xraptor repository (not to other projects on GitHub, such as picows)
+        for url in re.findall(
+            r"https://github\.com/[\w.-]+/x-?raptor\b[^\s)\"'#]*", path.read_text()
+        ):
             assert url == REPOSITORY or url.startswith(REPOSITORY + "/"), f"{path}: {url}"
 
 
