@@ -123,6 +123,14 @@ def test_each_plugin_requires_a_core_of_its_minor_version() -> None:
         assert requirement.specifier.contains(core), f"{name} does not accept xraptor {core}"
 
 
+def test_plugins_made_by_xraptor_new_plugin_require_the_core_minor_version() -> None:
+    from xraptor.scaffold import XRAPTOR_BOUND
+
+    requirement = Requirement(XRAPTOR_BOUND)
+    assert requirement.name == "xraptor"
+    assert str(requirement.specifier) == _same_minor(_core_version())
+
+
 def test_the_core_extras_require_plugins_of_its_minor_version_and_keep_the_04_names() -> None:
     core = _core_version()
     extras: dict[str, list[str]] = _pyproject(ROOT)["optional-dependencies"]
