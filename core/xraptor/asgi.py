@@ -28,7 +28,6 @@ import contextlib
 import logging
 import types
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -39,6 +38,7 @@ from websockets.http11 import Response as HttpResponse
 from .admission import Admitted
 from .connection import Closed, Connection
 from .context import serving
+from .endpoints import DRAINING_RESPONSE
 from .handshake import SUBPROTOCOL, http_response
 from .metrics import Metrics
 from .plugins import get_plugins
@@ -463,7 +463,7 @@ class AsgiApp:
             (name.decode("latin-1"), value.decode("latin-1")) for name, value in scope["headers"]
         )
         if server.draining:
-            await _deny(scope, send, _draining_response())
+            await _deny(scope, send, DRAINING_RESPONSE)
             return
         path = _request_target(scope)
         client = scope.get("client")
@@ -520,13 +520,6 @@ def _relative_path(scope: Scope) -> str:
     if root and path.startswith(root):
         path = path[len(root) :] or "/"
     return path
-
-
-def _draining_response() -> HttpResponse:
-    return http_response(
-        HTTPStatus.SERVICE_UNAVAILABLE,
-        "the server is shutting down; connect again to another instance",
-    )
 
 
 async def _deny(scope: Scope, send: Send, response: HttpResponse) -> None:
