@@ -23,6 +23,8 @@ import contextlib
 import functools
 import itertools
 import logging
+import re
+from collections.abc import Collection, Mapping
 from typing import Any, ClassVar
 
 import nats
@@ -34,12 +36,16 @@ from nats.aio.subscription import Subscription as NatsSubscription
 from xraptor.antenna import Antenna, AntennaError, AntennaUnavailable, MessageTooLarge
 
 from .config import DEFAULT_SERVERS, PENDING_SIZE, positive, redact, split_servers
+from .presence import NatsPresence, bucket_name
 from .subjects import channel_token, check_prefix
 
 logger = logging.getLogger("xraptor_nats")
 
 #: header that marks a request on a channel's subject as a liveness probe
 PROBE_HEADER = "Xraptor-Probe"
+
+#: a JetStream bucket's name
+_BUCKET = re.compile(r"^[A-Za-z0-9_-]+$")
 
 _token = functools.lru_cache(maxsize=8192)(channel_token)
 
@@ -78,6 +84,10 @@ class NatsAntenna(Antenna):
     :param health_interval: seconds between health probes; default 1.0
     :param connect_options: further keyword arguments for ``nats.connect`` (``user``,
         ``password``, ``token``, ``tls``, ``user_credentials``, ...)
+    :param presence_ttl: seconds a room member of a process that stopped refreshing it
+        stays listed; default 30 (see :mod:`xraptor_nats.presence`, which needs JetStream)
+    :param presence_bucket: the key-value bucket of presence; default the subject
+        prefix (dots as ``_``) and ``_presence``
     """
 
     name: ClassVar[str] = "nats"
@@ -112,6 +122,10 @@ class NatsAntenna(Antenna):
         self._sync_waiters: dict[int, asyncio.Future[None]] = {}
         #: how many times the connection came back after an outage
         self.reconnects = 0
+        bucket = opts.get("presence_bucket") or bucket_name(self.subject_prefix)
+        if not isinstance(bucket, str) or not _BUCKET.match(bucket):
+            raise ValueError(f"presence_bucket must be letters, digits, '_' or '-'; got {bucket!r}")
+        self._presence = NatsPresence(bucket, self.publish_timeout)
 
     @classmethod
     def options_from_url(cls, url: str) -> dict[str, Any]:
@@ -348,6 +362,15 @@ class NatsAntenna(Antenna):
             return
         if not done.done():
             done.set_result(None)
+
+    async def presence_set(self, room: str, members: Mapping[str, str]) -> None:
+        await self._presence.put(self._connected(), room, members, self.presence_ttl)
+
+    async def presence_remove(self, room: str, members: Collection[str]) -> None:
+        await self._presence.remove(self._connected(), room, members, self.presence_ttl)
+
+    async def presence_list(self, room: str) -> dict[str, str]:
+        return await self._presence.read(self._connected(), room, self.presence_ttl)
 
     async def is_alive(self, channel: str) -> bool:
         if channel in self._subs:
