@@ -166,25 +166,33 @@ async def _unwatched(antenna: Any) -> bool:
     return not any(ch.startswith(NOTICES) for ch in antenna.watched_channels())
 
 
-async def test_members_of_a_process_that_stops_refreshing_expire() -> None:
+async def test_members_of_a_process_that_stops_refreshing_expire_and_leave() -> None:
     """Two apps on one memory bus stand for two processes: one whose refresh stops
-    (a process killed) loses its members within presence_ttl; the live one keeps its."""
+    (a process killed) loses its members within presence_ttl, and the other announces
+    their leave; the live one keeps its own."""
     first = presence_app(MemoryAntenna(presence_ttl=0.6))
     second = presence_app(MemoryAntenna(presence_ttl=0.6))
+    room = {"room": "notices:lobby"}
     async with (
         serving(first) as one,
         serving(second) as two,
         Client(one) as a,
         Client(two) as b,
-        a.subscribe("/room", {"room": "lobby"}, {"presence": {"p": 1}}),
-        b.subscribe("/room", {"room": "lobby"}, {"presence": {"p": 2}}),
+        b.subscribe("/room", room, {"presence": {"p": 2}}) as survivor,
+        a.subscribe("/room", room, {"presence": {"p": 1}}),
     ):
-        assert sorted(m["p"] for m in (await who(b, "lobby")).values()) == [1, 2]
+        assert [(k, p["info"]) for k, p in await notices(survivor, 2)] == [
+            ("join", {"p": 2}),
+            ("join", {"p": 1}),
+        ]
+        assert sorted(m["p"] for m in (await who(b, "notices:lobby")).values()) == [1, 2]
         refresher = first.presence_tracker._refresher
         assert refresher is not None
         refresher.cancel()  # the first process "dies": it sets its members no more
-        await asyncio.sleep(1.0)  # beyond the ttl, and more than one refresh of the second
-        assert [m["p"] for m in (await who(b, "lobby")).values()] == [2]
+        [(kind, left)] = await notices(survivor, 1)
+        assert kind == "leave" and left["info"] == {"p": 1}
+        assert [m["p"] for m in (await who(b, "notices:lobby")).values()] == [2]
+        await quiet(survivor, 0.5)  # announced once
 
 
 async def test_an_antenna_without_presence_is_refused_at_start() -> None:

@@ -31,12 +31,13 @@ declares it (:attr:`Antenna.can_keep_history`), and runs
 
 Optional capability, **presence** (who is in a room, across every process; see
 :mod:`xraptor.presence`): a driver that implements :meth:`Antenna.presence_set`,
-:meth:`Antenna.presence_remove` and :meth:`Antenna.presence_list` declares it
-(:attr:`Antenna.can_keep_presence`), and runs :class:`xraptor.testing.PresenceConformance`.
-A room's members are keys (unique across processes) with an info (JSON text); each
-expires :attr:`Antenna.presence_ttl` seconds after it was last set unless set again,
-so that the members of a process that died without cleaning up disappear; live
-processes set their members again every third of that time.
+:meth:`Antenna.presence_remove`, :meth:`Antenna.presence_list` and
+:meth:`Antenna.presence_expire` declares it (:attr:`Antenna.can_keep_presence`), and
+runs :class:`xraptor.testing.PresenceConformance`. A room's members are keys (unique
+across processes) with an info (JSON text); each expires :attr:`Antenna.presence_ttl`
+seconds after it was last set unless set again, so that the members of a process that
+died without cleaning up disappear; live processes set their members again, and take
+out the expired ones (to announce their leave), every third of that time.
 """
 
 from __future__ import annotations
@@ -282,7 +283,20 @@ class Antenna(ABC):
     async def presence_list(self, room: str) -> dict[str, str]:
         """Optional (presence): ``room``'s members (key -> info) that were set by any
         process, not removed, and set less than :attr:`presence_ttl` seconds ago
-        (expired members are never listed; a driver may forget them here).
+        (expired members are never listed, whether :meth:`presence_expire` took them
+        out yet or not).
+
+        :raises AntennaUnavailable: when the backend cannot answer in time
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not keep presence")
+
+    async def presence_expire(self, room: str) -> dict[str, str]:
+        """Optional (presence): take the members of ``room`` whose time to live passed
+        out of it and return them (key -> info). Each expired member is returned by one
+        call only, whichever process makes it, so that its leave is announced once;
+        the live processes with members in the room call it every third of
+        :attr:`presence_ttl`. (A backend may also forget expired members unreturned,
+        e.g. when the whole room expired: nobody is left to tell then.)
 
         :raises AntennaUnavailable: when the backend cannot answer in time
         """
@@ -296,6 +310,7 @@ class Antenna(ABC):
             cls.presence_set is not Antenna.presence_set
             and cls.presence_remove is not Antenna.presence_remove
             and cls.presence_list is not Antenna.presence_list
+            and cls.presence_expire is not Antenna.presence_expire
         )
 
     # ----- helpers for drivers -------------------------------------------------

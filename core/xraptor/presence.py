@@ -11,8 +11,10 @@ one, else the object the SUB sent in its ``"presence"`` header, else ``null``.
 The antenna keeps the members (its optional presence capability); each one expires
 ``presence_ttl`` seconds (an antenna option) after it was last set, so that the
 members of a process that died without cleaning up disappear, and this process sets
-its members again every third of that time (:class:`PresenceTracker`). A member
-leaves when its stream leaves the room (UNSUB, disconnect, ``remove_member``).
+its members again every third of that time (:class:`PresenceTracker`), when it also
+takes the expired members out of its rooms (one process gets each) and announces
+their leave. A member leaves when its stream leaves the room (UNSUB, disconnect,
+``remove_member``).
 
 Join and leave notices travel on a channel of their own per room (the room's id
 after :data:`NOTICES`), published through the antenna, so that rooms without them
@@ -298,7 +300,8 @@ class PresenceTracker:
                     logger.exception("room %.64r: could not stop its notices", present.room_id)
 
     async def _refresh(self) -> None:
-        """Set every member of this process again, every third of ``presence_ttl``."""
+        """Every third of ``presence_ttl``: set every member of this process again, and
+        take the expired members out of its rooms (announcing their leave)."""
         while self._rooms:
             ttl = min(present.antenna.presence_ttl for present in self._rooms.values())
             await asyncio.sleep(ttl / 3)
@@ -308,7 +311,9 @@ class PresenceTracker:
                     continue
                 try:
                     await present.antenna.presence_set(present.room_id, members)
+                    expired = await present.antenna.presence_expire(present.room_id)
+                    if present.channel:
+                        for key, info in expired.items():
+                            await present.announce("leave", key, info)
                 except (AntennaError, OSError) as error:
-                    logger.warning(
-                        "room %.64r: refreshing presence failed: %r", present.room_id, error
-                    )
+                    logger.warning("room %.64r: refreshing presence: %r", present.room_id, error)

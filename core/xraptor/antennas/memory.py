@@ -31,7 +31,7 @@ class MemoryAntenna(Antenna):
     buffer is made, again after the buffer was dropped (every message expired).
 
     It keeps presence (the optional capability) in a dict per room, shared by every
-    instance like the bus; expired members are dropped when the room is next listed.
+    instance like the bus; expired members stay until ``presence_expire`` takes them.
     """
 
     name: ClassVar[str] = "memory"
@@ -100,15 +100,21 @@ class MemoryAntenna(Antenna):
             del self._presence[room]
 
     async def presence_list(self, room: str) -> dict[str, str]:
+        now = time.monotonic()
+        present = self._presence.get(room, {})
+        return {member: info for member, (expiry, info) in present.items() if expiry > now}
+
+    async def presence_expire(self, room: str) -> dict[str, str]:
         present = self._presence.get(room)
         if present is None:
             return {}
         now = time.monotonic()
-        for member in [m for m, (expiry, _) in present.items() if expiry <= now]:
+        expired = {member: info for member, (expiry, info) in present.items() if expiry <= now}
+        for member in expired:
             del present[member]
         if not present:
             del self._presence[room]
-        return {member: info for member, (_, info) in present.items()}
+        return expired
 
     async def watch(self, channel: str) -> None:
         watchers = self._bus.setdefault(channel, [])

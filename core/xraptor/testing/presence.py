@@ -111,8 +111,8 @@ class PresenceConformance:
     async def test_members_not_set_again_expire_and_refreshed_ones_stay(
         self, antenna: Antenna, other: Antenna, room: str
     ) -> None:
-        """A process that died stops setting its members: they disappear within the
-        ttl (with some slack for a backend's expiry timer); a live one's stay."""
+        """A process that died stops setting its members: they are no longer listed
+        once the ttl passed (whether taken out yet or not); a live one's stay."""
         await antenna.presence_set(room, {"dead:a": "1"})
         await other.presence_set(room, {"live:a": "2"})
         loop = asyncio.get_running_loop()
@@ -135,6 +135,25 @@ class PresenceConformance:
             assert await antenna.presence_list(room) == {"live:a": "2"}
         finally:
             refresher.cancel()
+
+    @pytest.mark.asyncio
+    async def test_expired_members_are_taken_out_once(
+        self, antenna: Antenna, other: Antenna, room: str
+    ) -> None:
+        """Each expired member is returned by one ``presence_expire`` call, whichever
+        process makes it (its leave is announced once); live members never are."""
+        await antenna.presence_set(room, {"dead:a": '"a"', "dead:b": '"b"'})
+        await other.presence_set(room, {"live:a": '"l"'})
+        assert await antenna.presence_expire(room) == {}
+        await asyncio.sleep(self.TTL * 0.6)
+        await other.presence_set(room, {"live:a": '"l"'})
+        await asyncio.sleep(self.TTL * 0.6)  # the dead ones expired, the live one did not
+        assert await antenna.presence_list(room) == {"live:a": '"l"'}
+        taken = await asyncio.gather(*(a.presence_expire(room) for a in (antenna, other) * 3))
+        merged = [item for result in taken for item in result.items()]
+        assert sorted(merged) == [("dead:a", '"a"'), ("dead:b", '"b"')]
+        assert await other.presence_expire(room) == {}
+        assert await antenna.presence_list(room) == {"live:a": '"l"'}
 
     @pytest.mark.asyncio
     async def test_rooms_keep_their_own_members(self, antenna: Antenna, room: str) -> None:

@@ -144,11 +144,11 @@ async def next_notice(stream: Stream) -> tuple[str, dict[str, Any]]:
 
 async def check_presence_across_processes(
     first: PresenceProcess, second: PresenceProcess, *, ttl: float
-) -> float:
+) -> tuple[float, float]:
     """Presence across two processes of one backend, join and leave notices between
     them, a disconnect, and ``second`` killed with SIGKILL: its member disappears
-    within ``ttl`` (plus a little for polling and a loaded machine). Returns how long
-    that took, in seconds.
+    within ``ttl`` and its leave is announced within a third of it more (plus a little
+    for polling and a loaded machine). Returns how long each took, in seconds.
     """
     room = f"notices:{uuid.uuid4().hex[:12]}"
 
@@ -175,7 +175,8 @@ async def check_presence_across_processes(
         kind, left = await next_notice(alice)
         assert kind == "leave" and left["info"] == {"who": "c"}
         assert await eventually(lambda: _listed(infos, b, ["a"]))
-        # a process killed with SIGKILL: nobody removes its member; it expires
+        # a process killed with SIGKILL: nobody removes its member; it expires, and the
+        # first process announces its leave
         async with Client(second.url) as dan:
             await dan.subscribe("/room", {"room": room}, {"presence": {"who": "d"}}).__aenter__()
             assert (await next_notice(alice))[1]["info"] == {"who": "d"}
@@ -184,9 +185,14 @@ async def check_presence_across_processes(
             killed = time.monotonic()
             assert await eventually(lambda: _listed(infos, a, ["a"]), timeout=ttl + 3)
             gone_after = time.monotonic() - killed
+            # the first process takes it out within a third of the ttl more: its leave
+            kind, left = await asyncio.wait_for(next_notice(alice), ttl + 3)
+            announced_after = time.monotonic() - killed
+            assert kind == "leave" and left["info"] == {"who": "d"}
         assert gone_after <= ttl + 1.0, f"a killed process's member stayed {gone_after:.2f} s"
+        assert announced_after <= ttl * 4 / 3 + 1.0, f"its leave took {announced_after:.2f} s"
         assert await infos(a) == ["a"]
-    return gone_after
+    return gone_after, announced_after
 
 
 async def _listed(infos: Any, client: Client, expected: list[Any]) -> bool:

@@ -372,6 +372,9 @@ class NatsAntenna(Antenna):
     async def presence_list(self, room: str) -> dict[str, str]:
         return await self._presence.read(self._connected(), room, self.presence_ttl)
 
+    async def presence_expire(self, room: str) -> dict[str, str]:
+        return await self._presence.expire(self._connected(), room, self.presence_ttl)
+
     async def is_alive(self, channel: str) -> bool:
         if channel in self._subs:
             return True

@@ -223,6 +223,9 @@ class RedisAntenna(Antenna):
     async def presence_list(self, room: str) -> dict[str, str]:
         return await self._presence.read(self._live_client(), room)
 
+    async def presence_expire(self, room: str) -> dict[str, str]:
+        return await self._presence.expire(self._live_client(), room)
+
     async def ping(self) -> None:
         """``PING`` on the subscriber connection; returns once the reader saw the answer."""
         pubsub = self._subscriber.usable()

@@ -5,8 +5,9 @@ that Redis Cluster would keep both in one slot: ``<prefix>{<hash>}:z``, a sorted
 of member keys scored by their expiry (milliseconds on Redis' own clock, so hosts
 need not agree on the time), and ``<prefix>{<hash>}:h``, a hash of their infos.
 Redis 7.0 has no expiry per hash field, hence the sorted set: setting members writes
-both in one script, listing first drops the members whose expiry passed (from both),
-and both keys expire with their last member, so an abandoned room leaves nothing.
+both in one script, listing reads the members whose expiry is ahead, expiring takes
+the others out of both (a script: one caller gets each), and both keys expire with
+their last member, so an abandoned room leaves nothing.
 """
 
 from __future__ import annotations
@@ -41,18 +42,42 @@ redis.call('PEXPIRE', KEYS[2], keep)
 return 1
 """
 
-#: KEYS: zset, hash. Drops the expired members; returns the others' infos (HGETALL)
+#: KEYS: zset, hash. The live members and their infos, flat
 _LIST = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local live = redis.call('ZRANGE', KEYS[1], '(' .. now, '+inf', 'BYSCORE')
+local flat = {}
+for i = 1, #live, 500 do
+  local chunk = {unpack(live, i, math.min(i + 499, #live))}
+  local infos = redis.call('HMGET', KEYS[2], unpack(chunk))
+  for j = 1, #chunk do
+    if infos[j] then
+      flat[#flat + 1] = chunk[j]
+      flat[#flat + 1] = infos[j]
+    end
+  end
+end
+return flat
+"""
+
+#: KEYS: zset, hash. Takes the expired members out; returns them and their infos, flat
+_EXPIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local gone = redis.call('ZRANGE', KEYS[1], '-inf', now, 'BYSCORE')
+local flat = {}
 for i = 1, #gone, 500 do
-  redis.call('HDEL', KEYS[2], unpack(gone, i, math.min(i + 499, #gone)))
+  local chunk = {unpack(gone, i, math.min(i + 499, #gone))}
+  local infos = redis.call('HMGET', KEYS[2], unpack(chunk))
+  for j = 1, #chunk do
+    flat[#flat + 1] = chunk[j]
+    flat[#flat + 1] = infos[j] or 'null'
+  end
+  redis.call('ZREM', KEYS[1], unpack(chunk))
+  redis.call('HDEL', KEYS[2], unpack(chunk))
 end
-if #gone > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-end
-return redis.call('HGETALL', KEYS[2])
+return flat
 """
 
 #: KEYS: zset, hash. ARGV: members
@@ -102,8 +127,10 @@ class RedisPresence:
             await self._run(client, _REMOVE, room_keys(self.prefix, room), list(members))
 
     async def read(self, client: Redis, room: str) -> dict[str, str]:
-        flat = await self._run(client, _LIST, room_keys(self.prefix, room), [])
-        return dict(zip(flat[0::2], flat[1::2], strict=True))
+        return _pairs(await self._run(client, _LIST, room_keys(self.prefix, room), []))
+
+    async def expire(self, client: Redis, room: str) -> dict[str, str]:
+        return _pairs(await self._run(client, _EXPIRE, room_keys(self.prefix, room), []))
 
     async def _run(self, client: Redis, script: str, keys: list[str], args: list[Any]) -> Any:
         # EVALSHA, loading the script first where Redis does not know it (a restart)
@@ -119,3 +146,7 @@ class RedisPresence:
 
 
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
+
+
+def _pairs(flat: list[str]) -> dict[str, str]:
+    return dict(zip(flat[0::2], flat[1::2], strict=True))
