@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .antenna import AntennaError, PresenceNotSupported
+from .antenna import PresenceNotSupported
 from .protocol import ErrorCode, Request, RequestError, push_tail
 
 if TYPE_CHECKING:
@@ -193,6 +193,12 @@ class _Room:
     def on_gap(self, channel: str) -> None:
         return None  # the room's own channel tells its members of the gap
 
+    async def listen(self) -> None:
+        """Receive the room's notices, if it has any and members to push them to."""
+        if self.channel and not self.listening and self.members:
+            await self.antenna.listen(self.channel, self)
+            self.listening = True
+
     async def announce(self, kind: str, key: str, info: str) -> None:
         payload = b'{"member":' + orjson.dumps(key) + b',"info":' + info.encode() + b"}"
         await self.antenna.publish(self.channel, f"{kind}\n{payload.decode()}")
@@ -261,14 +267,11 @@ class PresenceTracker:
     async def _enter(self, present: _Room, key: str, info: str) -> None:
         async with present.lock:
             try:
-                if present.channel and not present.listening and present.members:
-                    await present.antenna.listen(present.channel, present)
-                    present.listening = True
+                await present.listen()
                 await present.antenna.presence_set(present.room_id, {key: info})
                 if present.channel:
                     await present.announce("join", key, info)
-            except (AntennaError, OSError) as error:
-                # the next refresh sets it again; the member is in the room meanwhile
+            except Exception as error:  # the next refresh sets it again
                 logger.warning(
                     "room %.64r: presence of a member failed: %r", present.room_id, error
                 )
@@ -280,8 +283,7 @@ class PresenceTracker:
                 await antenna.presence_remove(present.room_id, (key,))
                 if present.channel:
                     await present.announce("leave", key, info)
-            except (AntennaError, OSError) as error:
-                # it expires within presence_ttl
+            except Exception as error:  # it expires within presence_ttl
                 logger.warning(
                     "room %.64r: presence of a leaver failed: %r", present.room_id, error
                 )
@@ -310,10 +312,12 @@ class PresenceTracker:
                 if not members or present.antenna.state == "closed":
                     continue
                 try:
-                    await present.antenna.presence_set(present.room_id, members)
-                    expired = await present.antenna.presence_expire(present.room_id)
-                    if present.channel:
-                        for key, info in expired.items():
-                            await present.announce("leave", key, info)
-                except (AntennaError, OSError) as error:
+                    async with present.lock:
+                        await present.listen()
+                        await present.antenna.presence_set(present.room_id, members)
+                        expired = await present.antenna.presence_expire(present.room_id)
+                        if present.channel:
+                            for key, info in expired.items():
+                                await present.announce("leave", key, info)
+                except Exception as error:  # tried again at the next refresh
                     logger.warning("room %.64r: refreshing presence: %r", present.room_id, error)

@@ -17,6 +17,7 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -112,6 +113,8 @@ class RedisPresence:
         self.prefix = prefix
         self.timeout = timeout
         self.where = where
+        #: the scripts, registered once (their SHA1 computed once) and run by EVALSHA
+        self._scripts: dict[str, AsyncScript] = {}
 
     async def put(self, client: Redis, room: str, members: Mapping[str, str], ttl: float) -> None:
         keys = room_keys(self.prefix, room)
@@ -133,8 +136,11 @@ class RedisPresence:
         return _pairs(await self._run(client, _EXPIRE, room_keys(self.prefix, room), []))
 
     async def _run(self, client: Redis, script: str, keys: list[str], args: list[Any]) -> Any:
+        registered = self._scripts.get(script)
+        if registered is None:
+            registered = self._scripts[script] = client.register_script(script)
         # EVALSHA, loading the script first where Redis does not know it (a restart)
-        call = client.register_script(script)(keys=keys, args=args)
+        call = registered(keys=keys, args=args, client=client)
         try:
             return await bounded(call, self.timeout)
         except _UNREACHABLE as error:
