@@ -207,3 +207,22 @@ def test_presence_ttl_must_be_a_positive_number() -> None:
         with pytest.raises(ValueError, match="presence_ttl"):
             MemoryAntenna(presence_ttl=bad)
     assert MemoryAntenna().presence_ttl == 30.0
+
+
+async def test_notices_reach_members_when_every_channel_keeps_history() -> None:
+    """A history pattern that matches every channel matches the notices' channel too:
+    they are still pushed as notices (without a position), and room messages as before."""
+    app = app_with(
+        (r".", {"history_size": 10}),
+        ("lobby", {"history_size": 10, "presence": True, "join_leave": True}),
+    )
+    async with (
+        serving(app) as url,
+        Client(url) as alice,
+        alice.subscribe("/room", {"room": "lobby"}, {"presence": {"n": "a"}}) as mine,
+    ):
+        [(kind, payload)] = await notices(mine, 1)
+        assert kind == "join" and payload["info"] == {"n": "a"}
+        await app.get_antenna().post("lobby", "hello")
+        push = await asyncio.wait_for(anext(mine), 5)
+        assert push.payload == "hello" and push.header["position"]

@@ -97,7 +97,8 @@ class Broadcast:
         return [*self._local, *self._remote]
 
     def add_member(self, member: str) -> None:
-        """Add a member (a SUB's request_id); the first member opens the room.
+        """Add a member (a SUB's request_id); the first member opens the room. In a room
+        with presence, a stream of this process becomes a member there too.
 
         Safe to call from a SUB handler without awaiting: the server waits for the
         room to be subscribed before it reads the connection's next request. Use

@@ -201,7 +201,9 @@ class _Room:
 
     async def announce(self, kind: str, key: str, info: str) -> None:
         payload = b'{"member":' + orjson.dumps(key) + b',"info":' + info.encode() + b"}"
-        await self.antenna.publish(self.channel, f"{kind}\n{payload.decode()}")
+        # post, not publish: should a history pattern match the channel, the antenna
+        # both publishes and watches it as a channel with history, consistently
+        await self.antenna.post(self.channel, f"{kind}\n{payload.decode()}")
 
 
 class PresenceTracker:

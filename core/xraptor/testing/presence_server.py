@@ -11,6 +11,7 @@ which kills one with SIGKILL to see its members expire.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -168,6 +169,17 @@ async def check_presence_across_processes(
             assert await infos(a) == await infos(b) == ["a", "b"]
         assert await next_notice(alice) == ("leave", joined)
         assert await eventually(lambda: _listed(infos, b, ["a"]))
+        # a room with presence and without join_leave: listed everywhere, no notices
+        quiet = f"quiet:{room}"
+        async with (
+            a.subscribe("/room", {"room": quiet}, {"presence": {"who": "a"}}) as listener,
+            b.subscribe("/room", {"room": quiet}, {"presence": {"who": "b"}}),
+        ):
+            for client in (a, b):
+                assert sorted(i["who"] for i in (await who(client, quiet)).values()) == ["a", "b"]
+            with contextlib.suppress(TimeoutError):
+                push = await asyncio.wait_for(anext(listener), 0.3)
+                raise AssertionError(f"a room without join_leave pushed {push!r}")
         # a disconnect (no UNSUB) removes the member too
         async with Client(first.url) as carol:
             await carol.subscribe("/room", {"room": room}, {"presence": {"who": "c"}}).__aenter__()
