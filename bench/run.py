@@ -247,6 +247,8 @@ def fanout_metrics(antenna: str, members: int) -> list[Metric]:
         Metric("rate", "deliveries/s", True, rate_target, more),
         Metric("p99_ms", "p99 delivery latency ms", False, (1.5, "<=")),
         Metric("server_cpu_us_per_op", "server CPU µs/delivery", False),
+        # of which the kernel's (a socket write per member and message, mostly)
+        Metric("server_sys_us_per_op", "server kernel CPU µs/delivery", False),
         Metric("client_cpu_us_per_op", "client CPU µs/delivery", False),
         Metric("delivered_ratio", "delivered/expected", True),
     ]
@@ -659,6 +661,9 @@ class Runner:
         cpu = after["cpu"] - before["cpu"]
         result["server_cpu_s"] = cpu
         result["server_cpu_us_per_op"] = cpu / ops * 1e6 if ops else None
+        # the kernel's share (socket writes and reads) of that CPU
+        system_cpu = after["sys"] - before["sys"]
+        result["server_sys_us_per_op"] = system_cpu / ops * 1e6 if ops else None
         if ops and result.get("elapsed_s") and case.scenario != "idle":
             result["server_busy"] = cpu / result["elapsed_s"]
             result["client_busy"] = result["client_cpu_s"] / result["elapsed_s"]
@@ -681,7 +686,12 @@ def snapshot(proc: psutil.Process, backend_port: int | None) -> dict[str, Any]:
         backend = sum(
             1 for c in proc.net_connections(kind="tcp") if c.raddr and c.raddr.port == backend_port
         )
-    return {"cpu": times.user + times.system, "rss": proc.memory_info().rss, "backend": backend}
+    return {
+        "cpu": times.user + times.system,
+        "sys": times.system,
+        "rss": proc.memory_info().rss,
+        "backend": backend,
+    }
 
 
 def expect(
