@@ -23,6 +23,9 @@ pub/sub stream and the reader hands it over (:mod:`xraptor_redis.pongs`). The
 probe only reports ``down``; the ``health_check_interval`` watchdog is what drops
 and reconnects a silent connection.
 
+History (the contract's optional capability): a room configured with history keeps
+a Redis Stream, appended and published in one Lua script; see :mod:`xraptor_redis.history`.
+
 This module holds the antenna contract; the subscriber connection (its reader,
 resubscription and watchdog) is :mod:`xraptor_redis.subscriber`, the publisher
 task :mod:`xraptor_redis.publisher`.
@@ -40,8 +43,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from xraptor.antenna import Antenna, AntennaError, AntennaUnavailable
+from xraptor.history import HistoryEntry, HistoryPolicy, Position
 
 from ._bounded import bounded
+from .history import APPEND, DEFAULT_PREFIX, KEYS, RedisHistory
 from .pongs import Pongs
 from .publisher import Publisher
 from .subscriber import Subscriber
@@ -82,7 +87,9 @@ class RedisAntenna(Antenna):
     * ``health_timeout`` / ``health_interval``: the base class's health probe
       (:meth:`ping`), default 3.0 / 1.0;
     * ``max_pending_publishes``: publishes that may wait for Redis before new ones
-      fail at once with :class:`~xraptor.AntennaUnavailable`, default 10000.
+      fail at once with :class:`~xraptor.AntennaUnavailable`, default 10000;
+    * ``history_prefix``: the prefix of the keys of rooms with history, default
+      ``xraptor:history`` (no braces: the keys carry a Redis Cluster hash tag).
     """
 
     name: ClassVar[str] = "redis"
@@ -104,6 +111,7 @@ class RedisAntenna(Antenna):
         self.health_check_interval = float(opts.get("health_check_interval", 5.0) or 0)
         if self.health_check_interval < 0:
             raise ValueError("redis antenna option 'health_check_interval' must be >= 0")
+        self._redis_history = RedisHistory(opts.get("history_prefix", DEFAULT_PREFIX))
         self._pool: BlockingConnectionPool | None = None
         self._client: Redis | None = None
         self._publisher: Publisher | None = None
@@ -158,6 +166,8 @@ class RedisAntenna(Antenna):
             timeout=self.publish_timeout,
             max_pending=self.max_pending_publishes,
             where=self._where(),
+            script=APPEND,
+            script_keys=KEYS,
         )
         self._publisher.start()
 
@@ -184,6 +194,26 @@ class RedisAntenna(Antenna):
         if publisher is None:
             raise AntennaError("the redis antenna is not connected")
         await publisher.publish(channel, message)
+
+    async def publish_with_history(
+        self, channel: str, message: str, history: HistoryPolicy
+    ) -> Position:
+        publisher = self._publisher
+        if publisher is None:
+            raise AntennaError("the redis antenna is not connected")
+        return await self._redis_history.append(publisher, channel, message, history)
+
+    async def read_history(self, channel: str, after: Position) -> list[HistoryEntry] | None:
+        client = self._live_client()
+        try:
+            return await bounded(
+                self._redis_history.read(client, channel, after), self.publish_timeout
+            )
+        except _UNREACHABLE as error:
+            raise AntennaUnavailable(
+                f"reading the history of {channel[:64]!r} failed ({self._where()}): "
+                f"{type(error).__name__}: {error}"
+            ) from error
 
     async def is_alive(self, channel: str) -> bool:
         client = self._live_client()
