@@ -65,7 +65,7 @@ MARK = "\udcff"
 KEYS = 2
 
 #: KEYS: stream, meta. ARGV: channel, message, size, ttl in ms (0: none), a fresh epoch.
-#: Returns {epoch, stream id}.
+#: Returns "<epoch> <stream id>" (one string: the cheapest answer to parse).
 APPEND = """
 local stream, meta = KEYS[1], KEYS[2]
 local size, ttl = ARGV[3], tonumber(ARGV[4])
@@ -95,12 +95,16 @@ if ttl > 0 then
   redis.call('PEXPIRE', stream, ttl)
   redis.call('PEXPIRE', meta, ttl)
 end
-redis.call('PUBLISH', ARGV[1], '\\255' .. epoch .. ' ' .. id .. '\\n' .. ARGV[2])
-return {epoch, id}
+local position = epoch .. ' ' .. id
+redis.call('PUBLISH', ARGV[1], '\\255' .. position .. '\\n' .. ARGV[2])
+return position
 """
 
 #: KEYS: stream, meta. ARGV: epoch, stream id of the position, its ms.
-#: Returns the entries after the id, or nil when the position is not in the history.
+#: Returns the entries after the id, or nil when the position is not in the history: one
+#: string of ``<stream id> <length>\n<message>`` per entry, the length in characters
+#: (code points: UTF-8 bytes that do not continue a character), so that redis-py parses
+#: one reply, not three per entry (its parser costs far more than the split below).
 READ = """
 local stream, meta = KEYS[1], KEYS[2]
 local found = redis.call('HMGET', meta, 'e', 't')
@@ -112,7 +116,17 @@ if ttl > 0 then
   local oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - ttl
   if tonumber(ARGV[3]) < oldest then return false end
 end
-return redis.call('XRANGE', stream, '(' .. ARGV[2], '+')
+local entries = redis.call('XRANGE', stream, '(' .. ARGV[2], '+')
+local parts = {}
+for i, entry in ipairs(entries) do
+  local message = entry[2][2]
+  local chars = #message
+  if string.find(message, '[\\128-\\255]') then
+    chars = select(2, string.gsub(message, '[^\\128-\\191]', ''))
+  end
+  parts[i] = entry[1] .. ' ' .. chars .. '\\n' .. message
+end
+return table.concat(parts)
 """
 
 
@@ -169,10 +183,11 @@ class RedisHistory:
         ttl_ms = 0 if policy.ttl is None else max(1, round(policy.ttl * 1000))
         stream, meta = self.keys(channel)
         fresh = secrets.token_hex(6)
-        epoch, stream_id = await publisher.call(
+        answer = await publisher.call(
             (stream, meta, channel, message, str(policy.size), str(ttl_ms), fresh)
         )
-        return Position(str(epoch), offset_of(str(stream_id)))
+        epoch, _, stream_id = str(answer).partition(" ")
+        return Position(epoch, offset_of(stream_id))
 
     async def read(self, client: Redis, channel: str, after: Position) -> list[HistoryEntry] | None:
         """The entries of ``channel`` after ``after``, ``None`` when it is not in the history."""
@@ -187,11 +202,7 @@ class RedisHistory:
             found = await client.evalsha(self._read_sha, KEYS, *args)
         if found is None:
             return None
-        epoch = after.epoch
-        return [
-            HistoryEntry(Position(epoch, offset_of(entry_id)), _message_of(fields))
-            for entry_id, fields in found
-        ]
+        return _entries(after.epoch, str(found))
 
     @staticmethod
     def decode(payload: str) -> tuple[Position, str] | None:
@@ -207,6 +218,17 @@ class RedisHistory:
             return None
 
 
-def _message_of(fields: list[str]) -> str:
-    # an entry's fields as XRANGE gives them: ["m", message]
-    return fields[1]
+def _entries(epoch: str, text: str) -> list[HistoryEntry]:
+    """The entries the read script returned, concatenated (see :data:`READ`)."""
+    entries = []
+    at = 0
+    end = len(text)
+    while at < end:
+        space = text.index(" ", at)
+        newline = text.index("\n", space)
+        start = newline + 1
+        stop = start + int(text[space + 1 : newline])
+        offset = offset_of(text[at:space])
+        entries.append(HistoryEntry(Position(epoch, offset), text[start:stop]))
+        at = stop
+    return entries
