@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 from test_history import chat, quiet, say, serving, take
 
 from xraptor import Client, Response
+from xraptor.antenna import AntennaUnavailable
 from xraptor.antennas import MemoryAntenna
 from xraptor.history import HistoryEntry, Position
 
@@ -29,6 +30,7 @@ class CutMemoryAntenna(MemoryAntenna):
         super().__init__(**options)
         self.cut = False
         self.read_delay = 0.0
+        self.read_fails = False
 
     def deliver(self, channel: str, message: str) -> None:
         if not self.cut:
@@ -40,6 +42,8 @@ class CutMemoryAntenna(MemoryAntenna):
 
     async def read_history(self, channel: str, after: Position) -> list[HistoryEntry] | None:
         await asyncio.sleep(self.read_delay)
+        if self.read_fails:
+            raise AntennaUnavailable("the backend went away again")
         entries = await super().read_history(channel, after)
         await asyncio.sleep(self.read_delay)
         return entries
@@ -159,4 +163,32 @@ async def test_rooms_without_history_still_get_the_gap_notice() -> None:
         for stream in (plain, mixed, alone):
             (push,) = await take(stream, 1)
             assert push.header == {"notice": "gap"}
+            assert await quiet(stream, 0.1)
+
+
+async def test_a_failed_read_or_no_position_gives_unrecovered_and_holds_nothing_back() -> None:
+    """The history cannot be read (the backend went away again), or the room delivered
+    nothing before the outage (it has no position to read from): unrecovered, then live."""
+    antenna = CutMemoryAntenna()
+    antenna.read_fails = True
+    app = chat(("chat:", {"history_size": 1000}), antenna=antenna)
+    async with (
+        serving(app) as url,
+        Client(url) as member,
+        Client(url) as poster,
+        member.subscribe("/room", {"room": "chat:r"}) as unreadable,
+        member.subscribe("/room", {"room": "chat:quiet"}) as quiet_room,
+    ):
+        await say(poster, "chat:r", "r0")
+        await take(unreadable, 1)
+        antenna.cut = True
+        antenna.restore()
+        for stream, room in ((unreadable, "chat:r"), (quiet_room, "chat:quiet")):
+            (notice,) = await take(stream, 1)
+            assert notice.header == {"notice": "unrecovered", "room": room}
+        await say(poster, "chat:r", "r1")
+        await say(poster, "chat:quiet", "q1")
+        assert [p.payload for p in await take(unreadable, 1)] == ["r1"]
+        assert [p.payload for p in await take(quiet_room, 1)] == ["q1"]
+        for stream in (unreadable, quiet_room):
             assert await quiet(stream, 0.1)

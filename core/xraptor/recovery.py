@@ -162,32 +162,11 @@ async def catch_up(room: Broadcast) -> None:
     through. Started by :meth:`~xraptor.Broadcast.on_gap`; reads again when another gap
     came meanwhile.
     """
-    antenna = room.antenna
-    recovered = True
-    while True:
-        room.gap_again = False
-        after = room.last_position
-        entries: list[HistoryEntry] | None = None
-        if after is not None:
-            try:
-                entries = await antenna.read_history(room.broadcast_id, after)
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:
-                logger.warning(
-                    "room %.64r: reading its history after an outage failed: %r",
-                    room.broadcast_id,
-                    error,
-                )
-        if entries is None:
-            recovered = False
-            break
-        for count, entry in enumerate(entries, 1):
-            room.deliver_at(entry.message, entry.position)
-            if count % _CATCH_UP_BATCH == 0:
-                await asyncio.sleep(0)  # let the transports write; live ones stay held
-        if not room.gap_again:
-            break
+    try:
+        recovered = await _deliver_missed(room)
+    except Exception:  # whatever went wrong, the room must not hold messages back for ever
+        logger.exception("room %.64r: catching up after an outage failed", room.broadcast_id)
+        recovered = False
     streams = room.local_streams()
     for stream in streams:
         metrics = stream.connection.metrics
@@ -205,3 +184,32 @@ async def catch_up(room: Broadcast) -> None:
         if last is not None and position.epoch == last.epoch and position.offset <= last.offset:
             continue  # delivered from the history already
         room.deliver_at(entry.message, position)
+
+
+async def _deliver_missed(room: Broadcast) -> bool:
+    """Deliver from the history what ``room`` missed after its last position, again
+    while gaps keep coming; whether the history reached back (else nothing or only part
+    of what was missed was delivered)."""
+    while True:
+        room.gap_again = False
+        after = room.last_position
+        entries: list[HistoryEntry] | None = None
+        if after is not None:
+            try:
+                entries = await room.antenna.read_history(room.broadcast_id, after)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                logger.warning(
+                    "room %.64r: reading its history after an outage failed: %r",
+                    room.broadcast_id,
+                    error,
+                )
+        if entries is None:
+            return False
+        for count, entry in enumerate(entries, 1):
+            room.deliver_at(entry.message, entry.position)
+            if count % _CATCH_UP_BATCH == 0:
+                await asyncio.sleep(0)  # let the transports write; live ones stay held
+        if not room.gap_again:
+            return True
