@@ -43,6 +43,7 @@ at the position must still be there (and not older than the ttl), then everythin
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 from typing import TYPE_CHECKING, Any
 
@@ -53,7 +54,11 @@ from xraptor.history import HistoryEntry, HistoryPolicy, Position
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from xraptor.antenna import Antenna
+
     from .publisher import Publisher
+
+logger = logging.getLogger("xraptor_redis")
 
 DEFAULT_PREFIX = "xraptor:history"
 #: a stream id's ``seq`` stays below this, so that ``ms * SEQ_LIMIT + seq`` is one-to-one
@@ -216,6 +221,21 @@ class RedisHistory:
             return Position(epoch, offset_of(stream_id)), message
         except ValueError:
             return None
+
+
+def deliver_positioned(antenna: Antenna, channel: str, data: str) -> None:
+    """Hand a received positioned payload (it starts with :data:`MARK`) to
+    :meth:`~xraptor.Antenna.deliver_at`; a malformed one is dropped and logged."""
+    decoded = RedisHistory.decode(data)
+    if decoded is None:
+        logger.warning(
+            "redis antenna: dropped a malformed message of room %.64r (it starts like a "
+            "message with history, without a position)",
+            channel,
+        )
+        return
+    position, message = decoded
+    antenna.deliver_at(channel, message, position)
 
 
 def _entries(epoch: str, text: str) -> list[HistoryEntry]:

@@ -34,7 +34,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from xraptor.antenna import Antenna, AntennaError, AntennaUnavailable
 
 from ._bounded import bounded
-from .history import MARK, RedisHistory
+from .history import MARK, deliver_positioned
 from .pongs import Pongs
 
 logger = logging.getLogger("xraptor_redis")
@@ -335,7 +335,7 @@ class Subscriber:
             if kind == "message":
                 data = response[2]
                 if data[:1] == MARK:
-                    self._deliver_positioned(response[1], data)
+                    deliver_positioned(self._antenna, response[1], data)
                 else:
                     deliver(response[1], data)
             elif kind == "subscribe":
@@ -346,18 +346,6 @@ class Subscriber:
                     future.set_result(None)
             elif kind == "pong":
                 self._pongs.answered(response[1])
-
-    def _deliver_positioned(self, channel: str, data: str) -> None:
-        decoded = RedisHistory.decode(data)
-        if decoded is None:
-            logger.warning(
-                "redis antenna: dropped a malformed message of room %.64r (it starts like a "
-                "message with history, without a position)",
-                channel,
-            )
-            return
-        position, message = decoded
-        self._antenna.deliver_at(channel, message, position)
 
     async def _watch_health(self) -> None:
         """Detect a subscriber connection that went silent (frozen server, half-open TCP).
