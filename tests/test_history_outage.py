@@ -192,3 +192,28 @@ async def test_a_failed_read_or_no_position_gives_unrecovered_and_holds_nothing_
         assert [p.payload for p in await take(quiet_room, 1)] == ["q1"]
         for stream in (unreadable, quiet_room):
             assert await quiet(stream, 0.1)
+
+
+async def test_a_room_opened_by_a_recovery_catches_up_from_the_recovered_position() -> None:
+    """A room opened by a SUB with since has a position before any live message came (the
+    last one recovered), so an outage right after is caught up, not unrecovered."""
+    antenna = CutMemoryAntenna()
+    app = chat(("chat:", {"history_size": 1000}), antenna=antenna)
+    async with serving(app) as url, Client(url) as poster:
+        async with Client(url) as member, member.subscribe("/room", {"room": "chat:s"}) as first:
+            await say(poster, "chat:s", "m0")
+            await take(first, 1)
+            seen = dict(first.positions)
+        await say(poster, "chat:s", "m1")  # while the member is away (the room closed)
+        async with (
+            Client(url) as member,
+            member.subscribe("/room", {"room": "chat:s"}, since=seen) as stream,
+        ):
+            pushes = await take(stream, 1)
+            antenna.cut = True
+            await say(poster, "chat:s", "m2")
+            antenna.restore()
+            pushes += await take(stream, 1)
+            assert await quiet(stream)
+    assert [push.payload for push in pushes] == ["m1", "m2"]
+    assert notices(pushes) == []

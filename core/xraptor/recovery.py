@@ -135,6 +135,10 @@ async def _recover_room(stream: Stream, room: Broadcast, after: Position, antenn
                 stream, prefix + push_tail(entry.message, room.position_header(entry.position))
             )
             last = entry.position
+        if room.last_position is None:
+            # the room received nothing live yet, and receives everything after ``last``:
+            # from there it can catch up after an outage (xraptor.recovery.catch_up)
+            room.last_position = last
     held = room.held_back(stream.request_id)
     for entry in held or ():
         position = entry.position
