@@ -177,6 +177,15 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def bench_history(session: nox.Session) -> None:
+    """Room history on Redis: fan-out with history against without, and the recovery
+    throughput (bench/history.py; not run by default). ``-- --quick`` for a smoke run."""
+    session.install("-e", ".", *(f"-e{path}" for path in PLUGINS.values()))
+    session.install("picows", "uvloop", "psutil", "redis")
+    session.run("python", "bench/history.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
 @nox.parametrize("transport", ["websockets", "picows"])
 def conformance(session: nox.Session, transport: str) -> None:
     """RFC 6455: the kosoku suite against xraptor and a raw websockets echo server (opt-in).

@@ -171,9 +171,25 @@ def xraptor_app(port: int, antenna: str, url: str, transport: str = "websockets"
     async def stream(request: xraptor.Request) -> None:
         return None
 
-    return xraptor.XRaptor(
+    server = xraptor.XRaptor(
         "127.0.0.1", port, antenna=url if antenna != "memory" else "memory", transport=transport
     )
+    keep_history_from_env(server)
+    return server
+
+
+#: set by ``bench/history.py``: the bench room keeps this many messages of history
+HISTORY_ENV = "XRAPTOR_BENCH_HISTORY"
+
+
+def keep_history_from_env(server: XRaptor) -> None:
+    """Give the bench room history when ``XRAPTOR_BENCH_HISTORY`` is a size (history.py)."""
+    import os
+    import re
+
+    size = int(os.environ.get(HISTORY_ENV) or 0)
+    if size:
+        server.configure_rooms(re.escape(ROOM) + "$", history_size=size)
 
 
 async def xraptor_main(

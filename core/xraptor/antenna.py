@@ -249,7 +249,7 @@ class Antenna(ABC):
             raise HistoryNotSupported(
                 f"the {self.name or type(self).__name__} antenna cannot keep room history "
                 "(yet), and rooms were configured with history_size > 0; use an antenna "
-                "that can (the memory antenna), or configure the rooms without history"
+                "that can (memory, redis), or configure the rooms without history"
             )
         self._history = resolver
 

@@ -60,6 +60,12 @@ class Stream:
         self.connection.push(self.prefix + push_tail(message))
 
     def on_gap(self, channel: str) -> None:
+        # a stream whose rooms all keep history is told by them (they catch up, or push
+        # "unrecovered"); its own channel (its request id) keeps none: see the README's
+        # "Delivery guarantees" for what that leaves uncovered
+        rooms = self.rooms
+        if rooms and all(room.keeps_history for room in rooms):
+            return
         self.notify_gap(self.antenna.gap_round)
 
     def notify_gap(self, gap: int) -> None:
