@@ -9,6 +9,9 @@ Subjects (``P`` is the ``subject_prefix`` option, ``T`` the channel's token from
   nobody subscribes to gets the server's "no responders" status at once, so
   :meth:`is_alive` is truthful across processes. One subscription per channel
   serves both (one nats-py task per channel).
+* ``P.h.<size>_<ttl ms>.T``: the messages of a channel that keeps history, stored in
+  a JetStream stream that republishes them to ``P.ch.T`` with their sequence
+  (:mod:`xraptor_nats.history`); watchers need nothing more than for other channels.
 
 Health: :meth:`NatsAntenna.ping` (the contract's optional round trip, probed by
 the base class) is the same server round trip as :meth:`NatsAntenna._sync`: a
@@ -32,8 +35,11 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 
 from xraptor.antenna import Antenna, AntennaError, AntennaUnavailable, MessageTooLarge
+from xraptor.history import HistoryEntry, HistoryPolicy, Position
 
 from .config import DEFAULT_SERVERS, PENDING_SIZE, positive, redact, split_servers
+from .errors import ANY_NATS, LOCATE_FAILURES, UNAVAILABLE, jetstream_errors
+from .history import SEQUENCE_HEADER, STREAM_HEADER, HistoryOptions, JetStreamHistory, check_policy
 from .subjects import channel_token, check_prefix
 
 logger = logging.getLogger("xraptor_nats")
@@ -43,24 +49,10 @@ PROBE_HEADER = "Xraptor-Probe"
 
 _token = functools.lru_cache(maxsize=8192)(channel_token)
 
-#: nats-py errors that mean "the server cannot take this now"
-_UNAVAILABLE: tuple[type[BaseException], ...] = (
-    nats.errors.ConnectionClosedError,
-    nats.errors.ConnectionReconnectingError,
-    nats.errors.ConnectionDrainingError,
-    nats.errors.OutboundBufferLimitError,
-    nats.errors.StaleConnectionError,
-    nats.errors.TimeoutError,
-    nats.errors.FlushTimeoutError,
-    TimeoutError,
-    OSError,
-)
-#: what best-effort steps (unsubscribe, confirmations on close) may meet
-_ANY_NATS: tuple[type[BaseException], ...] = (*_UNAVAILABLE, nats.errors.Error, AntennaUnavailable)
-
 
 class NatsAntenna(Antenna):
-    """Pub/sub over NATS core (at-most-once, per-channel order).
+    """Pub/sub over NATS core (at-most-once, per-channel order); room history on
+    JetStream (:mod:`xraptor_nats.history`).
 
     Options (keyword arguments, or class-wide with :meth:`set_config`):
 
@@ -78,6 +70,11 @@ class NatsAntenna(Antenna):
     :param health_interval: seconds between health probes; default 1.0
     :param connect_options: further keyword arguments for ``nats.connect`` (``user``,
         ``password``, ``token``, ``tls``, ``user_credentials``, ...)
+    :param history_stream_prefix: first part of the history streams' names; default
+        ``XRAPTOR_H`` (with a digest of ``subject_prefix`` when that is not the default)
+    :param history_storage: ``"file"`` (default: history outlives a server restart)
+        or ``"memory"``
+    :param history_replicas: replicas of each history stream (clustered JetStream); default 1
     """
 
     name: ClassVar[str] = "nats"
@@ -103,6 +100,8 @@ class NatsAntenna(Antenna):
         self._conn_name = str(opts.get("name", "xraptor"))
         self._pending_size = PENDING_SIZE
         self._where = ", ".join(redact(url) for url in self.servers)
+        self._history_options = HistoryOptions.from_options(opts, self.subject_prefix)
+        self._jetstream: JetStreamHistory | None = None
         self._nc: Client | None = None
         self._subs: dict[str, NatsSubscription] = {}
         self._sid_channel: dict[int, str] = {}
@@ -168,6 +167,9 @@ class NatsAntenna(Antenna):
             )
         self._sync_subject = nc.new_inbox()
         await nc.subscribe(self._sync_subject, cb=self._on_sync)
+        self._jetstream = JetStreamHistory(
+            nc, self._history_options, self.subject_prefix, self.publish_timeout
+        )
         self._nc = nc
         self.set_state("up")
 
@@ -179,7 +181,7 @@ class NatsAntenna(Antenna):
         if nc is None:
             return
         if nc.is_connected:
-            with contextlib.suppress(*_ANY_NATS):  # let what was published reach the server
+            with contextlib.suppress(*ANY_NATS):  # let what was published reach the server
                 await self._sync(nc)
         await nc.close()
 
@@ -199,6 +201,8 @@ class NatsAntenna(Antenna):
             return
         logger.warning("lost the NATS connection; reconnecting")
         self.set_state("down")
+        if self._jetstream is not None:  # the server may come back without its streams
+            self._jetstream.forget()
 
     async def _on_reconnected(self) -> None:
         if self._closing:
@@ -207,7 +211,9 @@ class NatsAntenna(Antenna):
         logger.warning("NATS connection back; subscriptions restored")
         self.set_state("up")
         # nats-py resubscribed every subscription before calling us; messages
-        # published during the outage are lost, so say so.
+        # published during the outage are lost (history rooms recover them), so say so.
+        if self._jetstream is not None:
+            self._jetstream.forget_sequences()
         self.report_gap(self.watched_channels())
 
     async def _on_closed(self) -> None:
@@ -228,23 +234,47 @@ class NatsAntenna(Antenna):
 
     async def publish(self, channel: str, message: str) -> None:
         nc = self._connected()
+        subject = self.subject(channel)
+        data = await self._encode(nc, message, len(subject))
+        try:
+            # with room in the buffer nats-py only queues the message: no suspension
+            await nc.publish(subject, data)
+        except UNAVAILABLE as error:
+            raise AntennaUnavailable(
+                f"could not publish to NATS: {type(error).__name__}: {error}"
+            ) from error
+
+    async def _encode(self, nc: Client, message: str, extra: int) -> bytes:
+        """``message`` as bytes, once nats-py's buffer has room for it.
+
+        :raises MessageTooLarge: over the server's ``max_payload``
+        """
         data = message.encode("utf-8", "surrogatepass")
         if len(data) > nc.max_payload:
             raise MessageTooLarge(
                 f"message of {len(data)} bytes exceeds the NATS server's max_payload "
                 f"({nc.max_payload} bytes)"
             )
-        subject = self.subject(channel)
-        need = len(data) + len(subject) + 32
+        need = len(data) + extra + 32
         if nc.pending_data_size + need > self._pending_size:
             await self._wait_for_room(nc, need)
-        try:
-            # with room in the buffer nats-py only queues the message: no suspension
-            await nc.publish(subject, data)
-        except _UNAVAILABLE as error:
-            raise AntennaUnavailable(
-                f"could not publish to NATS: {type(error).__name__}: {error}"
-            ) from error
+        return data
+
+    async def publish_with_history(
+        self, channel: str, message: str, history: HistoryPolicy
+    ) -> Position:
+        check_policy(history)
+        nc = self._connected()
+        data = await self._encode(nc, message, 128)
+        assert self._jetstream is not None
+        async with jetstream_errors("publish to the history"):
+            return await self._jetstream.publish(_token(channel), data, history)
+
+    async def read_history(self, channel: str, after: Position) -> list[HistoryEntry] | None:
+        self._connected()
+        assert self._jetstream is not None
+        async with jetstream_errors("read the history"):
+            return await self._jetstream.read(_token(channel), after, self.history_of(channel))
 
     async def _wait_for_room(self, nc: Client, need: int) -> None:
         """Wait, at most ``publish_timeout``, until nats-py's outgoing buffer has room.
@@ -268,9 +298,14 @@ class NatsAntenna(Antenna):
         nc = self._connected()
 
         async def on_message(msg: Msg) -> None:
-            if msg.reply and msg.headers and PROBE_HEADER in msg.headers:
-                await _answer_probe(msg)
-                return
+            headers = msg.headers
+            if headers:
+                if msg.reply and PROBE_HEADER in headers:
+                    await _answer_probe(msg)
+                    return
+                if STREAM_HEADER in headers and SEQUENCE_HEADER in headers:
+                    await self._deliver_stored(channel, msg, headers)
+                    return
             self.deliver(channel, msg.data.decode("utf-8", "surrogatepass"))
 
         if channel in self._subs:  # the hub watches once; be safe all the same
@@ -286,17 +321,35 @@ class NatsAntenna(Antenna):
             # cancelled or failed: the hub does not count the channel as watched,
             # so nothing may stay subscribed
             await self._drop(channel, sync=False)
-            if isinstance(error, _UNAVAILABLE):
+            if isinstance(error, UNAVAILABLE):
                 raise AntennaUnavailable(
                     f"could not subscribe on NATS: {type(error).__name__}: {error}"
                 ) from error
             raise
+
+    async def _deliver_stored(self, channel: str, msg: Msg, headers: dict[str, str]) -> None:
+        """Deliver a message that a history stream republished, with its position."""
+        text = msg.data.decode("utf-8", "surrogatepass")
+        assert self._jetstream is not None
+        try:
+            position, gap = await self._jetstream.locate(channel, headers)
+        except LOCATE_FAILURES as error:
+            logger.warning("no position for a message of %.64r: %s", channel, error)
+            position, gap = None, False
+        if gap:  # a message of the room did not reach this process: listeners recover it
+            self.report_gap([channel])
+        if position is None:  # not from a stream of ours: a message like any other
+            self.deliver(channel, text)
+        else:
+            self.deliver_at(channel, text, position)
 
     async def unwatch(self, channel: str) -> None:
         await self._drop(channel, sync=True)
 
     async def _drop(self, channel: str, *, sync: bool) -> None:
         messages = self._subs.pop(channel, None)
+        if self._jetstream is not None:
+            self._jetstream.forget_sequences(channel)
         if messages is None:
             return
         self._sid_channel.pop(messages._id, None)
@@ -306,7 +359,7 @@ class NatsAntenna(Antenna):
             # once this returns, no other process sees this one as alive
             try:
                 await self._sync(nc)
-            except _ANY_NATS as error:
+            except ANY_NATS as error:
                 logger.debug("confirming the unsubscribe of %.64r: %s", channel, error)
 
     async def ping(self) -> None:
@@ -366,7 +419,7 @@ class NatsAntenna(Antenna):
             # The server answers "no responders" at once when nobody subscribes to
             # the probe subject, so silence means a watcher exists but is slow.
             return nc.is_connected or self._raise_unavailable()
-        except _UNAVAILABLE as error:
+        except UNAVAILABLE as error:
             raise AntennaUnavailable(
                 f"could not probe NATS: {type(error).__name__}: {error}"
             ) from error
@@ -387,7 +440,7 @@ class NatsAntenna(Antenna):
 async def _unsubscribe(sub: NatsSubscription, channel: str) -> None:
     try:
         await sub.unsubscribe()
-    except _ANY_NATS as error:
+    except ANY_NATS as error:
         logger.debug("unsubscribe of %.64r: %s", channel, error)
 
 
@@ -395,5 +448,5 @@ async def _answer_probe(msg: Msg) -> None:
     if msg.reply:
         try:
             await msg.respond(b"1")
-        except _ANY_NATS as error:
+        except ANY_NATS as error:
             logger.debug("could not answer a liveness probe: %s", error)
