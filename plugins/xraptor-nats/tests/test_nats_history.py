@@ -25,6 +25,7 @@ from xraptor.history import HistoryEntry, HistoryPolicy, Position
 from xraptor.testing import HistoryConformance
 from xraptor_nats.antenna import NatsAntenna
 from xraptor_nats.history import default_stream_prefix
+from xraptor_nats.republish import Republished
 from xraptor_nats.subjects import channel_token
 
 
@@ -32,9 +33,7 @@ def jetstream_server(store: Path) -> NatsServer | None:
     binary = nats_binary()
     if binary is None:
         return None
-    return NatsServer(
-        f"nats://127.0.0.1:{free_port()}", binary, ("-js", "-sd", str(store))
-    )
+    return NatsServer(f"nats://127.0.0.1:{free_port()}", binary, ("-js", "-sd", str(store)))
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +81,290 @@ class TestNatsHistory(HistoryConformance):
     @pytest.fixture
     def antenna_factory(self, jetstream_url: str, own_streams: str) -> Callable[[], NatsAntenna]:
         return lambda: NatsAntenna(servers=jetstream_url)
+
+
+class Recorder:
+    """A hub listener that records messages with their positions, and gap notices."""
+
+    def __init__(self) -> None:
+        self.received: asyncio.Queue[tuple[str, Position | None]] = asyncio.Queue()
+        self.gaps = 0
+
+    def on_message(self, channel: str, message: str) -> None:
+        self.received.put_nowait((message, None))
+
+    def on_message_at(self, channel: str, message: str, position: Position) -> None:
+        self.received.put_nowait((message, position))
+
+    def on_gap(self, channel: str) -> None:
+        self.gaps += 1
+
+    async def next(self, timeout: float = 5.0) -> tuple[str, Position | None]:
+        return await asyncio.wait_for(self.received.get(), timeout)
+
+
+def room() -> str:
+    return f"room-{uuid.uuid4().hex[:10]}"
+
+
+async def test_a_stream_per_policy_with_its_limits(jetstream_url: str, own_streams: str) -> None:
+    async with (
+        NatsAntenna(servers=jetstream_url) as antenna,
+        NatsAntenna(servers=jetstream_url) as other,
+    ):
+        prefix = antenna.subject_prefix
+        first = await antenna.publish_with_history(room(), "a", HistoryPolicy(5, 2.5))
+        again = await other.publish_with_history(room(), "b", HistoryPolicy(5, 2.5))  # idempotent
+        await antenna.publish_with_history(room(), "c", HistoryPolicy(7))
+        assert first.epoch == again.epoch == "5-2500-" + first.epoch.rsplit("-", 1)[1]
+        assert again.offset > first.offset
+        nc = await nats.connect(jetstream_url)
+        try:
+            js = nc.jetstream()
+            timed = await js.stream_info(f"{own_streams}_5_2500")
+            kept = await js.stream_info(f"{own_streams}_7_0")
+        finally:
+            await nc.close()
+    assert timed.config.subjects == [f"{prefix}.h.5_2500.*"]
+    assert timed.config.max_msgs_per_subject == 5 and timed.config.max_age == 2.5
+    assert timed.config.discard == "old" and timed.config.storage == "file"
+    assert timed.config.republish is not None
+    assert timed.config.republish.dest == f"{prefix}.ch.{{{{wildcard(1)}}}}"
+    assert kept.config.max_msgs_per_subject == 7 and not kept.config.max_age
+    assert timed.state.messages == 2 and kept.state.messages == 1
+
+
+async def test_other_services_use_the_documented_subjects(
+    jetstream_url: str, own_streams: str
+) -> None:
+    """A service publishes into a history room with JetStream on ``P.h.<size>_<ttl>.<token>``
+    and reads its messages, with their sequence, on ``P.ch.<token>`` like any room's."""
+    channel, policy = room(), HistoryPolicy(10)
+    token = channel_token(channel)
+    async with NatsAntenna(servers=jetstream_url) as antenna:
+        prefix = antenna.subject_prefix
+        first = await antenna.publish_with_history(channel, "from xraptor", policy)
+        recorder = Recorder()
+        await antenna.listen(channel, recorder)
+        nc = await nats.connect(jetstream_url)
+        try:
+            seen = await nc.subscribe(f"{prefix}.ch.{token}")
+            await nc.flush()
+            ack = await nc.jetstream().publish(f"{prefix}.h.10_0.{token}", b"from a service")
+            await nc.publish(f"{prefix}.ch.{token}", b"not stored")  # the old way: live only
+            assert await recorder.next() == ("from a service", Position(first.epoch, ack.seq))
+            assert await recorder.next() == ("not stored", None)
+            outside = await seen.next_msg(timeout=5)
+            assert outside.data == b"from a service"
+            assert outside.headers is not None
+            assert outside.headers["Nats-Sequence"] == str(ack.seq)
+            assert outside.headers["Nats-Last-Sequence"] == str(first.offset)
+        finally:
+            await nc.close()
+            await antenna.unlisten(channel, recorder)
+        assert await antenna.read_history(channel, first) == [
+            HistoryEntry(Position(first.epoch, ack.seq), "from a service")
+        ]
+
+
+async def test_rooms_without_history_store_nothing(jetstream_url: str, own_streams: str) -> None:
+    channel = room()
+    async with NatsAntenna(servers=jetstream_url) as antenna:
+        antenna.set_history(lambda name: HistoryPolicy(3) if name.startswith("kept") else None)
+        recorder = Recorder()
+        await antenna.listen(channel, recorder)
+        try:
+            await antenna.post(channel, "plain")
+            assert await recorder.next() == ("plain", None)
+        finally:
+            await antenna.unlisten(channel, recorder)
+        assert await delete_streams(jetstream_url, own_streams) == []
+        kept = f"kept-{channel}"
+        await antenna.listen(kept, recorder)
+        try:
+            await antenna.post(kept, "stored")
+            message, position = await recorder.next()
+            assert message == "stored" and position is not None
+        finally:
+            await antenna.unlisten(kept, recorder)
+
+
+async def test_a_position_of_another_policy_is_not_recovered(
+    jetstream_url: str, own_streams: str
+) -> None:
+    """A room configured anew (another size) moved to another stream: a position of
+    the old one would miss what the new one got, so it is not recovered."""
+    channel = room()
+    async with NatsAntenna(servers=jetstream_url) as antenna:
+        old = await antenna.publish_with_history(channel, "old", HistoryPolicy(5))
+        await antenna.publish_with_history(channel, "old 2", HistoryPolicy(5))
+        assert await antenna.read_history(channel, old) is not None
+        antenna.set_history(lambda name: HistoryPolicy(50))
+        assert await antenna.read_history(channel, old) is None
+
+
+async def test_bad_input_is_refused_clearly(jetstream_url: str, own_streams: str) -> None:
+    for options, words in (
+        ({"history_storage": "disk"}, "history_storage"),
+        ({"history_replicas": 0}, "history_replicas"),
+        ({"history_stream_prefix": "a.b"}, "history_stream_prefix"),
+        ({"history_stream_prefix": "a b"}, "history_stream_prefix"),
+    ):
+        with pytest.raises(ValueError, match=words):
+            NatsAntenna(servers=jetstream_url, **options)
+    async with NatsAntenna(servers=jetstream_url) as antenna:
+        with pytest.raises(ValueError, match="history_size"):
+            await antenna.publish_with_history(room(), "x", HistoryPolicy(2**63))
+        with pytest.raises(ValueError, match="max_age"):
+            await antenna.publish_with_history(room(), "x", HistoryPolicy(3, 1e13))
+        assert await antenna.read_history(room(), Position("no-such-epoch", 1)) is None
+
+
+async def test_history_needs_jetstream(nats_url: str) -> None:
+    """The plugin's usual test server runs without JetStream: a clear error says so."""
+    async with NatsAntenna(servers=nats_url) as antenna:
+        with pytest.raises(AntennaUnavailable, match="nats-server -js"):
+            await antenna.publish_with_history(room(), "x", HistoryPolicy(3))
+        with pytest.raises(AntennaUnavailable, match="nats-server -js"):
+            await antenna.read_history(room(), Position("3-0-0123abcd", 1))
+
+
+def republication(stream: str, seq: int, last: int, subject: str) -> dict[str, str]:
+    """The headers JetStream republishes message ``seq`` of ``stream`` with."""
+    return {
+        "Nats-Stream": stream,
+        "Nats-Subject": subject,
+        "Nats-Sequence": str(seq),
+        "Nats-Last-Sequence": str(last),
+    }
+
+
+async def test_republications_that_overtook_others_are_put_in_order(
+    jetstream_url: str, own_streams: str
+) -> None:
+    """A republication whose predecessor has not come yet (the server does not keep
+    them in order across publishing connections) is preceded by the messages it
+    overtook, read from the stream; their late copies are dropped; a hole that was
+    trimmed meanwhile is a gap."""
+    channel, policy = room(), HistoryPolicy(2)
+    async with NatsAntenna(servers=jetstream_url) as antenna:
+        jetstream = antenna._jetstream
+        assert jetstream is not None
+        stream = jetstream.stream_of(channel, policy)
+        assert stream is not None
+        subject = jetstream.subject(policy, channel_token(channel))
+        # not watched: the test hands republications to the tracker itself
+        tracker = Republished(jetstream)
+        await tracker.watching(channel, policy)
+        p1, p2, p3 = [await antenna.publish_with_history(channel, m, policy) for m in "abc"]
+        s1, s2, s3 = p1.offset, p2.offset, p3.offset
+        # c overtook a and b (the stream keeps 2 messages: a is gone already)
+        entries, gap = await tracker.receive(channel, b"c", republication(stream, s3, s2, subject))
+        assert entries == [HistoryEntry(p2, "b"), HistoryEntry(p3, "c")] and not gap
+        # b's own copy comes late: dropped
+        assert await tracker.receive(channel, b"b", republication(stream, s2, s1, subject)) == (
+            [],
+            False,
+        )
+        p4 = await antenna.publish_with_history(channel, "d", policy)
+        assert await tracker.receive(
+            channel, b"d", republication(stream, p4.offset, s3, subject)
+        ) == (
+            [HistoryEntry(p4, "d")],
+            False,
+        )
+        # e, f, g published; g arrives first; e is trimmed (2 kept) before it is read
+        _, p6, p7 = [await antenna.publish_with_history(channel, m, policy) for m in "efg"]
+        entries, gap = await tracker.receive(
+            channel, b"g", republication(stream, p7.offset, p6.offset, subject)
+        )
+        assert entries == [HistoryEntry(p6, "f"), HistoryEntry(p7, "g")] and gap
+
+
+async def test_concurrent_publishers_reach_every_process_in_one_order(
+    jetstream_url: str, own_streams: str
+) -> None:
+    channel, policy = room(), HistoryPolicy(1000)
+    publishers = [NatsAntenna(servers=jetstream_url) for _ in range(3)]
+    watchers = [NatsAntenna(servers=jetstream_url) for _ in range(2)]
+    for antenna in publishers + watchers:
+        antenna.set_history(lambda name: policy)
+        await antenna.start()
+    try:
+        recorders = [Recorder() for _ in watchers]
+        for antenna, recorder in zip(watchers, recorders, strict=True):
+            await antenna.listen(channel, recorder)
+
+        async def publish(antenna: NatsAntenna, name: str) -> None:
+            for i in range(150):
+                await antenna.post(channel, f"{name}{i}")
+
+        await asyncio.gather(*(publish(a, f"p{n}-") for n, a in enumerate(publishers)))
+        received = [[await r.next() for _ in range(450)] for r in recorders]
+        assert received[0] == received[1]
+        offsets = [position.offset for _, position in received[0] if position is not None]
+        assert len(offsets) == 450 and offsets == sorted(set(offsets))
+        assert all(r.gaps == 0 for r in recorders)
+    finally:
+        for antenna in publishers + watchers:
+            await antenna.close()
+
+
+@pytest.fixture
+def private_jetstream(tmp_path: Path) -> Iterator[NatsServer]:
+    """A nats-server -js of the test's own (with its store directory), to kill and restart."""
+    server = jetstream_server(tmp_path / "store")
+    if server is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true: no nats-server on PATH")
+        pytest.skip("fault injection needs the nats-server binary (to kill and restart it)")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def wait_state(antenna: NatsAntenna, state: str) -> None:
+    async with asyncio.timeout(15):
+        while antenna.connection_state != state:
+            await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("storage", ["file", "memory"])
+async def test_history_across_a_server_restart(private_jetstream: NatsServer, storage: str) -> None:
+    """kill -9 and a restart of nats-server: the room's listener gets a gap notice and
+    live messages with positions again; with file storage the history and its epoch
+    survive (recovery reaches across the outage), with memory storage they do not (a
+    new epoch: old positions are not recovered)."""
+    channel, policy = room(), HistoryPolicy(100)
+    options = {"servers": private_jetstream.url, "history_storage": storage}
+    async with NatsAntenna(**options) as antenna:
+        antenna.set_history(lambda name: policy)
+        recorder = Recorder()
+        await antenna.listen(channel, recorder)
+        before = [await antenna.publish_with_history(channel, f"m{i}", policy) for i in range(3)]
+        assert [await recorder.next() for _ in range(3)] == [(f"m{i}", before[i]) for i in range(3)]
+        private_jetstream.kill()
+        await wait_state(antenna, "down")
+        with pytest.raises(AntennaUnavailable):
+            await antenna.read_history(channel, before[0])
+        private_jetstream.restart()
+        await wait_state(antenna, "up")
+        async with asyncio.timeout(10):
+            while recorder.gaps == 0:
+                await asyncio.sleep(0.05)
+        after = await antenna.publish_with_history(channel, "after", policy)
+        assert await recorder.next() == ("after", after)
+        history = await antenna.read_history(channel, before[0])
+        if storage == "file":
+            assert after.epoch == before[0].epoch and after.offset > before[-1].offset
+            assert history == [
+                HistoryEntry(before[1], "m1"),
+                HistoryEntry(before[2], "m2"),
+                HistoryEntry(after, "after"),
+            ]
+        else:
+            assert after.epoch != before[0].epoch
+            assert history is None
+            assert await antenna.read_history(channel, after) == []

@@ -39,7 +39,8 @@ from xraptor.history import HistoryEntry, HistoryPolicy, Position
 
 from .config import DEFAULT_SERVERS, PENDING_SIZE, positive, redact, split_servers
 from .errors import ANY_NATS, LOCATE_FAILURES, UNAVAILABLE, jetstream_errors
-from .history import SEQUENCE_HEADER, STREAM_HEADER, HistoryOptions, JetStreamHistory, check_policy
+from .history import HistoryOptions, JetStreamHistory, check_policy
+from .republish import SEQUENCE_HEADER, STREAM_HEADER, Republished
 from .subjects import channel_token, check_prefix
 
 logger = logging.getLogger("xraptor_nats")
@@ -102,6 +103,7 @@ class NatsAntenna(Antenna):
         self._where = ", ".join(redact(url) for url in self.servers)
         self._history_options = HistoryOptions.from_options(opts, self.subject_prefix)
         self._jetstream: JetStreamHistory | None = None
+        self._republished: Republished | None = None
         self._nc: Client | None = None
         self._subs: dict[str, NatsSubscription] = {}
         self._sid_channel: dict[int, str] = {}
@@ -170,6 +172,7 @@ class NatsAntenna(Antenna):
         self._jetstream = JetStreamHistory(
             nc, self._history_options, self.subject_prefix, self.publish_timeout
         )
+        self._republished = Republished(self._jetstream)
         self._nc = nc
         self.set_state("up")
 
@@ -212,8 +215,6 @@ class NatsAntenna(Antenna):
         self.set_state("up")
         # nats-py resubscribed every subscription before calling us; messages
         # published during the outage are lost (history rooms recover them), so say so.
-        if self._jetstream is not None:
-            self._jetstream.forget_sequences()
         self.report_gap(self.watched_channels())
 
     async def _on_closed(self) -> None:
@@ -268,7 +269,7 @@ class NatsAntenna(Antenna):
         data = await self._encode(nc, message, 128)
         assert self._jetstream is not None
         async with jetstream_errors("publish to the history"):
-            return await self._jetstream.publish(_token(channel), data, history)
+            return await self._jetstream.publish(channel, _token(channel), data, history)
 
     async def read_history(self, channel: str, after: Position) -> list[HistoryEntry] | None:
         self._connected()
@@ -310,6 +311,11 @@ class NatsAntenna(Antenna):
 
         if channel in self._subs:  # the hub watches once; be safe all the same
             await self._drop(channel, sync=False)
+        if self._republished is not None:  # a history room: where its stream stands
+            try:
+                await self._republished.watching(channel, self.history_of(channel))
+            except ANY_NATS as error:
+                logger.warning("history stream of %.64r not read: %s", channel, error)
         # one subscription per channel carries both its messages and its liveness
         # probes (requests with the probe header): one nats-py task per channel
         messages = await nc.subscribe(self.subject(channel), cb=on_message)
@@ -328,19 +334,20 @@ class NatsAntenna(Antenna):
             raise
 
     async def _deliver_stored(self, channel: str, msg: Msg, headers: dict[str, str]) -> None:
-        """Deliver a message that a history stream republished, with its position."""
-        text = msg.data.decode("utf-8", "surrogatepass")
-        assert self._jetstream is not None
+        """Deliver a message a history stream republished (and any it overtook), with
+        positions, in the stream's order."""
+        assert self._republished is not None
         try:
-            position, gap = await self._jetstream.locate(channel, headers)
+            entries, gap = await self._republished.receive(channel, msg.data, headers)
         except LOCATE_FAILURES as error:
             logger.warning("no position for a message of %.64r: %s", channel, error)
-            position, gap = None, False
+            entries, gap = None, False
         if gap:  # a message of the room did not reach this process: listeners recover it
             self.report_gap([channel])
-        if position is None:  # not from a stream of ours: a message like any other
-            self.deliver(channel, text)
-        else:
+        if entries is None:  # not from a stream of ours: a message like any other
+            self.deliver(channel, msg.data.decode("utf-8", "surrogatepass"))
+            return
+        for position, text in entries:
             self.deliver_at(channel, text, position)
 
     async def unwatch(self, channel: str) -> None:
@@ -348,8 +355,8 @@ class NatsAntenna(Antenna):
 
     async def _drop(self, channel: str, *, sync: bool) -> None:
         messages = self._subs.pop(channel, None)
-        if self._jetstream is not None:
-            self._jetstream.forget_sequences(channel)
+        if self._republished is not None:
+            self._republished.stop(channel)
         if messages is None:
             return
         self._sid_channel.pop(messages._id, None)
@@ -434,6 +441,8 @@ class NatsAntenna(Antenna):
             servers=[redact(url) for url in self.servers], subject_prefix=self.subject_prefix
         )
         info["reconnects"] = self.reconnects
+        if self._republished is not None:
+            info["history_overtakes"] = self._republished.overtakes
         return info
 
 

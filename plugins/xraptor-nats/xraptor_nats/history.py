@@ -61,13 +61,10 @@ if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.aio.msg import Msg
 
-#: the sequence of a republished message, and of the room's message before it
-SEQUENCE_HEADER = "Nats-Sequence"
-LAST_SEQUENCE_HEADER = "Nats-Last-Sequence"
-STREAM_HEADER = "Nats-Stream"
-
 #: messages asked for per pull request while reading a history
 READ_BATCH = 256
+#: channels remembered with the stream this process published them to
+PUBLISHED_MEMO = 4096
 #: JetStream limits are int64 (``max_age`` in nanoseconds)
 _INT64 = 2**63 - 1
 _EPOCH = re.compile(r"^([0-9]+)-([0-9]+)-([0-9a-f]{8})$")
@@ -152,8 +149,8 @@ class JetStreamHistory:
         self._prefix = subject_prefix
         self._timeout = timeout
         self._streams: dict[str, _Stream] = {}  # by stream name
-        #: channel -> (stream, sequence) of its last republished message, to spot gaps
-        self._last_stored: dict[str, tuple[str, int]] = {}
+        #: channel -> the stream this process published it to last (a bounded memo)
+        self._published: dict[str, str] = {}
         self._creating: dict[str, asyncio.Task[_Stream]] = {}
 
     # ----- names ----------------------------------------------------------------
@@ -168,6 +165,17 @@ class JetStreamHistory:
     def forget(self) -> None:
         """Drop the cached epochs (the streams may have changed while disconnected)."""
         self._streams.clear()
+
+    def forget_stream(self, name: str) -> None:
+        """Drop stream ``name``'s cached epoch."""
+        self._streams.pop(name, None)
+
+    def stream_of(self, channel: str, policy: HistoryPolicy | None) -> str | None:
+        """The stream of ``channel``'s history: its policy's, else the one this process
+        last published it to, else ``None`` (unknown)."""
+        if policy is not None:
+            return self.stream_name(policy.size, ttl_ms(policy))
+        return self._published.get(channel)
 
     # ----- streams --------------------------------------------------------------
 
@@ -218,6 +226,18 @@ class JetStreamHistory:
         self._streams[name] = stream
         return stream
 
+    async def state(self, name: str) -> tuple[str, int] | None:
+        """The epoch and last sequence of stream ``name`` now, ``None`` if it is not there."""
+        size_ttl = self._size_ttl(name)
+        if size_ttl is None:
+            return None
+        try:
+            info = await self._js.stream_info(name)
+        except nats.js.errors.NotFoundError:
+            return None
+        stream = self._streams[name] = _Stream(name, _epoch(*size_ttl, info))
+        return stream.epoch, info.state.last_seq
+
     async def epoch_of(self, name: str) -> str | None:
         """The epoch of history stream ``name`` (cached), ``None`` if it is not ours or gone."""
         known = self._streams.get(name)
@@ -240,38 +260,18 @@ class JetStreamHistory:
             return None
         return int(size), int(ttl)
 
-    async def locate(self, channel: str, headers: dict[str, str]) -> tuple[Position | None, bool]:
-        """The position of a message a history stream republished to ``channel``
-        (``None``: not a stream of ours), and whether a message of the channel before
-        it did not arrive (its ``Nats-Last-Sequence`` is not the last one seen)."""
-        stream = headers[STREAM_HEADER]
-        epoch = await self.epoch_of(stream)
-        if epoch is None:
-            return None, False
-        seq = int(headers[SEQUENCE_HEADER])
-        before = self._last_stored.get(channel)
-        self._last_stored[channel] = (stream, seq)
-        gap = (
-            before is not None
-            and before[0] == stream
-            and headers.get(LAST_SEQUENCE_HEADER) != str(before[1])
-        )
-        return Position(epoch, seq), gap
-
-    def forget_sequences(self, channel: str | None = None) -> None:
-        """Stop checking ``channel``'s (default: every channel's) sequences for gaps."""
-        if channel is None:
-            self._last_stored.clear()
-        else:
-            self._last_stored.pop(channel, None)
-
     # ----- publishing -------------------------------------------------------------
 
-    async def publish(self, token: str, data: bytes, policy: HistoryPolicy) -> Position:
+    async def publish(
+        self, channel: str, token: str, data: bytes, policy: HistoryPolicy
+    ) -> Position:
         """Store ``data`` in the room's history (JetStream publish; the server then
         republishes it to the room's subject) and return its position."""
         stream = await self.ensure(policy)
         subject = self.subject(policy, token)
+        if len(self._published) >= PUBLISHED_MEMO:
+            self._published.clear()
+        self._published[channel] = stream.name
         try:
             ack = await self._js.publish(subject, data, timeout=self._timeout, stream=stream.name)
         except nats.js.errors.NoStreamResponseError:
@@ -315,11 +315,20 @@ class JetStreamHistory:
         # Read first, check after: JetStream removes a room's oldest messages first, so
         # if the one at ``after`` is still stored now, nothing after it went missing
         # while the messages above were read.
-        if not await self._holds(name, after.offset, subject):
+        if not await self.holds(name, after.offset, subject):
             return None
         return entries
 
-    async def _holds(self, name: str, seq: int, subject: str) -> bool:
+    async def next_stored(self, name: str, subject: str, start: int) -> tuple[int, bytes] | None:
+        """The sequence and data of the first message of ``subject`` from ``start`` on."""
+        try:
+            message = await self._js.get_msg(name, start, subject=subject, next=True)
+        except nats.js.errors.NotFoundError:
+            return None
+        assert message.seq is not None
+        return message.seq, message.data or b""
+
+    async def holds(self, name: str, seq: int, subject: str) -> bool:
         """Whether stream ``name`` stores a message of ``subject`` at ``seq``."""
         try:
             message = await self._js.get_msg(name, seq)

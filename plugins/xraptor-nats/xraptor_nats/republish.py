@@ -1,0 +1,147 @@
+"""Live messages of history rooms: in order, with their positions.
+
+A history stream republishes each message it stores to the room's subject with the
+headers ``Nats-Stream``, ``Nats-Sequence`` and ``Nats-Last-Sequence`` (the sequence of
+the room's message before it). The server does not keep republications of messages
+that different connections published at the same moment in sequence order (measured
+on nats-server 2.9: about one swap in a hundred with two busy publishers), and a
+message NATS dropped for this process (slow consumer) never comes. So each watched
+channel is tracked:
+
+* a message whose predecessor is the last one delivered (or older than the stream's
+  last sequence when watching began) is delivered at once;
+* one whose predecessor has not been delivered fills the hole first from the stream
+  (direct reads, one round trip per missing message: the messages are stored before
+  any republication), then is delivered; copies that arrive later are dropped;
+* if the hole cannot be filled (trimmed meanwhile), the channel gets a gap notice and
+  its listeners recover from the history.
+
+Only republications pay for this; channels without history are untouched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from xraptor.history import HistoryEntry, HistoryPolicy, Position
+
+if TYPE_CHECKING:
+    from .history import JetStreamHistory
+
+SEQUENCE_HEADER = "Nats-Sequence"
+LAST_SEQUENCE_HEADER = "Nats-Last-Sequence"
+STREAM_HEADER = "Nats-Stream"
+SUBJECT_HEADER = "Nats-Subject"
+
+#: sequences filled ahead of their republication that are remembered (to drop the copy)
+_FILLED_MAX = 10_000
+
+
+@dataclass(slots=True)
+class _Track:
+    """What was delivered of one channel's history stream."""
+
+    stream: str
+    epoch: str | None
+    #: the stream's last sequence when watching began: older messages are not expected
+    floor: int
+    #: the last sequence delivered (``floor`` before the first)
+    last: int
+    filled: set[int] = field(default_factory=set)
+
+
+class Republished:
+    """The order and positions of republished messages, per watched channel."""
+
+    def __init__(self, history: JetStreamHistory) -> None:
+        self._history = history
+        self._tracks: dict[str, _Track] = {}
+        #: republications that came before a message they follow (holes filled)
+        self.overtakes = 0
+
+    async def watching(self, channel: str, policy: HistoryPolicy | None) -> None:
+        """Note where ``channel``'s stream stands before it is subscribed (when its
+        stream is known: the app's policy, or this process published to it)."""
+        stream = self._history.stream_of(channel, policy)
+        if stream is None:
+            return
+        state = await self._history.state(stream)
+        if state is None:  # no stream yet: every message of it is new
+            self._tracks[channel] = _Track(stream, None, 0, 0)
+        else:
+            epoch, last_seq = state
+            self._tracks[channel] = _Track(stream, epoch, last_seq, last_seq)
+
+    def stop(self, channel: str) -> None:
+        self._tracks.pop(channel, None)
+
+    async def receive(
+        self, channel: str, data: bytes, headers: dict[str, str]
+    ) -> tuple[list[HistoryEntry] | None, bool]:
+        """The messages to deliver for one republication, oldest first, with their
+        positions (``None``: not from a history stream of ours, a plain message), and
+        whether some could not be recovered (a gap).
+
+        :raises ValueError: malformed headers
+        """
+        stream = headers[STREAM_HEADER]
+        seq = int(headers[SEQUENCE_HEADER])
+        epoch = await self._history.epoch_of(stream)
+        if epoch is None:
+            return None, False
+        track = self._tracks.get(channel)
+        if track is None or track.stream != stream or track.epoch not in (None, epoch):
+            # the first message of the channel (or the stream is another one now)
+            self._tracks[channel] = _Track(stream, epoch, seq, seq)
+            return [_entry(epoch, seq, data)], False
+        track.epoch = epoch
+        if seq <= track.last:
+            if seq <= track.floor or seq in track.filled:
+                track.filled.discard(seq)
+                return [], False  # published before watching began, or delivered already
+            # not expected: maybe the stream was made anew (new epoch) without this
+            # process losing its connection; ask once more
+            self._history.forget_stream(stream)
+            if await self._history.epoch_of(stream) != epoch:
+                self._tracks.pop(channel, None)
+                return await self.receive(channel, data, headers)
+            return [], False
+        last = int(headers.get(LAST_SEQUENCE_HEADER, "0"))
+        if last == track.last or (last <= track.floor and track.last == track.floor):
+            track.last = seq
+            return [_entry(epoch, seq, data)], False
+        return await self._fill(track, epoch, seq, last, data, headers)
+
+    async def _fill(
+        self, track: _Track, epoch: str, seq: int, last: int, data: bytes, headers: dict[str, str]
+    ) -> tuple[list[HistoryEntry], bool]:
+        """Deliver the stored messages between the last delivered one and ``seq``, then it."""
+        self.overtakes += 1
+        subject = headers.get(SUBJECT_HEADER, "")
+        entries: list[HistoryEntry] = []
+        cursor = track.last
+        reached = track.last == last
+        while not reached:
+            stored = await self._history.next_stored(track.stream, subject, cursor + 1)
+            if stored is None or stored[0] >= seq:
+                break
+            cursor = stored[0]
+            entries.append(_entry(epoch, cursor, stored[1]))
+            reached = cursor == last
+        # the room's oldest messages go first: if the last one delivered is still stored,
+        # nothing between it and ``last`` was trimmed before it could be read
+        exact = track.last != track.floor
+        complete = reached and (
+            not exact or await self._history.holds(track.stream, track.last, subject)
+        )
+        if len(track.filled) > _FILLED_MAX:
+            track.filled.clear()
+        track.filled.update(entry.position.offset for entry in entries)
+        entries.append(_entry(epoch, seq, data))
+        track.last = seq
+        return entries, not complete
+
+
+def _entry(epoch: str, seq: int, data: bytes) -> HistoryEntry:
+    return HistoryEntry(Position(epoch, seq), data.decode("utf-8", "surrogatepass"))
