@@ -12,9 +12,18 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 from mirakuru import TCPExecutor
+
+from xraptor.testing import health
+
+CHAT_SERVER = Path(__file__).with_name("nats_chat_server.py")
 
 
 def free_port() -> int:
@@ -85,3 +94,45 @@ def nats_binary() -> str | None:
     return shutil.which("nats-server") or (
         "/usr/sbin/nats-server" if os.path.exists("/usr/sbin/nats-server") else None
     )
+
+
+class Process:
+    """A chat server process (``nats_chat_server.py``) on a free port; ``args`` follow
+    its antenna URL and port."""
+
+    def __init__(self, url: str, *args: str) -> None:
+        self.port = free_port()
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, str(CHAT_SERVER), url, str(self.port), *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 15
+        while True:
+            if self.proc.poll() is not None:
+                out = self.proc.stdout.read().decode() if self.proc.stdout else ""
+                raise RuntimeError(f"chat server exited: {out}")
+            try:
+                self.health()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise
+                time.sleep(0.05)
+
+    def health(self) -> dict[str, Any]:
+        """The /health document (served with status 503 while the antenna is down)."""
+        return health(self.port, timeout=2)[1]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout:
+            self.proc.stdout.close()

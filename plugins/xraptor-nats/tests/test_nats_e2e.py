@@ -8,69 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import nats
 import pytest
 import pytest_asyncio
 from nats.aio.msg import Msg
-from nats_support import free_port
+from nats_support import Process
 from websockets.asyncio.client import ClientConnection, connect
 
-from xraptor.testing import health
 from xraptor_nats.forward import route_subject
 
 if TYPE_CHECKING:
     from nats_support import NatsServer
 
 pytest.importorskip("xraptor.demo", reason="the core server's chat demo is not there yet")
-
-SERVER = Path(__file__).with_name("nats_chat_server.py")
-
-
-class Process:
-    def __init__(self, url: str) -> None:
-        self.port = free_port()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(
-            [sys.executable, str(SERVER), url, str(self.port)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 15
-        while True:
-            if self.proc.poll() is not None:
-                out = self.proc.stdout.read().decode() if self.proc.stdout else ""
-                raise RuntimeError(f"chat server exited: {out}")
-            try:
-                self.health()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise
-                time.sleep(0.05)
-
-    def health(self) -> dict[str, Any]:
-        """The /health document (served with status 503 while the antenna is down)."""
-        return health(self.port, timeout=2)[1]
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        if self.proc.stdout:
-            self.proc.stdout.close()
 
 
 @pytest.fixture
