@@ -62,7 +62,7 @@ if TYPE_CHECKING:
     from nats.aio.msg import Msg
 
 #: messages asked for per pull request while reading a history
-READ_BATCH = 256
+READ_BATCH = 1024
 #: channels remembered with the stream this process published them to
 PUBLISHED_MEMO = 4096
 #: JetStream limits are int64 (``max_age`` in nanoseconds)
@@ -273,12 +273,18 @@ class JetStreamHistory:
             self._published.clear()
         self._published[channel] = stream.name
         try:
-            ack = await self._js.publish(subject, data, timeout=self._timeout, stream=stream.name)
+            ack = await self._js.publish(subject, data, timeout=self._timeout)
         except nats.js.errors.NoStreamResponseError:
             # the stream is gone (deleted, or lost with a server's memory): make it again
             self._streams.pop(stream.name, None)
             stream = await self.ensure(policy)
-            ack = await self._js.publish(subject, data, timeout=self._timeout, stream=stream.name)
+            ack = await self._js.publish(subject, data, timeout=self._timeout)
+        if ack.stream != stream.name:  # (no Nats-Expected-Stream header: stored with each)
+            raise AntennaError(
+                f"JetStream stored a history message in stream {ack.stream!r}, not in "
+                f"{stream.name!r}: another stream captures the subjects {subject!r}; "
+                "change its subjects or the antenna's subject_prefix"
+            )
         return Position(stream.epoch, ack.seq)
 
     # ----- reading ----------------------------------------------------------------
@@ -309,13 +315,13 @@ class JetStreamHistory:
         if epoch != after.epoch or not state.first_seq <= after.offset <= state.last_seq:
             return None
         subject = f"{self._prefix}.h.{size}_{ttl}.{token}"
-        entries: list[HistoryEntry] = []
+        entries: list[HistoryEntry] | None = []
         if after.offset < state.last_seq:
             entries = await self._read_after(name, subject, after.offset, epoch)
         # Read first, check after: JetStream removes a room's oldest messages first, so
         # if the one at ``after`` is still stored now, nothing after it went missing
         # while the messages above were read.
-        if not await self.holds(name, after.offset, subject):
+        if entries is None or not await self.holds(name, after.offset, subject):
             return None
         return entries
 
@@ -338,12 +344,28 @@ class JetStreamHistory:
 
     async def _read_after(
         self, name: str, subject: str, seq: int, epoch: str
-    ) -> list[HistoryEntry]:
-        """The messages of ``subject`` from ``seq + 1`` that the stream holds now,
-        through an ephemeral pull consumer read in batches (bounded buffering)."""
+    ) -> list[HistoryEntry] | None:
+        """The messages of ``subject`` from ``seq + 1`` that the stream holds now (``None``
+        if fewer came than it held), through an ephemeral pull consumer read in batches:
+        one batch waits in nats-py's buffers at a time."""
         nc = self._nc
+        entries: list[HistoryEntry] = []
+        batch_done = asyncio.Event()
+        wanted = 0
+        ended = False
+
+        async def on_reply(message: Msg) -> None:
+            nonlocal ended
+            if message.headers and message.headers.get("Status"):
+                ended = True  # no more messages (404) or the request expired (408)
+                batch_done.set()
+                return
+            entries.append(_entry(message, epoch))
+            if len(entries) >= wanted:
+                batch_done.set()
+
         inbox = nc.new_inbox()
-        replies = await nc.subscribe(inbox)
+        replies = await nc.subscribe(inbox, cb=on_reply)
         consumer: str | None = None
         try:
             info = await self._js.add_consumer(
@@ -360,21 +382,16 @@ class JetStreamHistory:
                 ),
             )
             consumer = info.name
-            remaining = info.num_pending or 0
-            entries: list[HistoryEntry] = []
+            total = info.num_pending or 0
             request = f"$JS.API.CONSUMER.MSG.NEXT.{name}.{consumer}"
-            while remaining > 0:
-                batch = min(READ_BATCH, remaining)
-                body = json.dumps({"batch": batch, "no_wait": True}).encode()
+            while len(entries) < total and not ended:
+                wanted = min(len(entries) + READ_BATCH, total)
+                batch_done.clear()
+                body = json.dumps({"batch": wanted - len(entries), "no_wait": True}).encode()
                 await nc.publish(request, body, reply=inbox)
-                for _ in range(batch):
-                    message = await replies.next_msg(timeout=self._timeout)
-                    if message.headers and message.headers.get("Status"):
-                        remaining = 0  # nothing more stored (trimmed meanwhile)
-                        break
-                    entries.append(_entry(message, epoch))
-                    remaining -= 1
-            return entries
+                async with asyncio.timeout(self._timeout):
+                    await batch_done.wait()
+            return entries if len(entries) >= total else None
         finally:
             with contextlib.suppress(*ANY_NATS):
                 await replies.unsubscribe()
