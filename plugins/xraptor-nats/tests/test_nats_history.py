@@ -280,6 +280,26 @@ async def test_republications_that_overtook_others_are_put_in_order(
         )
         assert entries == [HistoryEntry(p6, "f"), HistoryEntry(p7, "g")] and gap
 
+    # a long hole (40 messages): the first few read one by one, the rest in one batch
+    channel, policy = room(), HistoryPolicy(100)
+    async with NatsAntenna(servers=jetstream_url) as antenna:
+        jetstream = antenna._jetstream
+        assert jetstream is not None
+        stream = jetstream.stream_of(channel, policy)
+        assert stream is not None
+        subject = jetstream.subject(policy, channel_token(channel))
+        tracker = Republished(jetstream)
+        await tracker.watching(channel, policy)
+        first = await antenna.publish_with_history(channel, "first", policy)
+        assert await tracker.receive(
+            channel, b"first", republication(stream, first.offset, 0, subject)
+        ) == ([HistoryEntry(first, "first")], False)
+        held = [await antenna.publish_with_history(channel, f"m{i}", policy) for i in range(40)]
+        entries, gap = await tracker.receive(
+            channel, b"m39", republication(stream, held[-1].offset, held[-2].offset, subject)
+        )
+        assert entries == [HistoryEntry(held[i], f"m{i}") for i in range(40)] and not gap
+
 
 async def test_concurrent_publishers_reach_every_process_in_one_order(
     jetstream_url: str, own_streams: str
@@ -368,3 +388,88 @@ async def test_history_across_a_server_restart(private_jetstream: NatsServer, st
             assert after.epoch != before[0].epoch
             assert history is None
             assert await antenna.read_history(channel, after) == []
+
+
+class CuttableProxy:
+    """A TCP proxy to a NATS server whose connections the test can cut (and refuse for
+    a while): one process losing its connection while the server and others go on."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.refusing = False
+        self._pipes: set[asyncio.StreamWriter] = set()
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return f"nats://127.0.0.1:{self.port}"
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.refusing:
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._pipes.update((writer, up_writer))
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except OSError:
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+
+    def cut(self) -> None:
+        self.refusing = True
+        for writer in self._pipes:
+            writer.transport.abort()
+        self._pipes.clear()
+
+    async def close(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+async def test_what_others_published_while_this_connection_was_down_is_delivered(
+    private_jetstream: NatsServer,
+) -> None:
+    """This process loses its connection (a cut proxy) while another publishes: once
+    back, it tells its listeners of the gap, and its next message of the room brings
+    the ones stored meanwhile first, read from the stream, in order."""
+    channel, policy = room(), HistoryPolicy(500)
+    proxy = CuttableProxy(private_jetstream.port)
+    url = await proxy.start()
+    try:
+        async with (
+            NatsAntenna(servers=url, reconnect_time_wait=0.1) as watcher,
+            NatsAntenna(servers=private_jetstream.url) as publisher,
+        ):
+            for antenna in (watcher, publisher):
+                antenna.set_history(lambda name: policy)
+            recorder = Recorder()
+            await watcher.listen(channel, recorder)
+            before = await publisher.publish_with_history(channel, "before", policy)
+            assert await recorder.next() == ("before", before)
+            proxy.cut()
+            await wait_state(watcher, "down")
+            meanwhile = [
+                await publisher.publish_with_history(channel, f"m{i}", policy) for i in range(30)
+            ]
+            proxy.refusing = False
+            await wait_state(watcher, "up")
+            async with asyncio.timeout(10):
+                while recorder.gaps == 0:
+                    await asyncio.sleep(0.02)
+            after = await publisher.publish_with_history(channel, "after", policy)
+            got = [await recorder.next() for _ in range(31)]
+            assert got == [(f"m{i}", meanwhile[i]) for i in range(30)] + [("after", after)]
+    finally:
+        await proxy.close()

@@ -317,7 +317,7 @@ class JetStreamHistory:
         subject = f"{self._prefix}.h.{size}_{ttl}.{token}"
         entries: list[HistoryEntry] | None = []
         if after.offset < state.last_seq:
-            entries = await self._read_after(name, subject, after.offset, epoch)
+            entries = await self.read_after(name, subject, after.offset, epoch)
         # Read first, check after: JetStream removes a room's oldest messages first, so
         # if the one at ``after`` is still stored now, nothing after it went missing
         # while the messages above were read.
@@ -342,7 +342,7 @@ class JetStreamHistory:
             return False
         return message.subject == subject
 
-    async def _read_after(
+    async def read_after(
         self, name: str, subject: str, seq: int, epoch: str
     ) -> list[HistoryEntry] | None:
         """The messages of ``subject`` from ``seq + 1`` that the stream holds now (``None``

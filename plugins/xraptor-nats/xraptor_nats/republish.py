@@ -11,8 +11,10 @@ channel is tracked:
 * a message whose predecessor is the last one delivered (or older than the stream's
   last sequence when watching began) is delivered at once;
 * one whose predecessor has not been delivered fills the hole first from the stream
-  (direct reads, one round trip per missing message: the messages are stored before
-  any republication), then is delivered; copies that arrive later are dropped;
+  (the messages are stored before any republication: a round trip per missing message
+  for the first few, then one batched read), then is delivered; copies that arrive
+  later are dropped. After an outage of this process's connection the first message
+  of a room fills what the stream stored meanwhile the same way;
 * if the hole cannot be filled (trimmed meanwhile), the channel gets a gap notice and
   its listeners recover from the history.
 
@@ -34,6 +36,8 @@ LAST_SEQUENCE_HEADER = "Nats-Last-Sequence"
 STREAM_HEADER = "Nats-Stream"
 SUBJECT_HEADER = "Nats-Subject"
 
+#: missing messages read one by one before a hole is read in batches
+_ONE_BY_ONE = 8
 #: sequences filled ahead of their republication that are remembered (to drop the copy)
 _FILLED_MAX = 10_000
 
@@ -122,13 +126,23 @@ class Republished:
         entries: list[HistoryEntry] = []
         cursor = track.last
         reached = track.last == last
-        while not reached:
+        for _ in range(_ONE_BY_ONE):  # an overtaken message or two: direct reads
+            if reached:
+                break
             stored = await self._history.next_stored(track.stream, subject, cursor + 1)
             if stored is None or stored[0] >= seq:
                 break
             cursor = stored[0]
             entries.append(_entry(epoch, cursor, stored[1]))
             reached = cursor == last
+        else:
+            if not reached:  # a longer hole (an outage of this connection): a batched read
+                rest = await self._history.read_after(track.stream, subject, cursor, epoch)
+                for entry in rest or ():
+                    if entry.position.offset >= seq:
+                        break
+                    entries.append(entry)
+                    reached = entry.position.offset == last
         # the room's oldest messages go first: if the last one delivered is still stored,
         # nothing between it and ``last`` was trimmed before it could be read
         exact = track.last != track.floor
