@@ -220,9 +220,9 @@ async def test_bad_input_is_refused_clearly(jetstream_url: str, own_streams: str
         assert await antenna.read_history(room(), Position("no-such-epoch", 1)) is None
 
 
-async def test_history_needs_jetstream(nats_url: str) -> None:
-    """The plugin's usual test server runs without JetStream: a clear error says so."""
-    async with NatsAntenna(servers=nats_url) as antenna:
+async def test_history_needs_jetstream(private_nats: NatsServer) -> None:
+    """A server without JetStream (the plugin's usual test server): a clear error says so."""
+    async with NatsAntenna(servers=private_nats.url) as antenna:
         with pytest.raises(AntennaUnavailable, match="nats-server -js"):
             await antenna.publish_with_history(room(), "x", HistoryPolicy(3))
         with pytest.raises(AntennaUnavailable, match="nats-server -js"):
