@@ -7,20 +7,14 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from nats_support import NatsServer, free_port, nats_binary
+from nats_support import NatsServer, free_port, nats_binary, shared_url_or_skip
 
 
 @pytest.fixture(scope="module")
 def nats_server() -> Iterator[NatsServer]:
     binary = nats_binary()
     if binary is None:
-        url = os.environ.get("XRAPTOR_NATS_URL")
-        if not url:
-            reason = "no nats-server on PATH and XRAPTOR_NATS_URL is not set"
-            if os.environ.get("CI") == "true":
-                pytest.fail(f"CI=true: {reason}")
-            pytest.skip(reason)
-        yield NatsServer(url, None)
+        yield NatsServer(shared_url_or_skip(), None)
         return
     server = NatsServer(f"nats://127.0.0.1:{free_port()}", binary)
     server.start()

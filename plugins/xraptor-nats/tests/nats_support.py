@@ -8,6 +8,7 @@ its own server (started with mirakuru); without it ``XRAPTOR_NATS_URL`` is used
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +92,18 @@ class NatsServer:
             self._executor.kill(wait=True, sig=signal.SIGKILL)
 
 
+def shared_url_or_skip() -> str:
+    """``XRAPTOR_NATS_URL`` (used without the nats-server binary), else a skip, or a
+    failure under ``CI=true``."""
+    url = os.environ.get("XRAPTOR_NATS_URL")
+    if not url:
+        reason = "no nats-server on PATH and XRAPTOR_NATS_URL is not set"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true: {reason}")
+        pytest.skip(reason)
+    return url
+
+
 def nats_binary() -> str | None:
     return shutil.which("nats-server") or (
         "/usr/sbin/nats-server" if os.path.exists("/usr/sbin/nats-server") else None
@@ -136,3 +150,19 @@ class Process:
             self.proc.wait()
         if self.proc.stdout:
             self.proc.stdout.close()
+
+
+@contextlib.contextmanager
+def two_processes(url: str, *args: str) -> Iterator[tuple[Process, Process]]:
+    """Two chat server processes on the antenna at ``url``, stopped on exit."""
+    one = Process(url, *args)
+    try:
+        two = Process(url, *args)
+    except BaseException:
+        one.stop()
+        raise
+    try:
+        yield one, two
+    finally:
+        one.stop()
+        two.stop()

@@ -16,7 +16,7 @@ import nats
 import pytest
 import pytest_asyncio
 from nats.aio.msg import Msg
-from nats_support import Process
+from nats_support import Process, two_processes
 from websockets.asyncio.client import ClientConnection, connect
 
 from xraptor_nats.forward import route_subject
@@ -29,15 +29,8 @@ pytest.importorskip("xraptor.demo", reason="the core server's chat demo is not t
 
 @pytest.fixture
 def servers(private_nats: NatsServer) -> Iterator[tuple[Process, Process]]:
-    one = Process(private_nats.url)
-    try:
-        two = Process(private_nats.url)
-    except BaseException:
-        one.stop()
-        raise
-    yield one, two
-    one.stop()
-    two.stop()
+    with two_processes(private_nats.url) as both:
+        yield both
 
 
 class Ws:

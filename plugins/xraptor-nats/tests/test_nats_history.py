@@ -18,7 +18,7 @@ from pathlib import Path
 import nats
 import pytest
 import pytest_asyncio
-from nats_support import NatsServer, free_port, nats_binary
+from nats_support import NatsServer, free_port, nats_binary, shared_url_or_skip
 
 from xraptor import AntennaUnavailable
 from xraptor.history import HistoryEntry, HistoryPolicy, Position
@@ -40,13 +40,7 @@ def jetstream_server(store: Path) -> NatsServer | None:
 def jetstream_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server = jetstream_server(tmp_path_factory.mktemp("jetstream"))
     if server is None:
-        url = os.environ.get("XRAPTOR_NATS_URL")
-        if not url:
-            reason = "no nats-server on PATH and XRAPTOR_NATS_URL is not set"
-            if os.environ.get("CI") == "true":
-                pytest.fail(f"CI=true: {reason}")
-            pytest.skip(reason)
-        yield url
+        yield shared_url_or_skip()
         return
     server.start()
     try:
@@ -239,6 +233,21 @@ def republication(stream: str, seq: int, last: int, subject: str) -> dict[str, s
     }
 
 
+async def tracker_of(
+    antenna: NatsAntenna, channel: str, policy: HistoryPolicy
+) -> tuple[Republished, str, str]:
+    """A republication tracker of ``channel`` (not fed by a subscription: the test hands
+    it republications), its stream and its subject."""
+    jetstream = antenna._jetstream
+    assert jetstream is not None
+    await jetstream.ensure(policy)
+    stream = jetstream.stream_of(channel, policy)
+    assert stream is not None
+    tracker = Republished(jetstream)
+    await tracker.watching(channel, policy)
+    return tracker, stream, jetstream.subject(policy, channel_token(channel))
+
+
 async def test_republications_that_overtook_others_are_put_in_order(
     jetstream_url: str, own_streams: str
 ) -> None:
@@ -248,14 +257,7 @@ async def test_republications_that_overtook_others_are_put_in_order(
     trimmed meanwhile is a gap."""
     channel, policy = room(), HistoryPolicy(2)
     async with NatsAntenna(servers=jetstream_url) as antenna:
-        jetstream = antenna._jetstream
-        assert jetstream is not None
-        stream = jetstream.stream_of(channel, policy)
-        assert stream is not None
-        subject = jetstream.subject(policy, channel_token(channel))
-        # not watched: the test hands republications to the tracker itself
-        tracker = Republished(jetstream)
-        await tracker.watching(channel, policy)
+        tracker, stream, subject = await tracker_of(antenna, channel, policy)
         p1, p2, p3 = [await antenna.publish_with_history(channel, m, policy) for m in "abc"]
         s1, s2, s3 = p1.offset, p2.offset, p3.offset
         # c overtook a and b (the stream keeps 2 messages: a is gone already)
@@ -283,13 +285,7 @@ async def test_republications_that_overtook_others_are_put_in_order(
     # a long hole (40 messages): the first few read one by one, the rest in one batch
     channel, policy = room(), HistoryPolicy(100)
     async with NatsAntenna(servers=jetstream_url) as antenna:
-        jetstream = antenna._jetstream
-        assert jetstream is not None
-        stream = jetstream.stream_of(channel, policy)
-        assert stream is not None
-        subject = jetstream.subject(policy, channel_token(channel))
-        tracker = Republished(jetstream)
-        await tracker.watching(channel, policy)
+        tracker, stream, subject = await tracker_of(antenna, channel, policy)
         first = await antenna.publish_with_history(channel, "first", policy)
         assert await tracker.receive(
             channel, b"first", republication(stream, first.offset, 0, subject)

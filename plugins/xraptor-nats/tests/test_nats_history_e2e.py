@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from nats_support import NatsServer, Process
+from nats_support import NatsServer, Process, two_processes
 from test_nats_history import jetstream_server
 
 from xraptor import Client, Response
@@ -32,15 +32,8 @@ def servers(tmp_path: Path) -> Iterator[tuple[Process, Process]]:
         pytest.skip("needs the nats-server binary (a private JetStream server)")
     nats_server.start()
     try:
-        one = Process(nats_server.url, HISTORY)
-        try:
-            two = Process(nats_server.url, HISTORY)
-        except BaseException:
-            one.stop()
-            raise
-        yield one, two
-        one.stop()
-        two.stop()
+        with two_processes(nats_server.url, HISTORY) as both:
+            yield both
     finally:
         nats_server.stop()
 

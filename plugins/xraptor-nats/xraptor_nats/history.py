@@ -227,7 +227,8 @@ class JetStreamHistory:
         return stream
 
     async def state(self, name: str) -> tuple[str, int] | None:
-        """The epoch and last sequence of stream ``name`` now, ``None`` if it is not there."""
+        """The epoch and last sequence of stream ``name`` now, ``None`` if it is not ours
+        or not there."""
         size_ttl = self._size_ttl(name)
         if size_ttl is None:
             return None
@@ -243,15 +244,8 @@ class JetStreamHistory:
         known = self._streams.get(name)
         if known is not None:
             return known.epoch
-        size_ttl = self._size_ttl(name)
-        if size_ttl is None:
-            return None
-        try:
-            info = await self._js.stream_info(name)
-        except nats.js.errors.NotFoundError:
-            return None
-        stream = self._streams[name] = _Stream(name, _epoch(*size_ttl, info))
-        return stream.epoch
+        state = await self.state(name)
+        return None if state is None else state[0]
 
     def _size_ttl(self, name: str) -> tuple[int, int] | None:
         base, _, rest = name.partition(f"{self._options.stream_prefix}_")
