@@ -243,7 +243,7 @@ async def tracker_of(
     await jetstream.ensure(policy)
     stream = jetstream.stream_of(channel, policy)
     assert stream is not None
-    tracker = Republished(jetstream)
+    tracker = Republished(jetstream, antenna)
     await tracker.watching(channel, policy)
     return tracker, stream, jetstream.subject(policy, channel_token(channel))
 

@@ -34,12 +34,13 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 
-from xraptor.antenna import Antenna, AntennaError, AntennaUnavailable, MessageTooLarge
+from xraptor.antenna import Antenna, AntennaError, AntennaUnavailable
 from xraptor.history import HistoryEntry, HistoryPolicy, Position
 
 from .config import DEFAULT_SERVERS, PENDING_SIZE, positive, redact, split_servers
-from .errors import ANY_NATS, LOCATE_FAILURES, UNAVAILABLE, jetstream_errors
+from .errors import ANY_NATS, UNAVAILABLE, jetstream_errors
 from .history import HistoryOptions, JetStreamHistory, check_policy
+from .outgoing import Outgoing
 from .republish import SEQUENCE_HEADER, STREAM_HEADER, Republished
 from .subjects import channel_token, check_prefix
 
@@ -99,8 +100,8 @@ class NatsAntenna(Antenna):
             raise TypeError("connect_options must be a dict of nats.connect keyword arguments")
         self._connect_options: dict[str, Any] = dict(extra)
         self._conn_name = str(opts.get("name", "xraptor"))
-        self._pending_size = PENDING_SIZE
         self._where = ", ".join(redact(url) for url in self.servers)
+        self._outgoing = Outgoing(PENDING_SIZE, self.publish_timeout, self._where)
         self._history_options = HistoryOptions.from_options(opts, self.subject_prefix)
         self._jetstream: JetStreamHistory | None = None
         self._republished: Republished | None = None
@@ -140,7 +141,7 @@ class NatsAntenna(Antenna):
             "pending_size": PENDING_SIZE,
             **self._connect_options,
         }
-        self._pending_size = int(options["pending_size"])
+        self._outgoing = Outgoing(int(options["pending_size"]), self.publish_timeout, self._where)
         options.update(
             # this process must receive its own messages (its streams and the sync markers)
             no_echo=False,
@@ -172,7 +173,7 @@ class NatsAntenna(Antenna):
         self._jetstream = JetStreamHistory(
             nc, self._history_options, self.subject_prefix, self.publish_timeout
         )
-        self._republished = Republished(self._jetstream)
+        self._republished = Republished(self._jetstream, self)
         self._nc = nc
         self.set_state("up")
 
@@ -236,7 +237,7 @@ class NatsAntenna(Antenna):
     async def publish(self, channel: str, message: str) -> None:
         nc = self._connected()
         subject = self.subject(channel)
-        data = await self._encode(nc, message, len(subject))
+        data = await self._outgoing.encode(nc, message, len(subject))
         try:
             # with room in the buffer nats-py only queues the message: no suspension
             await nc.publish(subject, data)
@@ -245,28 +246,12 @@ class NatsAntenna(Antenna):
                 f"could not publish to NATS: {type(error).__name__}: {error}"
             ) from error
 
-    async def _encode(self, nc: Client, message: str, extra: int) -> bytes:
-        """``message`` as bytes, once nats-py's buffer has room for it.
-
-        :raises MessageTooLarge: over the server's ``max_payload``
-        """
-        data = message.encode("utf-8", "surrogatepass")
-        if len(data) > nc.max_payload:
-            raise MessageTooLarge(
-                f"message of {len(data)} bytes exceeds the NATS server's max_payload "
-                f"({nc.max_payload} bytes)"
-            )
-        need = len(data) + extra + 32
-        if nc.pending_data_size + need > self._pending_size:
-            await self._wait_for_room(nc, need)
-        return data
-
     async def publish_with_history(
         self, channel: str, message: str, history: HistoryPolicy
     ) -> Position:
         check_policy(history)
         nc = self._connected()
-        data = await self._encode(nc, message, 128)
+        data = await self._outgoing.encode(nc, message, 128)
         assert self._jetstream is not None
         async with jetstream_errors("publish to the history"):
             return await self._jetstream.publish(channel, _token(channel), data, history)
@@ -276,24 +261,6 @@ class NatsAntenna(Antenna):
         assert self._jetstream is not None
         async with jetstream_errors("read the history"):
             return await self._jetstream.read(_token(channel), after, self.history_of(channel))
-
-    async def _wait_for_room(self, nc: Client, need: int) -> None:
-        """Wait, at most ``publish_timeout``, until nats-py's outgoing buffer has room.
-
-        nats-py itself would wait for its flusher without bound when the buffer is
-        full (and swallows the cancellation a timeout sends), so a server that
-        stopped reading would make publishes pile up in memory. Polling is crude,
-        but this path runs only while the socket cannot keep up.
-        """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.publish_timeout
-        while nc.pending_data_size + need > self._pending_size:
-            if not nc.is_connected or loop.time() >= deadline:
-                raise AntennaUnavailable(
-                    f"NATS at {self._where} is not taking messages: "
-                    f"{nc.pending_data_size} bytes still waiting after {self.publish_timeout} s"
-                )
-            await asyncio.sleep(0.005)
 
     async def watch(self, channel: str) -> None:
         nc = self._connected()
@@ -305,7 +272,8 @@ class NatsAntenna(Antenna):
                     await _answer_probe(msg)
                     return
                 if STREAM_HEADER in headers and SEQUENCE_HEADER in headers:
-                    await self._deliver_stored(channel, msg, headers)
+                    assert self._republished is not None
+                    await self._republished.deliver(channel, msg.data, headers)
                     return
             self.deliver(channel, msg.data.decode("utf-8", "surrogatepass"))
 
@@ -332,23 +300,6 @@ class NatsAntenna(Antenna):
                     f"could not subscribe on NATS: {type(error).__name__}: {error}"
                 ) from error
             raise
-
-    async def _deliver_stored(self, channel: str, msg: Msg, headers: dict[str, str]) -> None:
-        """Deliver a message a history stream republished (and any it overtook), with
-        positions, in the stream's order."""
-        assert self._republished is not None
-        try:
-            entries, gap = await self._republished.receive(channel, msg.data, headers)
-        except LOCATE_FAILURES as error:
-            logger.warning("no position for a message of %.64r: %s", channel, error)
-            entries, gap = None, False
-        if gap:  # a message of the room did not reach this process: listeners recover it
-            self.report_gap([channel])
-        if entries is None:  # not from a stream of ours: a message like any other
-            self.deliver(channel, msg.data.decode("utf-8", "surrogatepass"))
-            return
-        for position, text in entries:
-            self.deliver_at(channel, text, position)
 
     async def unwatch(self, channel: str) -> None:
         await self._drop(channel, sync=True)
@@ -394,7 +345,7 @@ class NatsAntenna(Antenna):
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._sync_waiters[marker] = done
         try:
-            await self._wait_for_room(nc, 64 + len(self._sync_subject))
+            await self._outgoing.room(nc, 64 + len(self._sync_subject))
             await nc.publish(self._sync_subject, str(marker).encode())
             async with asyncio.timeout(self.publish_timeout if bounded else None):
                 await done

@@ -23,13 +23,20 @@ Only republications pay for this; channels without history are untouched.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from xraptor.history import HistoryEntry, HistoryPolicy, Position
 
+from .errors import LOCATE_FAILURES
+
 if TYPE_CHECKING:
+    from xraptor.antenna import Antenna
+
     from .history import JetStreamHistory
+
+logger = logging.getLogger("xraptor_nats")
 
 SEQUENCE_HEADER = "Nats-Sequence"
 LAST_SEQUENCE_HEADER = "Nats-Last-Sequence"
@@ -56,10 +63,14 @@ class _Track:
 
 
 class Republished:
-    """The order and positions of republished messages, per watched channel."""
+    """The order and positions of republished messages, per watched channel.
 
-    def __init__(self, history: JetStreamHistory) -> None:
+    :param antenna: what the messages are delivered to
+    """
+
+    def __init__(self, history: JetStreamHistory, antenna: Antenna) -> None:
         self._history = history
+        self._antenna = antenna
         self._tracks: dict[str, _Track] = {}
         #: republications that came before a message they follow (holes filled)
         self.overtakes = 0
@@ -79,6 +90,23 @@ class Republished:
 
     def stop(self, channel: str) -> None:
         self._tracks.pop(channel, None)
+
+    async def deliver(self, channel: str, data: bytes, headers: dict[str, str]) -> None:
+        """Deliver a republication (and any message it overtook) to the antenna's
+        listeners of ``channel``, with positions, in the stream's order."""
+        antenna = self._antenna
+        try:
+            entries, gap = await self.receive(channel, data, headers)
+        except LOCATE_FAILURES as error:
+            logger.warning("no position for a message of %.64r: %s", channel, error)
+            entries, gap = None, False
+        if gap:  # a message of the room did not reach this process: listeners recover it
+            antenna.report_gap([channel])
+        if entries is None:  # not from a stream of ours: a message like any other
+            antenna.deliver(channel, data.decode("utf-8", "surrogatepass"))
+            return
+        for position, text in entries:
+            antenna.deliver_at(channel, text, position)
 
     async def receive(
         self, channel: str, data: bytes, headers: dict[str, str]
