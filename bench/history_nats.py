@@ -12,7 +12,8 @@ with history (``_history_server.py``), in alternating order; the table shows the
 medians and the median of the per-pair ratios. Recovery: a room's history of
 ``--replay`` messages is read with ``read_history`` (the antenna alone) and replayed
 to a client by a SUB with ``since`` (through a server process); both as messages per
-second. Self-contained on purpose: ``run.py``'s cases are not touched.
+second, beside the same replay on the memory antenna. Self-contained on purpose:
+``run.py``'s cases are not touched.
 """
 
 from __future__ import annotations
@@ -75,8 +76,9 @@ def read_line(proc: subprocess.Popen[str], word: str, seconds: float = 180) -> s
 
 
 def server(nats_url: str, history: int, port: int, log: Any) -> subprocess.Popen[Any]:
+    """The bench app on NATS (on the memory antenna when ``nats_url`` is empty)."""
     cmd = [sys.executable, "_history_server.py", str(history), "xraptor", "--port", str(port)]
-    cmd += ["--antenna", "nats", "--url", nats_url]
+    cmd += ["--antenna", "nats", "--url", nats_url] if nats_url else ["--antenna", "memory"]
     proc = spawn(cmd, stdout=log, stderr=subprocess.STDOUT)
     wait_port(port, proc)
     return proc
@@ -110,7 +112,6 @@ def fanout(nats_url: str, history: int, args: argparse.Namespace, log: Any) -> d
 async def recovery(nats_url: str, count: int, log: Any) -> dict[str, float]:
     """Messages per second: ``read_history`` of ``count`` messages, and their replay to
     a client by a SUB with ``since`` through a server process."""
-    from xraptor import Client
     from xraptor.history import HistoryPolicy
     from xraptor_nats.antenna import NatsAntenna
 
@@ -128,20 +129,49 @@ async def recovery(nats_url: str, count: int, log: Any) -> dict[str, float]:
         entries = await antenna.read_history(ROOM, first)
         read = time.perf_counter() - start
         assert entries is not None and len(entries) == count, "the history is not all there"
+    nats_replay = await replay(nats_url, count, str(first), log)
+    memory_replay = await replay("", count, None, log)
+    return {
+        "read_history_msgs_s": count / read,
+        "sub_since_msgs_s": count / nats_replay,
+        "memory_sub_since_msgs_s": count / memory_replay,
+    }
+
+
+async def replay(nats_url: str, count: int, since: str | None, log: Any) -> float:
+    """Seconds a SUB with ``since`` takes to receive ``count`` messages through a server
+    process; on the memory antenna (``nats_url`` empty) the messages are posted first."""
+    from xraptor import Client
+
     port = free_port()
     proc = server(nats_url, count + 10, port, log)
     try:
         async with Client(f"ws://127.0.0.1:{port}", timeout=60, max_queue=count + 10) as client:
+            if since is None:  # the memory antenna's history lives in the server process
+                since = await fill_over_websocket(client, count)
             start = time.perf_counter()
             async with client.subscribe(
-                "/chat_messages", {"chat_id": ROOM}, since={ROOM: str(first)}
+                "/chat_messages", {"chat_id": ROOM}, since={ROOM: since}
             ) as stream:
                 for _ in range(count):
                     await anext(stream)
-            replay = time.perf_counter() - start
+            return time.perf_counter() - start
     finally:
         stop(proc)
-    return {"read_history_msgs_s": count / read, "sub_since_msgs_s": count / replay}
+
+
+async def fill_over_websocket(client: Any, count: int) -> str:
+    """Post a first message and ``count`` more to the room; the first one's position."""
+    post = {"chat_id": ROOM, "client_id": "bench", "message": "x" * 80}
+    async with client.subscribe("/chat_messages", {"chat_id": ROOM}) as stream:
+        await client.post("/send_message_to_chat_room", post)
+        first: str = (await anext(stream)).header["position"]
+    for done in range(0, count, 200):
+        batch = min(200, count - done)
+        await asyncio.gather(
+            *(client.post("/send_message_to_chat_room", post) for _ in range(batch))
+        )
+    return first
 
 
 def private_nats(store: Path) -> tuple[str, subprocess.Popen[Any] | None]:
@@ -219,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"recovery of {args.replay} messages: read_history {replay['read_history_msgs_s']:,.0f}"
         f" msgs/s; SUB with since, to a client {replay['sub_since_msgs_s']:,.0f} msgs/s"
+        f" (the same on the memory antenna: {replay['memory_sub_since_msgs_s']:,.0f} msgs/s)"
     )
     return 0
 
