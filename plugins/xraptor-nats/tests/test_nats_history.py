@@ -469,3 +469,45 @@ async def test_what_others_published_while_this_connection_was_down_is_delivered
             assert got == [(f"m{i}", meanwhile[i]) for i in range(30)] + [("after", after)]
     finally:
         await proxy.close()
+
+
+async def test_streams_made_by_hand_are_updated_or_refused_clearly(
+    jetstream_url: str, own_streams: str
+) -> None:
+    """A history stream that exists with other settings is updated when JetStream can
+    (here its description), else refused with what to do; subjects that another stream
+    already captures are refused too."""
+    from nats.js.api import RePublish, StorageType, StreamConfig
+
+    from xraptor import AntennaError
+
+    async with NatsAntenna(servers=jetstream_url) as antenna:
+        prefix = antenna.subject_prefix
+        nc = await nats.connect(jetstream_url)
+        try:
+            js = nc.jetstream()
+            await js.add_stream(
+                StreamConfig(
+                    name=f"{own_streams}_4_0",
+                    subjects=[f"{prefix}.h.4_0.*"],
+                    description="made by hand",
+                    max_msgs_per_subject=4,
+                    storage=StorageType.FILE,
+                    republish=RePublish(
+                        src=f"{prefix}.h.4_0.*", dest=f"{prefix}.ch.{{{{wildcard(1)}}}}"
+                    ),
+                )
+            )
+            await antenna.publish_with_history(room(), "x", HistoryPolicy(4))
+            updated = await js.stream_info(f"{own_streams}_4_0")
+            assert updated.config.description != "made by hand"
+            await js.add_stream(
+                StreamConfig(name=f"{own_streams}_OTHER", subjects=[f"{prefix}.h.6_0.*"])
+            )
+        finally:
+            await nc.close()
+    async with NatsAntenna(servers=jetstream_url, history_storage="memory") as antenna:
+        with pytest.raises(AntennaError, match="delete it or set another history_stream_prefix"):
+            await antenna.publish_with_history(room(), "x", HistoryPolicy(4))
+        with pytest.raises(AntennaError, match="JetStream refused history stream"):
+            await antenna.publish_with_history(room(), "x", HistoryPolicy(6))
