@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from nats_support import NatsServer, free_port, nats_binary, shared_url_or_skip
+from nats_support import NatsServer, free_port, jetstream_server, nats_binary, shared_url_or_skip
 
 
 @pytest.fixture(scope="module")
@@ -53,3 +54,18 @@ def _own_subjects() -> Iterator[None]:
     NatsAntenna.set_config({"subject_prefix": f"xrtest.{uuid.uuid4().hex}"})
     yield
     NatsAntenna.set_config({})
+
+
+@pytest.fixture
+def private_jetstream(tmp_path: Path) -> Iterator[NatsServer]:
+    """A nats-server -js of the test's own (with its store directory), to kill and restart."""
+    server = jetstream_server(tmp_path / "store")
+    if server is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true: no nats-server on PATH")
+        pytest.skip("fault injection needs the nats-server binary (to kill and restart it)")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -8,6 +8,7 @@ its own server (started with mirakuru); without it ``XRAPTOR_NATS_URL`` is used
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -16,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,15 @@ def shared_url_or_skip() -> str:
     return url
 
 
+def jetstream_server(store: Path) -> NatsServer | None:
+    """A nats-server with JetStream storing in ``store`` (not started); ``None`` without
+    the binary."""
+    binary = nats_binary()
+    if binary is None:
+        return None
+    return NatsServer(f"nats://127.0.0.1:{free_port()}", binary, ("-js", "-sd", str(store)))
+
+
 def nats_binary() -> str | None:
     return shutil.which("nats-server") or (
         "/usr/sbin/nats-server" if os.path.exists("/usr/sbin/nats-server") else None
@@ -166,3 +176,11 @@ def two_processes(url: str, *args: str) -> Iterator[tuple[Process, Process]]:
     finally:
         one.stop()
         two.stop()
+
+
+async def wait_antenna_state(processes: Iterable[Process], state: str, seconds: float) -> None:
+    """Wait until every process's /health shows its antenna in ``state``."""
+    deadline = time.monotonic() + seconds
+    while any(p.health()["antenna"]["state"] != state for p in processes):
+        assert time.monotonic() < deadline, f"the antennas are not {state} after {seconds} s"
+        await asyncio.sleep(0.1)

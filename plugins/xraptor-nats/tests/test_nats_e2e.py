@@ -16,7 +16,7 @@ import nats
 import pytest
 import pytest_asyncio
 from nats.aio.msg import Msg
-from nats_support import Process, two_processes
+from nats_support import Process, two_processes, wait_antenna_state
 from websockets.asyncio.client import ClientConnection, connect
 
 from xraptor_nats.forward import route_subject
@@ -137,10 +137,7 @@ async def test_nats_outage_gives_gap_and_recovers(
     a, b = clients
     await _join(a, b, "room-2")
     private_nats.kill()
-    deadline = time.monotonic() + 10
-    while any(s.health()["antenna"]["state"] != "down" for s in servers):
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.1)
+    await wait_antenna_state(servers, "down", 10)
     private_nats.restart()
     for ws, rid in ((a, "a-sub"), (b, "b-sub")):
         gap = await ws.wait_for(rid, lambda m: "gap" in json.dumps(m.get("header", {})), 15)

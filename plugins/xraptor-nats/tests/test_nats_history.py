@@ -10,15 +10,13 @@ streams a test made are deleted after it.
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 
 import nats
 import pytest
 import pytest_asyncio
-from nats_support import NatsServer, free_port, nats_binary, shared_url_or_skip
+from nats_support import NatsServer, jetstream_server, shared_url_or_skip
 
 from xraptor import AntennaUnavailable
 from xraptor.history import HistoryEntry, HistoryPolicy, Position
@@ -27,13 +25,6 @@ from xraptor_nats.antenna import NatsAntenna
 from xraptor_nats.history import default_stream_prefix
 from xraptor_nats.republish import Republished
 from xraptor_nats.subjects import channel_token
-
-
-def jetstream_server(store: Path) -> NatsServer | None:
-    binary = nats_binary()
-    if binary is None:
-        return None
-    return NatsServer(f"nats://127.0.0.1:{free_port()}", binary, ("-js", "-sd", str(store)))
 
 
 @pytest.fixture(scope="module")
@@ -324,21 +315,6 @@ async def test_concurrent_publishers_reach_every_process_in_one_order(
     finally:
         for antenna in publishers + watchers:
             await antenna.close()
-
-
-@pytest.fixture
-def private_jetstream(tmp_path: Path) -> Iterator[NatsServer]:
-    """A nats-server -js of the test's own (with its store directory), to kill and restart."""
-    server = jetstream_server(tmp_path / "store")
-    if server is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI=true: no nats-server on PATH")
-        pytest.skip("fault injection needs the nats-server binary (to kill and restart it)")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 async def wait_state(antenna: NatsAntenna, state: str) -> None:

@@ -4,21 +4,18 @@ private ``nats-server -js``, driven by the xraptor client.
 Pushes of a room with history carry ``{"room", "position"}``; a SUB with ``since``
 on the *other* process recovers what the room published after the position, then
 gets the live messages; a position of an unknown epoch gets the ``unrecovered``
-notice; a room without history pushes as before.
+notice; a room without history pushes as before. A kill -9 and restart of
+nats-server (file storage) keeps the rooms' history and epoch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from nats_support import NatsServer, Process, two_processes
-from test_nats_history import jetstream_server
+from nats_support import NatsServer, Process, two_processes, wait_antenna_state
 
 from xraptor import Client, Response
 
@@ -28,23 +25,8 @@ HISTORY = "50"
 
 
 @pytest.fixture
-def jetstream(tmp_path: Path) -> Iterator[NatsServer]:
-    """A private nats-server -js with its store directory (restarted with it kept)."""
-    nats_server = jetstream_server(tmp_path / "store")
-    if nats_server is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI=true: no nats-server on PATH")
-        pytest.skip("needs the nats-server binary (a private JetStream server)")
-    nats_server.start()
-    try:
-        yield nats_server
-    finally:
-        nats_server.stop()
-
-
-@pytest.fixture
-def servers(jetstream: NatsServer) -> Iterator[tuple[Process, Process]]:
-    with two_processes(jetstream.url, HISTORY) as both:
+def servers(private_jetstream: NatsServer) -> Iterator[tuple[Process, Process]]:
+    with two_processes(private_jetstream.url, HISTORY) as both:
         yield both
 
 
@@ -61,6 +43,23 @@ async def next_push(stream: object) -> Response:
         return push
 
 
+async def next_positioned(stream: object) -> Response:
+    """The next push that carries a position (notices such as a gap are skipped)."""
+    while True:
+        push = await next_push(stream)
+        if "position" in push.header:
+            return push
+
+
+async def posted_and_pushed(
+    poster: Client, stream: object, room: str, count: int
+) -> list[Response]:
+    """Post ``m0``... ``m<count - 1>`` to ``room``; the pushes ``stream`` gets for them."""
+    for i in range(count):
+        await post(poster, room, f"m{i}")
+    return [await next_positioned(stream) for _ in range(count)]
+
+
 def text(push: Response) -> str:
     return str(json.loads(push.payload)["message"])
 
@@ -72,9 +71,7 @@ async def test_positions_and_recovery_across_two_processes(
     room = "h-room"
     async with Client(f"ws://127.0.0.1:{one.port}") as a, Client(f"ws://127.0.0.1:{two.port}") as b:
         async with a.subscribe("/chat_messages", {"chat_id": room}) as stream:
-            for i in range(5):
-                await post(b, room, f"m{i}")
-            pushes = [await next_push(stream) for _ in range(5)]
+            pushes = await posted_and_pushed(b, stream, room, 5)
         assert [text(push) for push in pushes] == [f"m{i}" for i in range(5)]
         assert all(push.header["room"] == room for push in pushes)
         positions = [push.header["position"] for push in pushes]
@@ -112,16 +109,8 @@ async def test_positions_and_recovery_across_two_processes(
             assert text(push) == "no history" and "position" not in push.header
 
 
-async def next_positioned(stream: object) -> Response:
-    """The next push that carries a position (notices such as a gap are skipped)."""
-    while True:
-        push = await next_push(stream)
-        if "position" in push.header:
-            return push
-
-
 async def test_history_outlives_a_restart_of_nats(
-    jetstream: NatsServer, servers: tuple[Process, Process]
+    private_jetstream: NatsServer, servers: tuple[Process, Process]
 ) -> None:
     """kill -9 of nats-server (file storage) and a restart: the room's stream, its epoch
     and its messages are still there; live pushes carry positions of the same epoch, and
@@ -130,19 +119,11 @@ async def test_history_outlives_a_restart_of_nats(
     room = "h-restart"
     async with Client(f"ws://127.0.0.1:{one.port}") as a, Client(f"ws://127.0.0.1:{two.port}") as b:
         async with a.subscribe("/chat_messages", {"chat_id": room}) as stream:
-            for i in range(3):
-                await post(b, room, f"m{i}")
-            before = [await next_positioned(stream) for _ in range(3)]
-            jetstream.kill()
-            deadline = time.monotonic() + 10
-            while any(p.health()["antenna"]["state"] != "down" for p in servers):
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.1)
-            jetstream.restart()
-            deadline = time.monotonic() + 15
-            while any(p.health()["antenna"]["state"] != "up" for p in servers):
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.1)
+            before = await posted_and_pushed(b, stream, room, 3)
+            private_jetstream.kill()
+            await wait_antenna_state(servers, "down", 10)
+            private_jetstream.restart()
+            await wait_antenna_state(servers, "up", 15)
             await post(b, room, "after")
             after = await next_positioned(stream)
         epoch, offset = before[-1].header["position"].rsplit(":", 1)
