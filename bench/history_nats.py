@@ -22,22 +22,27 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 from common import ROOM, free_port
 
 BENCH = Path(__file__).resolve().parent
+#: the run's own subject prefix (so its own history streams), for every process
+PREFIX = f"xrbench.{uuid.uuid4().hex[:12]}"
 
 
 def spawn(cmd: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
-    return subprocess.Popen(cmd, cwd=BENCH, **kwargs)
+    env = {**os.environ, "XRAPTOR_BENCH_NATS_PREFIX": PREFIX}
+    return subprocess.Popen(cmd, cwd=BENCH, env=env, **kwargs)
 
 
 def stop(proc: subprocess.Popen[Any]) -> None:
@@ -116,7 +121,7 @@ async def recovery(nats_url: str, count: int, log: Any) -> dict[str, float]:
     from xraptor_nats.antenna import NatsAntenna
 
     policy = HistoryPolicy(count + 10)
-    async with NatsAntenna(servers=nats_url) as antenna:
+    async with NatsAntenna(servers=nats_url, subject_prefix=PREFIX) as antenna:
         antenna.set_history(lambda channel: policy if channel == ROOM else None)
         first = await antenna.publish_with_history(ROOM, "first", policy)
         text = json.dumps({"origin": "bench", "message": "x" * 80})
@@ -174,6 +179,24 @@ async def fill_over_websocket(client: Any, count: int) -> str:
     return first
 
 
+async def delete_streams(nats_url: str) -> None:
+    """Delete the history streams of this run (``PREFIX``'s)."""
+    import nats
+
+    from xraptor_nats.history import default_stream_prefix
+
+    base = default_stream_prefix(PREFIX) + "_"
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        for info in await js.streams_info():
+            name = info.config.name or ""
+            if name.startswith(base):
+                await js.delete_stream(name)
+    finally:
+        await nc.close()
+
+
 def private_nats(store: Path) -> tuple[str, subprocess.Popen[Any] | None]:
     binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
     if not Path(binary).exists():
@@ -229,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if nats_proc is not None:
                 stop(nats_proc)
+            else:  # a server of someone else's: leave nothing behind
+                asyncio.run(delete_streams(url))
     ratios = [h["rate"] / p["rate"] for p, h in zip(rows["plain"], rows["history"], strict=True)]
     print(f"fan-out on NATS, {args.members} members, {args.messages} messages, {args.pairs} pairs")
     print(f"{'':28}{'no history':>14}{'history':>14}")
