@@ -162,6 +162,14 @@ class JetStreamHistory:
         """The subject a history room's messages are published to (and stored under)."""
         return f"{self._prefix}.h.{policy.size}_{ttl_ms(policy)}.{token}"
 
+    def subject_in(self, name: str, token: str) -> str | None:
+        """The subject of the room of ``token`` in history stream ``name`` (``None``:
+        not one of this antenna's streams)."""
+        size_ttl = self._size_ttl(name)
+        if size_ttl is None:
+            return None
+        return f"{self._prefix}.h.{size_ttl[0]}_{size_ttl[1]}.{token}"
+
     def forget(self) -> None:
         """Drop the cached epochs (the streams may have changed while disconnected)."""
         self._streams.clear()

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 from xraptor.history import HistoryEntry, HistoryPolicy, Position
 
 from .errors import LOCATE_FAILURES
+from .subjects import channel_token
 
 if TYPE_CHECKING:
     from xraptor.antenna import Antenna
@@ -41,7 +42,6 @@ logger = logging.getLogger("xraptor_nats")
 SEQUENCE_HEADER = "Nats-Sequence"
 LAST_SEQUENCE_HEADER = "Nats-Last-Sequence"
 STREAM_HEADER = "Nats-Stream"
-SUBJECT_HEADER = "Nats-Subject"
 
 #: missing messages read one by one before a hole is read in batches
 _ONE_BY_ONE = 8
@@ -143,14 +143,16 @@ class Republished:
         if last == track.last or (last <= track.floor and track.last == track.floor):
             track.last = seq
             return [_entry(epoch, seq, data)], False
-        return await self._fill(track, epoch, seq, last, data, headers)
+        return await self._fill(channel, track, epoch, seq, last, data)
 
     async def _fill(
-        self, track: _Track, epoch: str, seq: int, last: int, data: bytes, headers: dict[str, str]
+        self, channel: str, track: _Track, epoch: str, seq: int, last: int, data: bytes
     ) -> tuple[list[HistoryEntry], bool]:
         """Deliver the stored messages between the last delivered one and ``seq``, then it."""
         self.overtakes += 1
-        subject = headers.get(SUBJECT_HEADER, "")
+        subject = self._history.subject_in(track.stream, channel_token(channel))
+        if subject is None:  # (not reached: epoch_of knew the stream as ours)
+            raise ValueError(f"{track.stream!r} is not a history stream of this antenna")
         entries: list[HistoryEntry] = []
         cursor = track.last
         reached = track.last == last
