@@ -3,8 +3,9 @@
 A history stream republishes each message it stores to the room's subject with the
 headers ``Nats-Stream``, ``Nats-Sequence`` and ``Nats-Last-Sequence`` (the sequence of
 the room's message before it). The server does not keep republications of messages
-that different connections published at the same moment in sequence order (measured
-on nats-server 2.9: about one swap in a hundred with two busy publishers), and a
+that different connections published at the same moment in sequence order (rare:
+measured on nats-server 2.9.10, two connections publishing as fast as they can swapped
+0 to 2 of 4,000 messages), and a
 message NATS dropped for this process (slow consumer) never comes. So each watched
 channel is tracked:
 
