@@ -191,6 +191,8 @@ async def test_a_position_of_another_policy_is_not_recovered(
 async def test_bad_input_is_refused_clearly(jetstream_url: str, own_streams: str) -> None:
     for options, words in (
         ({"history_storage": "disk"}, "history_storage"),
+        ({"history_storage": ["file"]}, "history_storage"),
+        ({"history_replicas": "3"}, "history_replicas"),
         ({"history_replicas": 0}, "history_replicas"),
         ({"history_stream_prefix": "a.b"}, "history_stream_prefix"),
         ({"history_stream_prefix": "a b"}, "history_stream_prefix"),

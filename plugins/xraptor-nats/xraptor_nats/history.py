@@ -114,7 +114,7 @@ class HistoryOptions:
                 f"(a stream name), at most 200 characters; got {prefix!r}"
             )
         storage = options.get("history_storage", "file")
-        if storage not in _STORAGE:
+        if not isinstance(storage, str) or storage not in _STORAGE:
             raise ValueError(f"history_storage must be 'file' or 'memory', got {storage!r}")
         replicas = options.get("history_replicas", 1)
         if isinstance(replicas, bool) or not isinstance(replicas, int) or not 1 <= replicas <= 5:
