@@ -230,6 +230,11 @@ class JetStreamHistory:
                     f"cannot change ({refused.description}); delete it or set another "
                     "history_stream_prefix"
                 ) from refused
+        if info.config.republish is None:  # a server that ignored the setting
+            raise AntennaError(
+                f"history stream {name} has no republish: room history needs nats-server "
+                "2.9 or later (JetStream RePublish)"
+            )
         stream = _Stream(name, _epoch(size, ttl, info))
         self._streams[name] = stream
         return stream
