@@ -33,6 +33,7 @@ from nats.js.kv import KeyValue
 
 from xraptor.antenna import AntennaError, AntennaUnavailable
 
+from .errors import UNAVAILABLE
 from .subjects import channel_token
 
 logger = logging.getLogger("xraptor_nats")
@@ -174,18 +175,9 @@ class NatsPresence:
                 "presence on NATS keeps its members in a JetStream key-value bucket: enable "
                 f"JetStream on the server (nats-server -js); {type(error).__name__}: {error}"
             ) from error
-        except _UNAVAILABLE as error:
+        except UNAVAILABLE as error:
             raise AntennaUnavailable(
                 f"NATS presence failed: {type(error).__name__}: {error}"
             ) from error
         except nats.errors.Error as error:
             raise AntennaError(f"NATS refused a presence request: {error}") from error
-
-
-_UNAVAILABLE: tuple[type[BaseException], ...] = (
-    nats.errors.ConnectionClosedError,
-    nats.errors.ConnectionReconnectingError,
-    nats.errors.TimeoutError,
-    TimeoutError,
-    OSError,
-)
