@@ -45,6 +45,8 @@ INTERVAL = 0.0025
 SERVER_ABORT_AT, PROXY_DROP_AT = 300, 650
 #: the room pattern with history, and the room
 PATTERN, ROOM = r"acceptance:", "acceptance:room"
+#: rooms that keep only their last 3 messages, and one of them
+SMALL_PATTERN, SMALL_ROOM, SMALL_HISTORY = r"small:", "small:room", 3
 
 #: backend name -> the ``antenna`` argument of the apps, from the test's fixtures. A
 #: backend whose history is implemented runs the scenarios once its name is added to
@@ -92,6 +94,7 @@ class ChatApp:
 def chat_app(antenna: str, **options: Any) -> ChatApp:
     app = XRaptor("127.0.0.1", 0, antenna=antenna, **options)
     app.configure_rooms(PATTERN, history_size=10 * TOTAL)
+    app.configure_rooms(SMALL_PATTERN, history_size=SMALL_HISTORY)
     chat = ChatApp(app)
 
     @app.on_connect

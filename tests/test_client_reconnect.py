@@ -15,6 +15,8 @@ from reconnect_support import (
     PROXY_DROP_AT,
     ROOM,
     SERVER_ABORT_AT,
+    SMALL_HISTORY,
+    SMALL_ROOM,
     TOTAL,
     ChatApp,
     chat_app,
@@ -138,28 +140,26 @@ async def test_streams_reopen_with_new_ids_and_the_positions_received(
     assert stream.request_id != first_id
 
 
-async def test_what_history_no_longer_holds_is_an_unrecovered_notice(antenna: str) -> None:
-    small = chat_app(antenna)
-    small.app.configure_rooms(r"small:", history_size=3)
+async def test_what_history_no_longer_holds_is_an_unrecovered_notice(
+    chat: ChatApp, proxy: TcpProxy
+) -> None:
     async with (
-        started(small),
-        TcpProxy(("127.0.0.1", small.app.port)) as proxy,
-        Client(small.url) as poster,
+        Client(chat.url) as poster,
         through(proxy) as subscriber,
-        subscriber.subscribe("/room", {"room": "small:1"}) as stream,
+        subscriber.subscribe("/room", {"room": SMALL_ROOM}) as stream,
     ):
-        await poster.post("/say", {"room": "small:1", "text": "seen"})
+        await poster.post("/say", {"room": SMALL_ROOM, "text": "seen"})
         await take(stream, 1)
         proxy.refuse = True
         proxy.drop()
         await eventually(lambda: subscriber.state == "reconnecting")
-        for n in range(5):  # more than the 3 kept: "seen" falls out of the history
-            await poster.post("/say", {"room": "small:1", "text": f"missed{n}"})
+        for n in range(SMALL_HISTORY + 2):  # "seen" falls out of the history
+            await poster.post("/say", {"room": SMALL_ROOM, "text": f"missed{n}"})
         proxy.refuse = False
         await eventually(lambda: subscriber.reconnects == 1)
-        await poster.post("/say", {"room": "small:1", "text": "live"})
+        await poster.post("/say", {"room": SMALL_ROOM, "text": "live"})
         notice, live = await take(stream, 2)
-    assert notice.header == {"notice": "unrecovered", "room": "small:1"}
+    assert notice.header == {"notice": "unrecovered", "room": SMALL_ROOM}
     assert json.loads(notice.payload)["code"] == "unrecovered"
     assert live.payload == "live"
 
