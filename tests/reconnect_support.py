@@ -110,9 +110,12 @@ def chat_app(antenna: str, **options: Any) -> ChatApp:
     @app.register("/room").as_sub
     async def join(request: Request) -> None:
         chat.subs.append((request.request_id, request.header.get("since")))
-        Broadcast.get(json.loads(request.payload)["room"], app=app).add_member(request.request_id)
+        data = json.loads(request.payload)
+        Broadcast.get(data["room"], app=app).add_member(request.request_id)
         assert request.connection is not None
         chat.subscribers.append(request.connection)
+        if data.get("linger"):  # a handler that takes its time: the SUB is in flight
+            await asyncio.sleep(data["linger"])
 
     @app.register("/picky").as_sub
     async def picky(request: Request) -> Response | None:

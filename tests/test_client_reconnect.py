@@ -222,6 +222,22 @@ async def test_a_request_in_flight_fails_with_connection_lost_and_is_not_retried
     assert len(calls) == 1  # nothing was sent again
 
 
+async def test_a_subscribe_in_flight_fails_with_connection_lost(
+    chat: ChatApp, proxy: TcpProxy
+) -> None:
+    async with through(proxy) as client:
+        entering = asyncio.create_task(
+            client.subscribe("/room", {"room": ROOM, "linger": 1}).__aenter__()
+        )
+        await eventually(lambda: chat.subs)
+        proxy.drop()
+        with pytest.raises(ConnectionLost, match="before the SUB's acknowledgment"):
+            await asyncio.wait_for(entering, 0.5)
+        await eventually(lambda: client.reconnects == 1)
+        assert client._streams == {}  # not re-opened: the application was told it failed
+        assert len(chat.subs) == 1
+
+
 async def test_requests_while_reconnecting_wait_for_the_connection(
     chat: ChatApp, proxy: TcpProxy
 ) -> None:

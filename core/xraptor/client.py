@@ -29,18 +29,11 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 from websockets.frames import Close, CloseCode
 
-from .client_reconnect import (
-    ConnectionLost,
-    Reconnect,
-    State,
-    Token,
-    is_permanent,
-    resolve_token,
-)
+from .client_reconnect import ConnectionLost, Reconnect, Reconnector, State, Token, resolve_token
 from .client_stream import ClientError, Stream, is_error, parse_response
 from .handshake import handshake_headers
 from .protocol import MethodType, Response
-from .redaction import redacting_logger, scrub
+from .redaction import redacting_logger
 
 logger = redacting_logger("xraptor.client")
 
@@ -125,18 +118,21 @@ class Client:
         self._token = token
         self._headers = dict(headers or {})
         self._extra_headers = connect_options.get("additional_headers")
-        # checks a token now, and that no Authorization header comes with one
-        placeholder = token if isinstance(token, str) else None if token is None else "checked"
+        # a token is checked now, a function's on each connect; with either, no
+        # Authorization header may be given
         connect_options["additional_headers"] = handshake_headers(
-            placeholder, self._headers, self._extra_headers
+            token if isinstance(token, str) else None, self._headers, self._extra_headers
         )
+        if token is not None and not isinstance(token, str):
+            handshake_headers("placeholder", self._headers, self._extra_headers)
         connect_options.setdefault("logger", redacting_logger("websockets.client"))
         self.url = url
         self.timeout = timeout
         self.raise_errors = raise_errors
         self.max_queue = max_queue
         self.reconnects = 0
-        self._reconnect = _reconnect_policy(reconnect)
+        policy = _reconnect_policy(reconnect)
+        self._reconnector = Reconnector(self, policy) if policy is not None else None
         self._connect_options = connect_options
         self._ws: ClientWebSocket | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -146,11 +142,6 @@ class Client:
         self._closed_error: BaseException | None = None
         self._state: State = "new"
         self._closing = False
-        self._supervisor: asyncio.Task[None] | None = None
-        #: set whenever the client is not reconnecting: requests waiting for it wake up
-        self._settled = asyncio.Event()
-        self._settled.set()
-        self._given_up: ConnectionLost | None = None
 
     # ----- lifecycle ----------------------------------------------------------------------
 
@@ -162,12 +153,9 @@ class Client:
         async with asyncio.timeout(self.timeout):
             ws = await self._handshake(await resolve_token(self._token))
         self._closing = False
-        self._given_up = None
         self._attach(ws)
-        if self._reconnect is not None:
-            self._supervisor = asyncio.get_running_loop().create_task(
-                self._supervise(self._reconnect)
-            )
+        if self._reconnector is not None:
+            self._reconnector.start()
         return self
 
     async def _handshake(self, token: str | None) -> ClientWebSocket:
@@ -190,15 +178,13 @@ class Client:
         """Close the connection and stop reconnecting; pending requests and open streams
         end (a stream's iteration stops)."""
         self._closing = True
-        supervisor, self._supervisor = self._supervisor, None
-        if supervisor is not None:
-            supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await supervisor
+        if self._reconnector is not None:
+            await self._reconnector.stop()
         ws, self._ws = self._ws, None
         if self._state != "new":
             self._state = "closed"
-        self._settled.set()
+        if self._reconnector is not None:
+            self._reconnector.settled.set()  # requests waiting for a reconnection fail
         if ws is None:
             return
         await ws.close()
@@ -319,138 +305,10 @@ class Client:
             self, route, _encode_payload(payload), header or {}, self.max_queue, since=since
         )
 
-    # ----- reconnecting -------------------------------------------------------------------
-
     async def _until_open(self, deadline: float) -> None:
         """Wait while the client reconnects (until ``deadline``, loop time)."""
-        if self._state != "reconnecting":
-            return
-        try:
-            async with asyncio.timeout_at(deadline):
-                while self.state == "reconnecting":  # the property: not narrowed by mypy
-                    await self._settled.wait()
-        except TimeoutError:
-            raise TimeoutError(
-                f"not reconnected to {scrub(self.url)} in time: the request was not sent"
-            ) from None
-        if self.state != "open":
-            raise ConnectionLost(
-                self._given_up.message
-                if self._given_up is not None
-                else "the client was closed while it was reconnecting"
-            )
-
-    def _dropped(self, error: BaseException) -> None:
-        """The connection dropped: fail what was in flight; streams wait to be re-opened."""
-        self._state = "reconnecting"
-        self._settled.clear()
-        logger.info("the connection to %s dropped (%s); reconnecting", self.url, error)
-
-        def lost(what: str) -> ConnectionLost:
-            failure = ConnectionLost(
-                f"the connection dropped before {what} ({error}); nothing is retried",
-                error if isinstance(error, ConnectionClosed) else None,
-            )
-            failure.__cause__ = error
-            return failure
-
-        for future in self._pending.values():
-            if not future.done():
-                future.set_exception(lost("the reply (the server may have handled the request)"))
-        for stream in tuple(self._streams.values()):
-            stream._dropped(lost("the SUB's acknowledgment"))
-
-    async def _supervise(self, policy: Reconnect) -> None:
-        """Reconnect each time the reader ends, until :meth:`close` or giving up."""
-        failures = 0
-        while True:
-            reader = self._reader
-            if reader is not None:
-                await asyncio.wait((reader,))  # not ``await reader``: cancelling us must not
-            if self._closing:
-                return
-            last: BaseException | None = self._closed_error
-            while True:
-                if policy.gives_up(failures):
-                    self._give_up(failures, last)
-                    return
-                await asyncio.sleep(policy.delay(failures))
-                failures += 1
-                try:
-                    async with asyncio.timeout(self.timeout):
-                        token = await resolve_token(self._token)
-                except Exception as failure:  # the token's source failed: try again later
-                    logger.warning("the token function failed: %r; retrying", failure)
-                    last = failure
-                    continue
-                try:
-                    handshake_headers(token, self._headers, self._extra_headers)
-                except (TypeError, ValueError) as bad:  # a bug: no attempt will do better
-                    self._give_up(failures, bad)
-                    return
-                try:
-                    async with asyncio.timeout(self.timeout):
-                        ws = await self._handshake(token)
-                except Exception as failure:
-                    last = failure
-                    if is_permanent(failure):
-                        self._give_up(failures, failure)
-                        return
-                    logger.info("reconnecting to %s failed: %r", self.url, failure)
-                    continue
-                break
-            self._attach(ws)
-            if await self._resubscribe():
-                failures = 0
-                self.reconnects += 1
-                logger.info("reconnected to %s (%d streams)", self.url, len(self._streams))
-
-    async def _resubscribe(self) -> bool:
-        """Re-open every stream on the new connection; ``False`` if it dropped meanwhile."""
-        streams = tuple(self._streams.values())
-        acks: list[asyncio.Future[None]] = []
-        try:
-            for stream in streams:  # SUB frames first: later requests come after them
-                acks.append(await stream._resubscribe())
-        except ConnectionClosed:
-            return False
-        if self._state != "open":
-            return False
-        self._settled.set()
-        if acks:
-            await asyncio.wait(acks, timeout=self.timeout)
-        dropped = False
-        for stream, ack in zip(streams, acks, strict=True):
-            if ack.cancelled():  # closed by the application meanwhile
-                continue
-            if not ack.done():
-                ack.cancel()
-                stream._end(
-                    ConnectionLost(
-                        f"no acknowledgment of the stream's SUB {stream.route} within "
-                        f"{self.timeout} s after reconnecting"
-                    )
-                )
-                self._unsub_soon(stream)
-            elif (error := ack.exception()) is None:
-                stream._resubscribed()
-            elif isinstance(error, ConnectionLost):
-                dropped = True  # re-opened on the next connection
-            else:
-                stream._end(error)  # refused now (a ClientError)
-        return not dropped and self._state == "open"
-
-    def _give_up(self, attempts: int, last: BaseException | None) -> None:
-        message = scrub(f"gave up reconnecting to {self.url} after {attempts} attempt(s): {last!r}")
-        logger.warning("%s", message)
-        self._given_up = ConnectionLost(message)
-        self._state = "closed"
-        self._ws = None
-        self._settled.set()
-        for stream in tuple(self._streams.values()):
-            ended = ConnectionLost(message)
-            ended.__cause__ = last
-            stream._end(ended)
+        if self._reconnector is not None:
+            await self._reconnector.until_open(deadline)
 
     # ----- plumbing -----------------------------------------------------------------------
 
@@ -463,8 +321,9 @@ class Client:
         header: dict[str, Any],
     ) -> None:
         ws = self._ws
-        if self._given_up is not None:
-            raise ConnectionLost(self._given_up.message)
+        reconnector = self._reconnector
+        if reconnector is not None and reconnector.given_up is not None:
+            raise ConnectionLost(reconnector.given_up.message)
         if ws is None:
             raise RuntimeError("the client is not connected; use 'async with Client(...)'")
         if self._closed_error is not None:
@@ -481,7 +340,7 @@ class Client:
         try:
             await ws.send(frame, text=True)
         except ConnectionClosed as closed:
-            if self._reconnect is None or isinstance(closed, ConnectionLost):
+            if reconnector is None or isinstance(closed, ConnectionLost):
                 raise
             raise ConnectionLost(f"the connection dropped ({closed})", closed) from closed
 
@@ -501,8 +360,8 @@ class Client:
             logger.exception("the client's reader failed")
             error = failure
         self._closed_error = error
-        if self._reconnect is not None and not self._closing:
-            self._dropped(error)
+        if self._reconnector is not None and not self._closing:
+            self._reconnector.dropped(error)
             return
         for future in self._pending.values():
             if not future.done():

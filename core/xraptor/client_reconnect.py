@@ -1,24 +1,35 @@
-"""What a reconnecting :class:`xraptor.Client` is told to do, and how it says it failed.
+"""How a :class:`xraptor.Client` reconnects: the policy, the error, the supervisor.
 
 :class:`Reconnect` is the policy (exponential backoff with full jitter, a bound on
 the attempts), :class:`ConnectionLost` the error of whatever could not survive a
 dropped connection: a request in flight, a SUB being entered, and every stream once
-the client gave up reconnecting. The reconnection itself is the client's
-(:mod:`xraptor.client`).
+the client gave up reconnecting. :class:`Reconnector` is the client's part that acts
+on a drop: it fails what was in flight, waits, opens a new connection (the token
+asked for again) and re-opens every stream there.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-__all__ = ["ConnectionLost", "Reconnect", "State", "Token", "resolve_token"]
+from .handshake import handshake_headers
+from .redaction import redacting_logger, scrub
+
+if TYPE_CHECKING:
+    from .client import Client
+
+__all__ = ["ConnectionLost", "Reconnect", "Reconnector", "State", "Token", "resolve_token"]
+
+logger = redacting_logger("xraptor.client")
 
 #: a bearer token, or a function (sync or async) called on every (re)connect for one
 Token = str | Callable[[], str | Awaitable[str]]
@@ -118,3 +129,180 @@ async def resolve_token(token: Token | None) -> str | None:
     if inspect.isawaitable(value):
         value = await value
     return value
+
+
+class Reconnector:
+    """The reconnecting part of one :class:`~xraptor.Client` (its ``reconnect`` policy).
+
+    :ivar settled: set whenever the client is not reconnecting; requests waiting for
+        the connection wait for it
+    :ivar given_up: the error of the reconnection given up, ``None`` otherwise
+    """
+
+    def __init__(self, client: Client, policy: Reconnect) -> None:
+        self.client = client
+        self.policy = policy
+        self.settled = asyncio.Event()
+        self.settled.set()
+        self.given_up: ConnectionLost | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """The client connected: watch its connection."""
+        self.given_up = None
+        self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
+
+    async def stop(self) -> None:
+        """The client closes: stop reconnecting, now (a wait or an attempt is cancelled)."""
+        supervisor, self._supervisor = self._supervisor, None
+        if supervisor is not None:
+            supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await supervisor
+
+    async def until_open(self, deadline: float) -> None:
+        """Wait while the client reconnects (until ``deadline``, loop time)."""
+        client = self.client
+        if client._state != "reconnecting":
+            return
+        try:
+            async with asyncio.timeout_at(deadline):
+                while client.state == "reconnecting":  # the property: not narrowed by mypy
+                    await self.settled.wait()
+        except TimeoutError:
+            raise TimeoutError(
+                f"not reconnected to {scrub(client.url)} in time: the request was not sent"
+            ) from None
+        if client.state != "open":
+            raise ConnectionLost(
+                self.given_up.message
+                if self.given_up is not None
+                else "the client was closed while it was reconnecting"
+            )
+
+    def dropped(self, error: BaseException) -> None:
+        """The connection dropped: fail what was in flight; streams wait to be re-opened."""
+        client = self.client
+        client._state = "reconnecting"
+        self.settled.clear()
+        logger.info("the connection to %s dropped (%s); reconnecting", client.url, error)
+
+        def lost(what: str) -> ConnectionLost:
+            failure = ConnectionLost(
+                f"the connection dropped before {what} ({error}); nothing is retried",
+                error if isinstance(error, ConnectionClosed) else None,
+            )
+            failure.__cause__ = error
+            return failure
+
+        for future in client._pending.values():
+            if not future.done():
+                future.set_exception(lost("the reply (the server may have handled the request)"))
+        for stream in tuple(client._streams.values()):
+            stream._dropped(lost("the SUB's acknowledgment"))
+
+    async def _supervise(self) -> None:
+        """Reconnect each time the reader ends, until :meth:`close` or giving up."""
+        try:
+            await self._reconnect_each_drop()
+        except Exception as bug:  # pragma: no cover - defensive: never hang "reconnecting"
+            logger.exception("the client's reconnection failed")
+            self._give_up(0, bug)
+
+    async def _reconnect_each_drop(self) -> None:
+        client, policy = self.client, self.policy
+        failures = 0
+        while True:
+            reader = client._reader
+            if reader is not None:
+                # asyncio.wait, not ``await reader``: stop() cancelling this must not
+                # cancel the reader too
+                await asyncio.wait((reader,))
+            if client._closing:
+                return
+            last: BaseException | None = client._closed_error
+            while True:
+                if policy.gives_up(failures):
+                    self._give_up(failures, last)
+                    return
+                await asyncio.sleep(policy.delay(failures))
+                failures += 1
+                try:
+                    async with asyncio.timeout(client.timeout):
+                        token = await resolve_token(client._token)
+                except Exception as failure:  # the token's source failed: try again later
+                    logger.warning("the token function failed: %r; retrying", failure)
+                    last = failure
+                    continue
+                try:
+                    handshake_headers(token, client._headers, client._extra_headers)
+                except (TypeError, ValueError) as bad:  # a bug: no attempt will do better
+                    self._give_up(failures, bad)
+                    return
+                try:
+                    async with asyncio.timeout(client.timeout):
+                        ws = await client._handshake(token)
+                except Exception as failure:
+                    last = failure
+                    if is_permanent(failure):
+                        self._give_up(failures, failure)
+                        return
+                    logger.info("reconnecting to %s failed: %r", client.url, failure)
+                    continue
+                break
+            client._attach(ws)
+            if await self._resubscribe():
+                failures = 0
+                client.reconnects += 1
+                logger.info("reconnected to %s (%d streams)", client.url, len(client._streams))
+
+    async def _resubscribe(self) -> bool:
+        """Re-open every stream on the new connection; ``False`` if it dropped meanwhile."""
+        client = self.client
+        streams = tuple(client._streams.values())
+        acks: list[asyncio.Future[None]] = []
+        try:
+            for stream in streams:  # SUB frames first: later requests come after them
+                acks.append(await stream._resubscribe())
+        except ConnectionClosed:
+            return False
+        if client._state != "open":
+            return False
+        self.settled.set()
+        if acks:
+            await asyncio.wait(acks, timeout=client.timeout)
+        dropped = False
+        for stream, ack in zip(streams, acks, strict=True):
+            if ack.cancelled():  # closed by the application meanwhile
+                continue
+            if not ack.done():
+                ack.cancel()
+                stream._end(
+                    ConnectionLost(
+                        f"no acknowledgment of the stream's SUB {stream.route} within "
+                        f"{client.timeout} s after reconnecting"
+                    )
+                )
+                client._unsub_soon(stream)
+            elif (error := ack.exception()) is None:
+                stream._resubscribed()
+            elif isinstance(error, ConnectionLost):
+                dropped = True  # re-opened on the next connection
+            else:
+                stream._end(error)  # refused now (a ClientError)
+        return not dropped and client._state == "open"
+
+    def _give_up(self, attempts: int, last: BaseException | None) -> None:
+        client = self.client
+        message = scrub(
+            f"gave up reconnecting to {client.url} after {attempts} attempt(s): {last!r}"
+        )
+        logger.warning("%s", message)
+        self.given_up = ConnectionLost(message)
+        client._state = "closed"
+        client._ws = None
+        self.settled.set()
+        for stream in tuple(client._streams.values()):
+            ended = ConnectionLost(message)
+            ended.__cause__ = last
+            stream._end(ended)
