@@ -218,6 +218,7 @@ def test_in_flight_requests_fail_and_close_stops_reconnecting(browser: Any, stag
     page.evaluate("window.client.close()")
     assert page.evaluate("window.client.state") == "closed"
     assert page.evaluate("window.waiting") == "closed"
+    page.wait_for_timeout(100)  # an attempt cancelled mid-handshake may still be accepted
     attempts = stage.call(lambda: stage.proxy.accepted)
     stage.call(lambda: setattr(stage.proxy, "refuse", False))
     page.wait_for_timeout(500)
