@@ -229,7 +229,7 @@ export class XRaptorClient {
           reject(error);
         }
       };
-      if (this.state === "reconnecting") {
+      if (this._reconnecting()) {
         waiter.send = send;
         this._waiting.add(waiter);
       } else {
@@ -289,7 +289,7 @@ export class XRaptorClient {
       else console.error("xraptor stream ended:", error);
     };
     this._streams.set(state.requestId, state);
-    if (this.state === "reconnecting") {
+    if (this._reconnecting()) {
       state.unsent = true; // sent with the streams subscribed again
     } else {
       try {
@@ -335,6 +335,13 @@ export class XRaptorClient {
   }
 
   // ----- the connection ------------------------------------------------------------------
+
+  /** Reconnecting, or about to (the socket closed, its close event not handled yet). */
+  _reconnecting() {
+    if (this.state === "reconnecting") return true;
+    const dying = !this._ws || this._ws.readyState !== WebSocket.OPEN;
+    return this._policy !== null && !this._closing && this.state === "open" && dying;
+  }
 
   /** Open a WebSocket (the token asked for now); resolves once it is open. */
   async _open() {
