@@ -118,15 +118,19 @@ def stage(antenna: str) -> Iterator[Stage]:
 
     async def hold() -> None:
         async with contextlib.AsyncExitStack() as stack:
-            chat = chat_app(antenna)
-            chat.app.add_http_route(
-                "/", "text/html; charset=utf-8", PAGE.replace(b"ROOM", repr(ROOM).encode())
-            )
-            chat.check_tokens = True
-            await stack.enter_async_context(started(chat))
-            publisher_app = await stack.enter_async_context(started(chat_app(antenna)))
-            publisher = await stack.enter_async_context(Client(publisher_app.url))
-            proxy = await stack.enter_async_context(TcpProxy(("127.0.0.1", chat.app.port)))
+            try:
+                chat = chat_app(antenna)
+                chat.app.add_http_route(
+                    "/", "text/html; charset=utf-8", PAGE.replace(b"ROOM", repr(ROOM).encode())
+                )
+                chat.check_tokens = True
+                await stack.enter_async_context(started(chat))
+                publisher_app = await stack.enter_async_context(started(chat_app(antenna)))
+                publisher = await stack.enter_async_context(Client(publisher_app.url))
+                proxy = await stack.enter_async_context(TcpProxy(("127.0.0.1", chat.app.port)))
+            except BaseException as error:  # the test gets it, not a timeout
+                ready.set_exception(error)
+                return
             ready.set_result(Stage(backstage, chat, publisher, proxy))
             while not done.is_set():
                 await asyncio.sleep(0.05)
