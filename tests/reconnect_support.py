@@ -76,6 +76,8 @@ class ChatApp:
     tokens: list[str | None] = field(default_factory=list)
     check_tokens: bool = False
     banned: bool = False
+    #: HTTP statuses to refuse the next handshakes with, one each
+    refuse_next: list[int] = field(default_factory=list)
     #: the request ids GET /slow was called with
     slow_calls: list[str] = field(default_factory=list)
 
@@ -101,6 +103,8 @@ def chat_app(antenna: str, **options: Any) -> ChatApp:
     async def guard(handshake: Handshake) -> object:
         if chat.banned:
             raise Refuse(403, "banned")
+        if chat.refuse_next:
+            raise Refuse(chat.refuse_next.pop(0), "not now")
         if chat.check_tokens:
             if handshake.token in chat.tokens:
                 raise Refuse(401, "this token was used already")

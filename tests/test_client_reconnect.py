@@ -300,6 +300,30 @@ async def test_a_refused_handshake_stops_reconnecting(chat: ChatApp, proxy: TcpP
             await client.get("/_xraptor/ping")
 
 
+async def test_failed_attempts_that_may_succeed_later_are_retried(
+    chat: ChatApp, proxy: TcpProxy
+) -> None:
+    """503 (a server draining for a deploy), 429, 408, and a token function that raised
+    are failed attempts, not the end."""
+    calls = 0
+
+    def flaky_token() -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise ConnectionError("the token service is down")
+        return f"token-{calls}"
+
+    async with through(proxy, token=flaky_token) as client:
+        chat.refuse_next = [503, 429, 408]
+        proxy.drop()
+        await eventually(lambda: client.reconnects == 1)
+        assert chat.refuse_next == []
+        assert calls == 6  # the first connect, a failure, three refusals, the reconnection
+        assert proxy.accepted == 1 + 4
+        assert (await client.get("/_xraptor/ping")).payload == "pong"
+
+
 async def test_max_attempts_then_gives_up(chat: ChatApp, proxy: TcpProxy) -> None:
     policy = Reconnect(initial_delay=0.01, max_delay=0.02, max_attempts=3)
     async with (
