@@ -1,48 +1,54 @@
-"""Fixtures of the xraptor-postgres tests: the backend the conformance suite runs against."""
+"""Fixtures of the xraptor-postgres tests: a private PostgreSQL cluster (see pg_support)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
-from xraptor import Antenna
-
-from xraptor_postgres import antenna as driver
+from pg_support import EXTERNAL_URL, PostgresCluster, bindir, missing
 
 
-@dataclass
-class Backend:
-    """What the tests know of the backend: its URL, and what an antenna holds there."""
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PostgresCluster | None]:
+    """The test run's private cluster (``None`` when the tests use XRAPTOR_POSTGRES_URL).
 
-    url: str
-
-    def counts(self, antenna: Antenna) -> dict[str, int]:
-        """What ``antenna`` holds at the backend, counted at the backend.
-
-        TODO: with a real server, ask it (its client list, by a connection name the
-        antenna factory sets): ``{"connections": ..., "subscriptions": ...}``.
-        """
-        watching = sum(antenna in watchers for watchers in driver._BUS.values())
-        return {"subscriptions": watching}
+    A test may stop and start it, and must leave it running.
+    """
+    binaries = bindir()
+    if binaries is None:
+        if EXTERNAL_URL:
+            yield None
+            return
+        missing(
+            "no PostgreSQL server binaries (initdb, postgres: PATH, /usr/lib/postgresql/*/bin "
+            "or XRAPTOR_POSTGRES_BINDIR) and XRAPTOR_POSTGRES_URL is not set"
+        )
+    assert binaries is not None
+    cluster = PostgresCluster(binaries)
+    try:
+        cluster.start()
+        cluster.psql("CREATE ROLE tlsonly LOGIN")
+        yield cluster
+    finally:
+        cluster.remove()
 
 
 @pytest.fixture
-def xraptor_postgres_backend() -> Iterator[Backend]:
-    """A private backend the tests own.
+def pg_url(pg_cluster: PostgresCluster | None) -> str:
+    """A URL of the test's server (private when possible), without TLS."""
+    if pg_cluster is None:
+        assert EXTERNAL_URL
+        return EXTERNAL_URL
+    if not pg_cluster.running:  # a fault test that failed half-way
+        pg_cluster.start()
+    return pg_cluster.url()
 
-    TODO: start a server on a free port (a subprocess), yield its URL, stop it after.
-    """
-    yield Backend(url="postgres://localhost")
 
-
-# The fault tests need a way to take the backend away and bring it back at the same
-# address (kill and restart the private server). Provide it, then return it from the
-# test class's ``backend_fault`` fixture (see the test module):
-#
-# from xraptor.testing import BackendFault
-#
-#
-# @pytest.fixture
-# def xraptor_postgres_fault(xraptor_postgres_backend: Backend) -> BackendFault:
-#     return BackendFault(stop=xraptor_postgres_backend.kill, start=xraptor_postgres_backend.start)
+@pytest.fixture
+def private_pg(pg_cluster: PostgresCluster | None) -> PostgresCluster:
+    """The private cluster, for tests that stop it or need TLS."""
+    if pg_cluster is None:
+        pytest.skip("needs the PostgreSQL server binaries (XRAPTOR_POSTGRES_URL cannot be stopped)")
+    if not pg_cluster.running:
+        pg_cluster.start()
+    return pg_cluster

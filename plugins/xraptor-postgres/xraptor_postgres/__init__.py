@@ -1,8 +1,8 @@
-"""xraptor-postgres: the postgres antenna for xraptor.
+"""xraptor-postgres: the ``postgres`` antenna for xraptor (PostgreSQL ``LISTEN`` / ``NOTIFY``).
 
-This module only registers what the plugin offers; the driver module loads when
-the hook runs (so that ``xraptor plugins`` stays fast and a missing backend
-library is reported as this plugin's failure, not xraptor's).
+This module only registers what the plugin offers; the driver module (and asyncpg)
+loads when the hook runs, so that ``xraptor plugins`` stays fast and a missing
+asyncpg is reported as this plugin's failure, not xraptor's.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from xraptor.plugins import AntennaRegistry
 
 __all__ = ["xraptor_register_antennas"]
+__version__ = "0.5.0"
 
 
 @xraptor.hookimpl

@@ -1,137 +1,186 @@
-"""The postgres antenna: the driver side of xraptor's antenna contract.
+"""The PostgreSQL antenna: pub/sub over ``LISTEN`` / ``NOTIFY`` with asyncpg.
 
-As generated, it runs on ``_BUS``, a pub/sub bus inside this process standing in
-for your backend, so that the conformance suite passes from the start. Replace
-every ``TODO`` with your backend's calls; keep the docstrings' promises.
+A process holds two connections, however many channels it watches:
 
-The base class (:class:`xraptor.Antenna`) does the rest: local fan-out (one
-``watch`` per channel per process, however many listeners), ``post``,
-``subscribe``, ``listen``, the lifecycle (``start``/``close``, ``async with``),
-argument checks and the ``state`` it starts and ends with.
+* the **listening** connection (:mod:`xraptor_postgres.listener`): ``LISTEN`` on each
+  watched channel's identifier and a shared advisory lock per watched channel, which
+  other processes see in ``pg_locks`` (``is_alive``); it reconnects on its own and
+  reports the gap;
+* the **publishing** connection (:mod:`xraptor_postgres.publisher`): one task sends the
+  queued posts in call order, batched into one ``pg_notify`` statement, and answers
+  ``is_alive`` from ``pg_locks``.
+
+Channel names, payload sizes and NUL are hidden by :mod:`xraptor_postgres.frames`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, ClassVar
+import functools
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import xraptor
+import asyncpg
 
-#: TODO: remove; the stand-in backend: channel -> the antennas watching it
-_BUS: dict[str, set[PostgresAntenna]] = {}
+from xraptor.antenna import Antenna, AntennaError, AntennaUnavailable, MessageTooLarge
 
-#: seconds a publish may take before it raises AntennaUnavailable (option ``timeout``)
-DEFAULT_TIMEOUT = 5.0
+from . import frames
+from .config import Settings
+from .listener import Listening
+from .publisher import UNREACHABLE, Link, Publisher
+
+if TYPE_CHECKING:
+    Connection = asyncpg.Connection[Any]
+
+_escape_channel = functools.lru_cache(maxsize=8192)(frames.escape)
 
 
-class PostgresAntenna(xraptor.Antenna):
-    """Pub/sub over postgres.
+class PostgresAntenna(Antenna):
+    """Pub/sub over PostgreSQL ``LISTEN`` / ``NOTIFY`` (at most once, per-channel order).
 
-    Options (``antenna_options={...}``, or a URL, or the class-wide
-    ``PostgresAntenna.set_config({...})``, which ``antenna_options`` override):
+    Options (keyword arguments, ``antenna_options``, or class-wide with :meth:`set_config`):
 
-    * ``url``: where the backend is (default ``postgres://localhost``);
-    * ``timeout``: seconds a publish may take before it raises
-      :class:`xraptor.AntennaUnavailable` (default 5);
-    * ``health_timeout``, ``health_interval``: every antenna's (defaults 3 and 1),
-      used only if :meth:`ping` is implemented.
+    :param url: a libpq URL, ``postgresql://user:password@host:5432/db?sslmode=require``
+        (``postgres://`` too; asyncpg reads its query: ``sslmode``, ``sslrootcert``, ...);
+        default ``postgresql://127.0.0.1:5432/postgres``
+    :param ssl: ``sslmode`` (``disable`` ... ``verify-full``) or an :class:`ssl.SSLContext`;
+        default: the URL's ``sslmode``, else asyncpg's (``prefer``)
+    :param publish_timeout: seconds a post, ``is_alive`` or a ``LISTEN`` may take before
+        :class:`~xraptor.AntennaUnavailable`; default 2.0
+    :param connect_timeout: seconds one connection attempt may take; default 2.0
+    :param reconnect_min_delay: first delay between reconnection attempts; default 0.05
+    :param reconnect_max_delay: cap of the backoff between attempts; default 5.0
+    :param channel_prefix: first part of every ``LISTEN`` identifier (apps sharing a
+        database with different prefixes never meet); default ``"xraptor"``
+    :param application_name: what ``pg_stat_activity`` shows for the connections;
+        default ``"xraptor"``
+    :param max_message_size: the largest message, in bytes of escaped UTF-8 (sent in
+        chunks past 7999 bytes); default 1 MiB
+    :param max_pending_publishes: posts that may wait for the server before new ones
+        fail at once; default 10000
+    :param connect_options: more ``asyncpg.connect()`` keyword arguments (``password``,
+        ``server_settings``, ...)
+    :param health_timeout: seconds the health probe's ``SELECT 1`` may take; default 3.0
+    :param health_interval: seconds between health probes; default 1.0
     """
 
-    #: antenna="postgres" selects it
     name: ClassVar[str] = "postgres"
-    #: antenna="postgres://..." selects it (the default, ``(name,)``, spelled out)
-    schemes: ClassVar[tuple[str, ...]] = ("postgres",)
-
-    @classmethod
-    def options_from_url(cls, url: str) -> dict[str, Any]:
-        """The options ``antenna="postgres://..."`` stands for (the base's default)."""
-        return {"url": url}
+    #: libpq's URL schemes
+    schemes: ClassVar[tuple[str, ...]] = ("postgres", "postgresql")
+    _config: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, **options: Any) -> None:
-        super().__init__(**options)  # merges set_config() and checks the health options
-        self.url: str = str(self.options.get("url", "postgres://localhost"))
-        self.timeout = float(self.options.get("timeout", DEFAULT_TIMEOUT))
-        if not self.timeout > 0:
-            raise ValueError(f"timeout must be a positive number of seconds, got {self.timeout}")
+        super().__init__(**options)
+        self.settings = settings = Settings.from_options(self.options)
+        self.url = settings.url
+        self.prefix = settings.prefix
+        self.publish_timeout = settings.publish_timeout
+        self.max_message_size = settings.max_message_size
+        self._link = Link(self._open, timeout=settings.publish_timeout, where=settings.where)
+        self._publisher = Publisher(
+            self._link,
+            timeout=settings.publish_timeout,
+            max_pending=settings.max_pending_publishes,
+        )
+        self._listening = Listening(
+            self,
+            self._open,
+            where=settings.where,
+            timeout=settings.publish_timeout,
+            max_message_size=settings.max_message_size,
+            reconnect_min_delay=settings.reconnect_min_delay,
+            reconnect_max_delay=settings.reconnect_max_delay,
+        )
+        self._names = functools.lru_cache(maxsize=8192)(self._names_of)
+
+    @property
+    def reconnects(self) -> int:
+        """Reconnections of the listening connection since connect."""
+        return self._listening.reconnects
+
+    @property
+    def connections(self) -> int:
+        """Connections open now (listening, publishing)."""
+        return self._listening.connections + self._link.connections
+
+    def _names_of(self, channel: str) -> tuple[str, int]:
+        return frames.identifier(self.prefix, channel), frames.lock_key(self.prefix, channel)
+
+    async def _open(self) -> Connection:
+        settings = self.settings
+        options: dict[str, Any] = {
+            "timeout": settings.connect_timeout,
+            **settings.connect_options,
+        }
+        server_settings = dict(options.get("server_settings") or {})
+        server_settings.setdefault("application_name", settings.application_name)
+        options["server_settings"] = server_settings
+        if settings.ssl is not None:
+            options["ssl"] = settings.ssl
+        async with asyncio.timeout(settings.connect_timeout + 0.5):
+            connection: Connection = await asyncpg.connect(settings.url, **options)
+        return connection
+
+    # ----- lifecycle -----------------------------------------------------------
 
     async def connect(self) -> None:
-        """Open the backend connection(s). Called once, by :meth:`start`.
-
-        The base class sets ``state`` to ``up`` when this returns (unless the driver
-        said ``down`` meanwhile with :meth:`set_state`) and to ``closed`` on close.
-        Raise to make ``start`` fail. After a reconnection in the background, call
-        ``self.set_state("up")``, resubscribe ``self.watched_channels()`` and call
-        ``self.report_gap()``; while the backend is unreachable,
-        ``self.set_state("down")``.
-        """
-        # TODO: connect to self.url
+        try:
+            await self._listening.connect()
+        except UNREACHABLE as error:
+            raise AntennaUnavailable(
+                f"cannot connect to PostgreSQL at {self.settings.where}: "
+                f"{type(error).__name__}: {error or 'no answer in time'}"
+            ) from error
+        except asyncpg.PostgresError as error:
+            raise AntennaError(
+                f"PostgreSQL at {self.settings.where} refused the connection: {error}"
+            ) from error
+        self._publisher.start()
+        self.set_state("up")
 
     async def disconnect(self) -> None:
-        """Release every backend resource (connections, tasks). Called once, by
-        :meth:`close`; no listener is left by then."""
-        # TODO: close your connections and cancel and await your tasks
-        for channel in list(_BUS):
-            self._leave(channel)
+        await self._publisher.close()
+        await self._listening.close()
+        await self._link.close()
+
+    # ----- driver ----------------------------------------------------------------
 
     async def publish(self, channel: str, message: str) -> None:
-        """Send ``message`` to ``channel``, to every process watching it now.
-
-        Calls made in a given order must reach subscribers in that order, even
-        when they run concurrently (through a pool of connections).
-
-        :raises xraptor.AntennaUnavailable: when the backend cannot take it within
-            ``self.timeout`` seconds
-        """
-        try:
-            async with asyncio.timeout(self.timeout):
-                # TODO: send to your backend; a backend's limits on channel names
-                # (length, characters) are the driver's to hide, by encoding or
-                # hashing, never by truncating
-                for antenna in tuple(_BUS.get(channel, ())):
-                    antenna.deliver(channel, message)
-        except (TimeoutError, OSError) as error:
-            raise xraptor.AntennaUnavailable(f"postgres: cannot publish: {error}") from error
+        identifier, _ = self._names(channel)
+        body = frames.body(_escape_channel(channel), message)
+        size = frames.utf8_size(body)
+        if size > self.max_message_size:
+            raise MessageTooLarge(
+                f"a message of {size} bytes (escaped, with its channel name) is over the "
+                f"postgres antenna's max_message_size ({self.max_message_size} bytes)"
+            )
+        payloads = frames.frames(self._publisher.next_seq(), body)
+        await self._publisher.publish([identifier] * len(payloads), payloads)
 
     async def watch(self, channel: str) -> None:
-        """Start receiving ``channel``, handing each message to ``self.deliver``.
-
-        Must not return before a message published after it returns is sure to be
-        delivered. Called at most once per channel at a time: the base class never
-        runs ``watch`` or ``unwatch`` concurrently for the same channel, but may for
-        different channels, so shared state (one subscriber connection) must take
-        concurrent calls.
-        """
-        # TODO: subscribe at your backend; its reader calls self.deliver(channel, message)
-        _BUS.setdefault(channel, set()).add(self)
+        identifier, key = self._names(channel)
+        await self._listening.watch(channel, identifier, key)
 
     async def unwatch(self, channel: str) -> None:
-        """Stop receiving ``channel`` and free what watching it held at the backend.
-
-        Same concurrency as :meth:`watch`.
-        """
-        # TODO: unsubscribe at your backend
-        self._leave(channel)
+        identifier, key = self._names(channel)
+        await self._listening.unwatch(channel, identifier, key)
 
     async def is_alive(self, channel: str) -> bool:
-        """Whether some process (this one included) listens to ``channel`` now.
+        identifier, key = self._names(channel)
+        if self._listening.watches(identifier, channel):
+            return True
+        return await self._publisher.is_alive(key)
 
-        Ask the backend (never answer a constant). Called on an antenna that has not
-        started, the base class starts it first.
-        """
-        # TODO: ask your backend (e.g. its subscriber count for the channel)
-        return bool(_BUS.get(channel))
+    async def ping(self) -> None:
+        """``SELECT 1`` on the listening connection (bounded by the caller)."""
+        await self._listening.ping()
 
-    # Optional: one round trip to the backend. Implementing it makes the base class
-    # probe it every health_interval seconds; no answer within health_timeout makes
-    # state "down" until one comes. It must be safe to cancel.
-    #
-    # async def ping(self) -> None:
-    #     await self._connection.ping()
-
-    def _leave(self, channel: str) -> None:
-        watchers = _BUS.get(channel)
-        if watchers is None:
-            return
-        watchers.discard(self)
-        if not watchers:
-            del _BUS[channel]
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        info.update(
+            url=self.settings.where,
+            channel_prefix=self.prefix,
+            reconnects=self.reconnects,
+            pending_publishes=len(self._publisher),
+            dropped_chunked_messages=self._listening.reassembler.dropped,
+        )
+        return info
