@@ -224,8 +224,18 @@ class Listening:
             return
         if connection is not self._connection:
             return  # a connection left behind
+        reassembler = self.reassembler
+        dropped = reassembler.dropped
         try:
-            body = self.reassembler.feed(pid, payload)
+            body = reassembler.feed(pid, payload)
+            if reassembler.dropped != dropped:
+                logger.warning(
+                    "postgres antenna: dropped a chunked message from session %d on %s (over "
+                    "max_message_size, %d bytes, or broken off)",
+                    pid,
+                    identifier,
+                    reassembler.max_size,
+                )
             if body is None:
                 return
             channel, message = parse_body(body)
