@@ -62,6 +62,8 @@ LABELS = {
 CLASSIC = ("xraptor", "raw", "x041")
 #: request/response and memory fan-out add xraptor served by uvicorn through ASGI
 WITH_ASGI = ("xraptor", "raw", "xraptor-asgi", "x041")
+#: fan-out systems per antenna (0.4.1 has no PostgreSQL antenna)
+FANOUT_SYSTEMS = {"memory": WITH_ASGI, "postgres": ("xraptor", "raw")}
 #: what a server process imports beyond the core: system -> {module: package}
 REQUIRES = {
     "sio": {"socketio": "python-socketio", "uvicorn": "uvicorn"},
@@ -233,7 +235,7 @@ def build_cases(args: argparse.Namespace) -> list[Case]:
         )
     )
     cases.append(mixed_case(args.mixed_conns, args.mixed_inflight, 400_000, args.seconds))
-    for antenna in ("memory", "redis", "nats"):
+    for antenna in ("memory", "redis", "nats", "postgres"):
         for members in (100, 1000):
             messages = min(3000, max(100, 300_000 // members))
             cases.append(
@@ -252,7 +254,7 @@ def build_cases(args: argparse.Namespace) -> list[Case]:
                         str(max(2, args.window_deliveries // members)),
                     ],
                     fanout_metrics(antenna, members),
-                    systems=WITH_ASGI if antenna == "memory" else CLASSIC,
+                    systems=FANOUT_SYSTEMS.get(antenna, CLASSIC),
                 )
             )
     conns = str(args.idle_conns)
@@ -357,6 +359,14 @@ class Backends:
             port = int(env.rsplit(":", 1)[1].split("/")[0])
             self._use(name, env, port, "from the environment")
             return
+        if name == "postgres":
+            # a running server (no private cluster: initdb takes seconds and, as root, a
+            # user of its own); XRAPTOR_BENCH_POSTGRES_URL names another
+            if port_open(5432):
+                url = "postgresql://postgres@127.0.0.1:5432/postgres?sslmode=disable"
+                self._use(name, url, 5432, "shared instance")
+                return
+            raise Skip("no PostgreSQL on 127.0.0.1:5432: set XRAPTOR_BENCH_POSTGRES_URL")
         binary = shutil.which("redis-server" if name == "redis" else "nats-server")
         if binary is not None:
             port = free_port()
@@ -775,11 +785,13 @@ def environment(args: argparse.Namespace, client: str) -> dict[str, Any]:
                 "xraptor",
                 "xraptor-redis",
                 "xraptor-nats",
+                "xraptor-postgres",
                 "websockets",
                 "picows",
                 "uvloop",
                 "redis",
                 "nats-py",
+                "asyncpg",
                 "orjson",
                 "psutil",
                 "python-socketio",
