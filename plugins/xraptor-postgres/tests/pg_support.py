@@ -89,7 +89,13 @@ class PostgresCluster:
         self.data = self.folder / "data"
         self._user: dict[str, Any] = {}
         if os.geteuid() == 0:
-            owner = pwd.getpwnam("postgres")
+            try:
+                owner = pwd.getpwnam("postgres")
+            except KeyError:
+                raise RuntimeError(
+                    "initdb refuses to run as root and there is no 'postgres' user to run "
+                    "it as: create one (the Debian package does) or run the tests as another user"
+                ) from None
             self._user = {"user": owner.pw_uid, "group": owner.pw_gid, "extra_groups": []}
             os.chown(self.folder, owner.pw_uid, owner.pw_gid)
         self.cert, key = self_signed_cert(self.folder)

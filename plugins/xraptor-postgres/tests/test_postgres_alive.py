@@ -14,9 +14,8 @@ import sys
 import textwrap
 import uuid
 
-from xraptor_postgres.antenna import PostgresAntenna
-
 from xraptor.testing import eventually
+from xraptor_postgres.antenna import PostgresAntenna
 
 WATCHER = textwrap.dedent(
     """

@@ -14,10 +14,10 @@ from collections.abc import Callable, Iterator
 import asyncpg
 import pytest
 from pg_support import PostgresCluster
-from xraptor_postgres.antenna import PostgresAntenna
 
 from xraptor import Antenna
 from xraptor.testing import AntennaConformance, BackendFault, ResourceCounter
+from xraptor_postgres.antenna import PostgresAntenna
 
 COUNT = """
 SELECT count(DISTINCT a.pid),

@@ -15,11 +15,11 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 import pytest_asyncio
-from xraptor_postgres import frames
-from xraptor_postgres.antenna import PostgresAntenna
 
 from xraptor import MessageTooLarge
 from xraptor.antenna import Subscription
+from xraptor_postgres import frames
+from xraptor_postgres.antenna import PostgresAntenna
 
 TRICKY = [
     "",
@@ -186,3 +186,30 @@ async def test_foreign_notifications_are_ignored(
         finally:
             await connection.close()
     assert "not an xraptor notification" in caplog.text
+
+
+SQL_PUSH = """
+SELECT pg_notify(
+    $1 || '_' || left(encode(sha256(convert_to($1 || ':' || $2, 'UTF8')), 'hex'), 32),
+    'm0:' || length(replace($2, E'\\\\', E'\\\\\\\\')) || ':'
+        || replace($2, E'\\\\', E'\\\\\\\\') || replace($3, E'\\\\', E'\\\\\\\\')
+)
+"""
+
+
+async def test_sql_can_push_to_a_channel_as_the_readme_shows(pg_url: str) -> None:
+    """The identifier and the frame are plain enough for SQL (a trigger, a job) to send."""
+    channel = f"from sql \\ {_channel()} é"
+    message = 'a row changed: {"id": 7, "path": "C:\\\\tmp"} 🦖'
+    async with PostgresAntenna(url=pg_url) as antenna, antenna.subscribe(channel) as sub:
+        connection = await asyncpg.connect(pg_url)
+        try:
+            await connection.execute(SQL_PUSH, antenna.prefix, channel, message)
+        finally:
+            await connection.close()
+        assert await _next(sub) == message
+    assert frames.lock_key("xraptor", channel) == int.from_bytes(
+        bytes.fromhex(frames.identifier("xraptor", channel)[len("xraptor_") :])[:8],
+        "big",
+        signed=True,
+    )

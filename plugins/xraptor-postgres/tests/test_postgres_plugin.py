@@ -6,11 +6,11 @@ import importlib.metadata
 import ssl
 
 import pytest
-from xraptor_postgres.antenna import PostgresAntenna
-from xraptor_postgres.config import redact
 
 import xraptor
 from xraptor.plugins import Plugins, resolve_antenna
+from xraptor_postgres.antenna import PostgresAntenna
+from xraptor_postgres.config import redact
 
 
 def test_entry_point_declared() -> None:

@@ -13,11 +13,11 @@ from pathlib import Path
 import asyncpg
 import pytest
 from pg_support import PostgresCluster
-from xraptor_postgres.antenna import PostgresAntenna
 
 from xraptor import AntennaError
 from xraptor.plugins import resolve_antenna
 from xraptor.testing import eventually, self_signed_cert
+from xraptor_postgres.antenna import PostgresAntenna
 
 SSL_SESSIONS = """
 SELECT count(*) FILTER (WHERE s.ssl), count(*)

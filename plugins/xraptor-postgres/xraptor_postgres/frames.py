@@ -4,9 +4,10 @@ PostgreSQL's limits, and how they are hidden:
 
 * A ``LISTEN`` channel is an identifier of at most 63 bytes; an xraptor channel is any
   non-empty string (1 KiB and more, any character). Each channel is carried by the
-  identifier ``<prefix>_<32 hex digits>``: a 128-bit BLAKE2b hash of the prefix and the
-  channel. The payload names the real channel, so two channels whose hashes collided
-  would still be told apart by the receiver.
+  identifier ``<prefix>_<32 hex digits>``: the first 128 bits of SHA-256 of
+  ``<prefix>:<channel>`` (which SQL can compute as well, see the README). The payload
+  names the real channel, so two channels whose hashes collided would still be told
+  apart by the receiver.
 * A channel's liveness is a shared advisory lock held by the listening session; its
   64-bit key is the first half of the same hash (:func:`lock_key`).
 * A ``NOTIFY`` payload is text shorter than 8000 bytes, without NUL. Payloads are
@@ -43,8 +44,10 @@ _ESCAPED = re.compile(r"\\(\\|0|u[0-9a-f]{4})")
 
 
 def _digest(prefix: str, channel: str) -> bytes:
-    data = prefix.encode() + b"\x00" + channel.encode("utf-8", "surrogatepass")
-    return hashlib.blake2b(data, digest_size=16).digest()
+    """The first 16 bytes of SHA-256 of ``<prefix>:<channel>`` (SQL computes it too:
+    ``sha256(convert_to(prefix || ':' || channel, 'UTF8'))``)."""
+    data = f"{prefix}:".encode() + channel.encode("utf-8", "surrogatepass")
+    return hashlib.sha256(data).digest()[:16]
 
 
 def identifier(prefix: str, channel: str) -> str:

@@ -277,9 +277,11 @@ class Listening:
                 continue
             try:
                 await self._restore(connection)
-            except Exception as error:
+            except BaseException as error:
+                connection.terminate()  # closing (cancelled) or failed: not left open
+                if not isinstance(error, Exception):
+                    raise
                 logger.info("postgres antenna: restoring LISTEN failed: %s", error)
-                connection.terminate()
                 continue
             self.reconnects += 1
             channels = self._antenna.watched_channels()
