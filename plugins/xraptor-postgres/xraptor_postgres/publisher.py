@@ -229,6 +229,9 @@ class Publisher:
             await self.link.run(notify, "post")
         except AntennaError as failure:
             error = failure
+        except Exception as failure:  # the task must live on for the next posts
+            logger.exception("postgres antenna: unexpected error while posting")
+            error = AntennaError(f"post failed: {type(failure).__name__}: {failure}")
         for item in batch:
             future = item[2]
             if future.done():
