@@ -86,3 +86,24 @@ async def test_channel_prefixes_keep_apps_apart(pg_url: str) -> None:
         await two.post(channel, "other app")
         await one_again.post(channel, "same app")
         assert await asyncio.wait_for(sub.__anext__(), 5) == "same app"
+
+
+async def test_a_watch_cancelled_after_a_reconnection_listened_releases_it(pg_url: str) -> None:
+    """The interleaving of a watch cancelled while waiting for the connection, during a
+    reconnection that already listened and locked for it (simulated: the test holds the
+    connection's turn and does what the reconnection does): nothing may stay held."""
+    channel = f"cancelled-{uuid.uuid4().hex}"
+    async with PostgresAntenna(url=pg_url) as antenna, PostgresAntenna(url=pg_url) as other:
+        listening = antenna._listening
+        identifier, key = antenna._names(channel)
+        async with listening._turn:
+            opening = asyncio.ensure_future(antenna.subscribe(channel).open())
+            await asyncio.sleep(0.05)  # the watch wants the channel and waits for its turn
+            connection = listening._connection
+            assert connection is not None and listening.watches(identifier, channel)
+            await listening._settle_on(connection, identifier, key)  # the "reconnection"
+            assert await other.is_alive(channel)
+            opening.cancel()
+            await asyncio.gather(opening, return_exceptions=True)
+        assert await eventually(lambda: _not_alive(other, channel), 5.0)
+        assert antenna.watched_channels() == []

@@ -79,6 +79,7 @@ class Listening:
         self._locked: set[int] = set()
         self.reassembler = Reassembler(max_message_size)
         self._reconnector: asyncio.Task[None] | None = None
+        self._releases: set[asyncio.Task[None]] = set()
         self._closing = False
         #: reconnections since connect (for tests and /health)
         self.reconnects = 0
@@ -94,8 +95,10 @@ class Listening:
         ``LISTEN``\\ s and locks)."""
         self._closing = True
         task, self._reconnector = self._reconnector, None
-        if task is not None:
+        tasks = [*self._releases, *([task] if task is not None else [])]
+        for task in tasks:
             task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         connection, self._connection = self._connection, None
@@ -150,6 +153,7 @@ class Listening:
             await self._settle(identifier, key)
         except BaseException:
             self._forget(channel, identifier, key)
+            self._release_later(identifier, key)
             raise
 
     async def unwatch(self, channel: str, identifier: str, key: int) -> None:
@@ -157,6 +161,30 @@ class Listening:
         watched channel shares them. A failure drops the connection (which releases
         everything; the reconnection takes back the rest), so this does not raise."""
         self._forget(channel, identifier, key)
+        try:
+            await self._settle(identifier, key)
+        except AntennaUnavailable:
+            pass
+        except BaseException:
+            self._release_later(identifier, key)
+            raise
+
+    def _release_later(self, identifier: str, key: int) -> None:
+        """A watch or unwatch was cancelled before its turn (a reconnection may have
+        listened meanwhile): release what the connection holds and nothing wants, in
+        a task of its own, so that other processes never see the channel alive."""
+        stale = (identifier in self._listening and identifier not in self._channels) or (
+            key in self._locked and key not in self._keys
+        )
+        if not stale or self._closing:
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._release(identifier, key), name="xraptor-postgres release"
+        )
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
+
+    async def _release(self, identifier: str, key: int) -> None:
         with contextlib.suppress(AntennaUnavailable):
             await self._settle(identifier, key)
 
