@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
+import time
 import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 import pytest_asyncio
+from pg_support import PostgresCluster
 
-from xraptor import MessageTooLarge
+from xraptor import AntennaUnavailable, MessageTooLarge
 from xraptor.antenna import Subscription
 from xraptor_postgres import frames
 from xraptor_postgres.antenna import PostgresAntenna
@@ -213,3 +217,38 @@ async def test_sql_can_push_to_a_channel_as_the_readme_shows(pg_url: str) -> Non
         "big",
         signed=True,
     )
+
+
+async def test_posts_waiting_for_a_stalled_server_are_bounded_in_size(
+    private_pg: PostgresCluster,
+) -> None:
+    """While the publishing session is frozen (SIGSTOP on its server process), posts
+    queue up to ``max_pending_size`` characters; the next one fails at once."""
+    channel = _channel()
+    antenna = PostgresAntenna(url=private_pg.url(), publish_timeout=1, max_pending_size=100_000)
+    async with antenna, antenna.subscribe(channel) as sub:
+        await antenna.post(channel, "warm")  # opens the publishing connection
+        assert await _next(sub) == "warm"
+        connection = antenna._link._connection
+        assert connection is not None
+        pid = connection.get_server_pid()
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            in_flight = asyncio.ensure_future(antenna.post(channel, "a" * 60_000))
+            await asyncio.sleep(0.1)  # taken by the publisher task, stuck at the server
+            queued = asyncio.ensure_future(antenna.post(channel, "b" * 60_000))
+            await asyncio.sleep(0.05)
+            started = time.monotonic()
+            with pytest.raises(AntennaUnavailable, match="already wait"):
+                await antenna.post(channel, "c" * 60_000)
+            assert time.monotonic() - started < 0.5
+            first, second = await asyncio.gather(in_flight, queued, return_exceptions=True)
+            assert isinstance(first, AntennaUnavailable), first  # its statement timed out
+            # the publisher then cut the stuck connection and opened another: the queued
+            # post may make its own deadline on it
+            assert second is None or isinstance(second, AntennaUnavailable), second
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        await antenna.post(channel, "after")  # a new connection (the stuck one was cut)
+        while (message := await _next(sub)) != "after":
+            assert message in ("a" * 60_000, "b" * 60_000)  # at most once

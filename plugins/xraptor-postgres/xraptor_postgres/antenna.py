@@ -57,6 +57,8 @@ class PostgresAntenna(Antenna):
         chunks past 7999 bytes); default 1 MiB
     :param max_pending_publishes: posts that may wait for the server before new ones
         fail at once; default 10000
+    :param max_pending_size: characters of posts that may wait for the server (a
+        post that would go past it fails at once, unless none waits); default 64 MiB
     :param connect_options: more ``asyncpg.connect()`` keyword arguments (``password``,
         ``server_settings``, ...)
     :param health_timeout: seconds the health probe's ``SELECT 1`` may take; default 3.0
@@ -80,6 +82,7 @@ class PostgresAntenna(Antenna):
             self._link,
             timeout=settings.publish_timeout,
             max_pending=settings.max_pending_publishes,
+            max_pending_size=settings.max_pending_size,
         )
         self._listening = Listening(
             self,

@@ -49,12 +49,13 @@ class Settings:
     reconnect_max_delay: float
     max_message_size: int
     max_pending_publishes: int
+    max_pending_size: int
     connect_options: dict[str, Any]
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> Settings:
         """:raises ValueError, TypeError: on a bad option, saying which and what it expects"""
-        url = options.get("url") or options.get("dsn") or DEFAULT_URL
+        url = options.get("url") or DEFAULT_URL
         if not isinstance(url, str):
             raise TypeError(f"postgres antenna option 'url' must be a str, got {url!r}")
         scheme = url.partition("://")[0]
@@ -102,6 +103,7 @@ class Settings:
             reconnect_max_delay=max(_seconds(options, "reconnect_max_delay", 5.0), reconnect_min),
             max_message_size=_count(options, "max_message_size", 1024 * 1024),
             max_pending_publishes=_count(options, "max_pending_publishes", 10_000),
+            max_pending_size=_count(options, "max_pending_size", 64 * 1024 * 1024),
             connect_options=dict(extra),
         )
 

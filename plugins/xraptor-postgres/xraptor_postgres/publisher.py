@@ -55,7 +55,8 @@ UNREACHABLE: tuple[type[BaseException], ...] = (
 )
 
 Opener = Callable[[], Awaitable[asyncpg.Connection]]
-_Item = tuple[list[str], list[str], "asyncio.Future[None]"]
+#: one post: its frames' identifiers and payloads, its caller's future, its size (characters)
+_Item = tuple[list[str], list[str], "asyncio.Future[None]", int]
 
 
 class Link:
@@ -132,11 +133,16 @@ async def close_connection(connection: asyncpg.Connection, timeout: float) -> No
 class Publisher:
     """The publishes of one antenna, over ``link``."""
 
-    def __init__(self, link: Link, *, timeout: float, max_pending: int) -> None:
+    def __init__(
+        self, link: Link, *, timeout: float, max_pending: int, max_pending_size: int
+    ) -> None:
         self.link = link
         self.timeout = timeout
         self.max_pending = max_pending
+        self.max_pending_size = max_pending_size
         self._outbox: deque[_Item] = deque()
+        #: characters of the payloads waiting in the outbox
+        self._pending_size = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._seq = itertools.count()
@@ -161,6 +167,7 @@ class Publisher:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self._pending_size = 0
         while self._outbox:
             future = self._outbox.popleft()[2]
             if not future.done():
@@ -176,12 +183,17 @@ class Publisher:
         """
         if self._task is None:
             raise AntennaError("the postgres antenna is not connected")
-        if len(self._outbox) >= self.max_pending:
+        size = sum(len(payload) for payload in payloads)
+        if len(self._outbox) >= self.max_pending or (
+            self._outbox and self._pending_size + size > self.max_pending_size
+        ):
             raise AntennaUnavailable(
-                f"{len(self._outbox)} posts already wait for PostgreSQL ({self.link.where})"
+                f"{len(self._outbox)} posts ({self._pending_size} characters) already wait "
+                f"for PostgreSQL ({self.link.where})"
             )
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._outbox.append((identifiers, payloads, future))
+        self._outbox.append((identifiers, payloads, future, size))
+        self._pending_size += size
         if not self._wake.is_set():
             self._wake.set()
         try:
@@ -211,6 +223,7 @@ class Publisher:
                 frames = 0
                 while outbox and (not batch or frames + len(outbox[0][0]) <= BATCH):
                     item = outbox.popleft()
+                    self._pending_size -= item[3]
                     if not item[2].done():  # its caller gave up: do not send it late
                         batch.append(item)
                         frames += len(item[0])
