@@ -74,7 +74,7 @@ PICOWS_CORE_TESTS = [
     f"tests/test_{name}.py"
     for name in (
         "requests", "streams", "edge", "drain", "concurrency", "origins", "auth", "client",
-        "apps", "antenna_health",
+        "apps", "antenna_health", "demo",
     )
 ]  # fmt: skip
 
@@ -173,14 +173,16 @@ def demo(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Benchmarks against raw websockets, xraptor 0.4.1 and python-socketio on uvicorn.
+    """Benchmarks against raw websockets, xraptor 0.4.1, python-socketio on uvicorn and
+    encode/broadcaster on Starlette; xraptor on both transports and through ASGI.
 
-    bench/run.py; not run by default. Creates bench/.venv-041 for 0.4.1 on first use.
+    bench/run.py; not run by default. Creates bench/.venv-041, bench/.venv-sio and
+    bench/.venv-broadcaster on first use (each peer in a virtualenv of its own).
     ``nox -s bench -- --quick`` for a smoke run, ``-- --only rr --pairs 5`` for one case,
     ``-- --only mixed`` for the 5 ms handler case against python-socketio.
     """
     session.install("-e", ".", *(f"-e{path}" for path in PLUGINS.values()))
-    session.install("picows", "uvloop", "psutil", "redis", "nats-py", "python-socketio", "uvicorn")
+    session.install("picows", "uvloop", "psutil", "redis", "nats-py", "uvicorn")
     session.run("python", "bench/run.py", *session.posargs)
 
 

@@ -135,12 +135,26 @@ def echo_frame(i: int) -> bytes:
     return request(f"e{i:06d}", "/echo", "GET", "p" * 24)
 
 
+def rr_frame(wire: str, i: int) -> bytes:
+    """One round trip's request: xraptor's GET /echo (raw echoes it), or a Socket.IO event
+    ``fast`` with an ack id (one is outstanding per connection, so one id does)."""
+    if wire == "sio":
+        return b'421["fast","' + b"p" * 24 + b'"]'
+    return echo_frame(i)
+
+
+#: Engine.IO's ping (every 25 s by default) and the pong a Socket.IO client owes it
+EIO_PING = b"2"
+EIO_PONG = b"3"
+
+
 def join_frames(wire: str, kind: str, i: int) -> list[bytes]:
     """What a connection sends after connecting; the server answers exactly one frame."""
     if wire == "sio":
         # Socket.IO CONNECT to the main namespace; Engine.IO's open packet comes first
-        # (``0{...}``), but it is not the answer ``is_join_answer`` waits for
-        return [b"40"]
+        # (``0{...}``), but it is not the answer ``is_join_answer`` waits for. A fan-out
+        # member then enters the room (the ack is not awaited: the warm-up probes are)
+        return [b"40", b'421["join",""]'] if kind == "member" else [b"40"]
     if wire == "raw":
         return [echo_frame(i)] if kind == "plain" else [b"join"]
     if kind == "member":
@@ -171,8 +185,20 @@ def publish_frame(wire: str, seq: int) -> bytes:
     text = fanout_text(seq, time.monotonic_ns())
     if wire == "raw":
         return text.encode()
+    if wire == "sio":
+        return b'42["pub","' + text.encode() + b'"]'
     payload = json.dumps({"chat_id": ROOM, "client_id": "pub", "message": text})
     return request(f"p{seq}", "/send_message_to_chat_room", "POST", payload)
+
+
+def _pong(conn: Conn) -> Handler:
+    """A handler that only answers Engine.IO pings."""
+
+    def on_message(data: bytes) -> None:
+        if data == EIO_PING:
+            conn.send(EIO_PONG)
+
+    return on_message
 
 
 async def open_joined(
@@ -250,7 +276,8 @@ async def scenario_rr(args: argparse.Namespace, connect: Connector, control: Con
     )
     if failures:
         raise SystemExit(f"{failures} of {n} connections failed")
-    frames = [echo_frame(i) for i in range(n)]
+    frames = [rr_frame(args.wire, i) for i in range(n)]
+    sio = args.wire == "sio"
     sent_at = [0] * n
     latencies: array[int] = array("q")
     st = RoundTrips()
@@ -260,6 +287,9 @@ async def scenario_rr(args: argparse.Namespace, connect: Connector, control: Con
         frame = frames[i]
 
         def on_message(data: bytes) -> None:
+            if sio and data == EIO_PING:
+                conn.send(EIO_PONG)
+                return
             now = time.perf_counter_ns()
             latencies.append(now - sent_at[i])
             if st.started < st.limit and now < st.deadline:
@@ -346,7 +376,17 @@ async def scenario_fanout(args: argparse.Namespace, connect: Connector, control:
     )
     if failures:
         raise SystemExit(f"{failures} of {m} members failed to join")
-    publisher = await connect(args.url + path_for(args.wire, "pub"))
+    if args.wire == "sio":  # a Socket.IO publisher connects to the namespace first
+        joined, failures = await open_joined(
+            connect, args.url + path_for(args.wire, "pub"), args.wire, "pub", 1, m, 30
+        )
+        if failures:
+            raise SystemExit("the publisher failed to connect")
+        publisher = joined[0]
+        publisher.handler = _pong(publisher)
+    else:
+        publisher = await connect(args.url + path_for(args.wire, "pub"))
+    sio = args.wire == "sio"
     st = FanOut()
     counts = [0] * args.messages
     seen = bytearray(m)
@@ -363,9 +403,13 @@ async def scenario_fanout(args: argparse.Namespace, connect: Connector, control:
             st.finished.set()
 
     def make_handler(i: int) -> Handler:
+        conn = members[i]
+
         def on_message(data: bytes) -> None:
             match = MARK.search(data)
             if match is None:
+                if sio and data == EIO_PING:
+                    conn.send(EIO_PONG)
                 return
             seq = int(match.group(2))
             if seq >= PROBE_BASE:

@@ -10,11 +10,20 @@
 * ``xraptor-asgi``: the same app through ``server.asgi_app()`` (ASGI 3), served by
   uvicorn on this process's event loop, lifespan on, WebSocket implementation
   ``--ws`` (default ``websockets-sansio``).
+* ``xraptor-picows``: the same app on the picows transport (``transport="picows"``,
+  the xraptor-picows plugin).
 * ``sio``: python-socketio's ``AsyncServer(async_mode="asgi")`` in ``socketio.ASGIApp``,
   served by uvicorn on this process's event loop (the same ``--loop`` as the others):
-  events ``fast`` (acknowledged with its data) and ``slow`` (awaits 5 ms first).
+  events ``fast`` (acknowledged with its data) and ``slow`` (awaits 5 ms first); ``join``
+  enters the fan-out room (acknowledged), ``pub`` emits its data to the room as ``msg``.
+  With ``--antenna redis`` the rooms go through ``AsyncRedisManager`` (as a deployment
+  of several processes would); python-socketio has no NATS manager.
+* ``broadcaster``: encode/broadcaster on Starlette, served by uvicorn, with the raw
+  baseline's paths: ``/echo``; ``/member`` subscribes to the room and forwards what it
+  receives; ``/pub`` publishes. Backend ``memory://`` or the Redis URL (no NATS backend).
 
-The 0.4.1 server is ``bench/_041_app.py``, run in its own virtualenv.
+The 0.4.1, socket.io and broadcaster servers run in virtualenvs of their own (run.py
+makes them): this file imports their packages only inside their functions.
 """
 
 from __future__ import annotations
@@ -167,8 +176,9 @@ async def raw_main(port: int, antenna: str, url: str, stop: asyncio.Event) -> No
         await stop.wait()
 
 
-def xraptor_app(port: int, antenna: str, url: str) -> XRaptor:
-    """The bench app (served natively by ``xraptor`` and by uvicorn as ``xraptor-asgi``)."""
+def xraptor_app(port: int, antenna: str, url: str, transport: str = "websockets") -> XRaptor:
+    """The bench app (served natively by ``xraptor`` and ``xraptor-picows``, and by uvicorn
+    as ``xraptor-asgi``)."""
     import xraptor
     import xraptor.demo  # registers the chat routes
 
@@ -185,11 +195,15 @@ def xraptor_app(port: int, antenna: str, url: str) -> XRaptor:
     async def stream(request: xraptor.Request) -> None:
         return None
 
-    return xraptor.XRaptor("127.0.0.1", port, antenna=url if antenna != "memory" else "memory")
+    return xraptor.XRaptor(
+        "127.0.0.1", port, antenna=url if antenna != "memory" else "memory", transport=transport
+    )
 
 
-async def xraptor_main(port: int, antenna: str, url: str, stop: asyncio.Event) -> None:
-    server = xraptor_app(port, antenna, url)
+async def xraptor_main(
+    port: int, antenna: str, url: str, stop: asyncio.Event, transport: str = "websockets"
+) -> None:
+    server = xraptor_app(port, antenna, url, transport)
     await server.start()
     try:
         await stop.wait()
@@ -238,7 +252,10 @@ async def sio_main(
     """python-socketio on uvicorn; handlers run concurrently (its default ``async_handlers``)."""
     import socketio  # type: ignore[import-untyped,unused-ignore]
 
-    sio = socketio.AsyncServer(async_mode="asgi")
+    if antenna == "nats":
+        raise SystemExit("python-socketio has no NATS client manager")
+    manager = socketio.AsyncRedisManager(url) if antenna == "redis" else None
+    sio = socketio.AsyncServer(async_mode="asgi", client_manager=manager)
 
     async def fast(sid: str, data: Any) -> Any:
         return data
@@ -247,16 +264,100 @@ async def sio_main(
         await asyncio.sleep(SLOW_SECONDS)
         return data
 
-    sio.on("fast", fast)
-    sio.on("slow", slow)
+    async def join(sid: str, data: Any) -> str:
+        await sio.enter_room(sid, ROOM)
+        return "ok"
+
+    async def pub(sid: str, data: Any) -> None:
+        await sio.emit("msg", data, room=ROOM)
+
+    for name, handler in (("fast", fast), ("slow", slow), ("join", join), ("pub", pub)):
+        sio.on(name, handler)
     await serve_uvicorn(socketio.ASGIApp(sio), port, stop, ws=ws, lifespan="off")
+
+
+async def broadcaster_main(
+    port: int, antenna: str, url: str, stop: asyncio.Event, ws: str = "auto"
+) -> None:
+    """encode/broadcaster on Starlette, as its README's chat example uses it: a task per
+    member forwards the room's events to its WebSocket."""
+    from broadcaster import Broadcast  # type: ignore[import-not-found,unused-ignore]
+    from starlette.applications import Starlette
+    from starlette.routing import WebSocketRoute
+    from starlette.websockets import WebSocket, WebSocketDisconnect
+
+    if antenna == "nats":
+        raise SystemExit("broadcaster has no NATS backend")
+    broadcast = Broadcast(url if antenna == "redis" else "memory://")
+
+    async def echo(websocket: WebSocket) -> None:
+        await websocket.accept()
+        with contextlib.suppress(WebSocketDisconnect):
+            while True:
+                await websocket.send_text(await websocket.receive_text())
+
+    async def member(websocket: WebSocket) -> None:
+        await websocket.accept()
+        with contextlib.suppress(WebSocketDisconnect):
+            await websocket.receive_text()
+            async with broadcast.subscribe(ROOM) as subscriber:
+
+                async def forward() -> None:
+                    async for event in subscriber:
+                        await websocket.send_text(event.message)
+
+                forwarding = asyncio.get_running_loop().create_task(forward())
+                try:
+                    await websocket.send_text("ok")
+                    while True:  # until the client goes
+                        await websocket.receive_text()
+                finally:
+                    forwarding.cancel()
+
+    async def publish(websocket: WebSocket) -> None:
+        await websocket.accept()
+        with contextlib.suppress(WebSocketDisconnect):
+            while True:
+                await broadcast.publish(ROOM, await websocket.receive_text())
+
+    async def keep_room() -> None:
+        # broadcaster 0.3.1 loses members when the first subscribers of a channel subscribe
+        # concurrently (each finds no subscriber set while the backend subscribes, and the
+        # last one replaces the set: KeyError on leaving, and no delivery with Redis), as
+        # the load generator's joins do. One subscriber held from the start keeps the set,
+        # so members only add to it; its queue is drained here (one put per message more)
+        async with broadcast.subscribe(ROOM) as subscriber:
+            async for _ in subscriber:
+                pass
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> Any:
+        await broadcast.connect()
+        keeper = asyncio.get_running_loop().create_task(keep_room())
+        try:
+            yield
+        finally:
+            keeper.cancel()
+            await broadcast.disconnect()
+
+    app = Starlette(
+        routes=[
+            WebSocketRoute("/echo", echo),
+            WebSocketRoute("/member", member),
+            WebSocketRoute("/pub", publish),
+        ],
+        lifespan=lifespan,
+    )
+    await serve_uvicorn(app, port, stop, ws=ws, lifespan="on")
 
 
 MAINS: dict[str, Callable[[int, str, str, asyncio.Event], Awaitable[None]]] = {
     "raw": raw_main,
     "xraptor": xraptor_main,
     "xraptor-asgi": xraptor_asgi_main,
+    "xraptor-picows": functools.partial(xraptor_main, transport="picows"),
     "sio": sio_main,
+    "broadcaster": broadcaster_main,
 }
 
 
@@ -273,13 +374,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--ws",
         default=None,
-        help="sio, xraptor-asgi: uvicorn's WebSocket implementation (auto, websockets, "
-        f"websockets-sansio, wsproto; default: auto for sio, {DEFAULT_ASGI_WS} for xraptor-asgi)",
+        help="sio, broadcaster, xraptor-asgi: uvicorn's WebSocket implementation (auto, "
+        "websockets, websockets-sansio, wsproto; default: auto for sio and broadcaster, "
+        f"{DEFAULT_ASGI_WS} for xraptor-asgi)",
     )
     args = parser.parse_args(argv)
     serve = MAINS[args.system]
     if args.system == "sio":
         serve = functools.partial(sio_main, ws=args.ws or "auto")
+    elif args.system == "broadcaster":
+        serve = functools.partial(broadcaster_main, ws=args.ws or "auto")
     elif args.system == "xraptor-asgi":
         serve = functools.partial(xraptor_asgi_main, ws=args.ws or DEFAULT_ASGI_WS)
     raise_nofile()

@@ -2,7 +2,8 @@
 
 Benchmarks are not tests: this only checks that the harness still drives this
 xraptor and the raw baseline and produces numbers. It needs no backend, no picows
-(it falls back to the websockets client) and no 0.4.1 virtualenv. Where uvicorn is
+(it falls back to the websockets client) and none of the peers' virtualenvs. Where the
+xraptor-picows plugin is installed, xraptor on the picows transport runs too. Where uvicorn is
 installed (the ``test`` extra has it), the same app served through ``asgi_app()`` by
 uvicorn (``xraptor-asgi``) runs the request/response and fan-out cases too.
 """
@@ -39,6 +40,16 @@ def test_quick_bench_produces_numbers(tmp_path: Path) -> None:
     assert rows[("fanout-memory-10", "delivered_ratio")]["xraptor"] == 1.0
     samples = result["samples"]["rr"]["xraptor"]
     assert samples[0]["round_trips"] >= 100
+    # the peers served from their own virtualenvs are left out of a smoke run, and say so
+    for peer in ("sio", "broadcaster"):
+        assert peer in result["left_out"], result["left_out"]
+    if importlib.util.find_spec("xraptor_picows") is None:
+        assert "xraptor-picows" in result["left_out"], result["left_out"]
+    else:
+        for key in [("rr", "rate"), ("fanout-memory-10", "rate")]:
+            assert rows[key]["xraptor-picows"] > 0, key
+            assert rows[key]["picows_vs_raw"] > 0, key
+        assert rows[("fanout-memory-10", "delivered_ratio")]["xraptor-picows"] == 1.0
     if importlib.util.find_spec("uvicorn") is None:
         assert "xraptor-asgi" in result["left_out"], result["left_out"]
         return

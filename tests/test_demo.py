@@ -1,4 +1,5 @@
-"""`xraptor demo` serves the 0.4 chat to a plain websockets client."""
+"""`xraptor demo` serves the 0.4 chat to a plain websockets client, on the transport
+``XRAPTOR_TRANSPORT`` names (the picows session runs this module with ``picows``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 from websockets.asyncio.client import connect
+
+from core_support import TRANSPORT
 
 
 def _free_port() -> int:
@@ -29,6 +32,10 @@ def demo_port() -> Iterator[int]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
+    assert process.stdout is not None
+    banner = process.stdout.readline().decode()
+    # the environment's XRAPTOR_TRANSPORT (unset: websockets) is the transport it serves on
+    assert f"{TRANSPORT} transport" in banner, banner
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         try:
@@ -80,3 +87,15 @@ async def test_demo_chat_with_plain_websockets_clients(demo_port: int) -> None:
         await alice.send(_request("x", "/send_message_to_chat_room", "POST", {"chat_id": "lobby"}))
         refused = json.loads(await asyncio.wait_for(alice.recv(), 5))
         assert refused["header"] == {"error": "invalid_field"}
+
+
+def test_demo_names_an_unknown_transport_and_the_installed_ones() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "xraptor.cli", "demo", "--transport", "carrier-pigeon"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "xraptor demo: error:" in result.stderr
+    assert "carrier-pigeon" in result.stderr and "websockets" in result.stderr, result.stderr

@@ -226,9 +226,9 @@ def test_configure_rooms_refuses_what_it_cannot_do() -> None:
         app.configure_rooms("x", history_size=1, history_ttl=0)
     with pytest.raises(ValueError, match="needs a history_size"):
         app.configure_rooms("x", history_ttl=5)
-    with pytest.raises(NotImplementedError, match="presence"):
-        app.configure_rooms("x", presence=True)
-    with pytest.raises(NotImplementedError, match="join_leave"):
+    with pytest.raises(TypeError, match="presence must be a bool"):
+        app.configure_rooms("x", presence="yes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="join_leave=True needs presence=True"):
         app.configure_rooms("x", join_leave=True)
     assert app.history_resolver() is None
 

@@ -27,6 +27,7 @@ import orjson
 from .antenna import Antenna
 from .context import current_app
 from .history import HistoryEntry, Position
+from .presence import room_presence
 from .protocol import push_tail
 
 if TYPE_CHECKING:
@@ -96,7 +97,8 @@ class Broadcast:
         return [*self._local, *self._remote]
 
     def add_member(self, member: str) -> None:
-        """Add a member (a SUB's request_id); the first member opens the room.
+        """Add a member (a SUB's request_id); the first member opens the room. In a room
+        with presence, a stream of this process becomes a member there too.
 
         Safe to call from a SUB handler without awaiting: the server waits for the
         room to be subscribed before it reads the connection's next request. Use
@@ -106,6 +108,10 @@ class Broadcast:
             raise ValueError(f"a room member must be a non-empty str, got {member!r}")
         stream = self._app.streams.get(member)
         if stream is not None:
+            presence = self._app.presence_tracker
+            settings = presence.settings(self.broadcast_id)
+            if settings is not None:  # raises on an identity it cannot share
+                presence.enter(self, stream, settings)
             self._local[member] = stream
             stream.rooms.add(self)
             since = stream.since
@@ -130,6 +136,7 @@ class Broadcast:
         stream = self._local.pop(member, None)
         if stream is not None:
             stream.rooms.discard(self)
+            self._app.presence_tracker.leave(self, stream)
         if self._recovering:
             self._recovering.pop(member, None)
         self._remote.discard(member)
@@ -139,6 +146,16 @@ class Broadcast:
     async def post(self, message: str) -> None:
         """Publish ``message`` to every member in every process."""
         await self.antenna.post(self.broadcast_id, message)
+
+    async def presence(self) -> dict[str, Any]:
+        """Who is in the room, in every process: each member's key
+        (``"<connection id>:<request id>"``) and info (see :mod:`xraptor.presence`).
+
+        :raises PresenceNotEnabled: the room keeps no presence (``configure_rooms``)
+        :raises AntennaUnavailable: the antenna cannot answer now
+        """
+        settings = self._app.presence_tracker.settings(self.broadcast_id)
+        return await room_presence(self, settings)
 
     @classmethod
     async def settle(cls, app: App | None = None) -> None:

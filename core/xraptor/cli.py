@@ -66,14 +66,35 @@ def _plugins(_: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .demo import make_server
 
-    server = make_server(args.host, args.port)
+    try:
+        transport = _transport(args) or "websockets"
+    except UsageError as error:
+        print(f"xraptor demo: error: {error}", file=sys.stderr)
+        return USAGE
+    server = make_server(args.host, args.port, transport=transport)
     print(
         f"xraptor demo chat: open http://{args.host}:{args.port}/ in a browser "
-        f"(WebSocket ws://{args.host}:{args.port}, memory antenna); Ctrl-C stops",
+        f"(WebSocket ws://{args.host}:{args.port}, memory antenna, {transport} transport); "
+        "Ctrl-C stops",
         flush=True,
     )
     server.run()
     return 0
+
+
+def _transport(args: argparse.Namespace) -> str | None:
+    """The transport asked for (``--transport``, else its environment variable), checked
+    against the installed ones; ``None`` when none was asked for.
+
+    :raises UsageError: no installed plugin offers it (the message lists those that do)
+    """
+    transport = _setting(args, "transport")
+    if transport is not None:
+        try:
+            get_plugins().transport(transport)
+        except KeyError as error:
+            raise UsageError(str(error)) from None
+    return transport
 
 
 def _new_plugin(args: argparse.Namespace) -> int:
@@ -166,12 +187,8 @@ def _configure(args: argparse.Namespace) -> tuple[XRaptor, int]:
     antenna = _setting(args, "antenna")
     if antenna is not None:
         app.set_antenna(antenna)
-    transport = _setting(args, "transport")
+    transport = _transport(args)
     if transport is not None:
-        try:
-            get_plugins().transport(transport)
-        except KeyError as error:
-            raise UsageError(str(error)) from None
         app.transport = transport
     certfile, keyfile = _setting(args, "ssl_certfile"), _setting(args, "ssl_keyfile")
     if keyfile is not None and certfile is None:
@@ -370,6 +387,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=8765)
+    demo.add_argument(
+        "--transport",
+        help=f"the listening transport (default websockets; env {ENV['transport']}), "
+        "e.g. picows with the xraptor-picows plugin",
+    )
     demo.set_defaults(func=_demo)
 
     plugins = sub.add_parser(

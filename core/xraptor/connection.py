@@ -32,7 +32,16 @@ _NO_TASKS: frozenset[asyncio.Task[Any]] = frozenset()
 class Stream:
     """A SUB's stream: the hub listener that pushes its channel to its connection."""
 
-    __slots__ = ("_gap_round", "antenna", "connection", "prefix", "request_id", "rooms", "since")
+    __slots__ = (
+        "_gap_round",
+        "antenna",
+        "connection",
+        "prefix",
+        "presence",
+        "request_id",
+        "rooms",
+        "since",
+    )
 
     def __init__(self, connection: Connection, request_id: str, antenna: Antenna) -> None:
         self.connection = connection
@@ -43,6 +52,8 @@ class Stream:
         #: the positions its SUB asked to recover from, by room (header ``since``),
         #: until the recovery ran (see :mod:`xraptor.recovery`); ``None``: none
         self.since: dict[str, Position] | None = None
+        #: what its SUB shares in rooms with presence (header ``presence``, JSON text)
+        self.presence: str | None = None
         self._gap_round = -1
 
     def on_message(self, channel: str, message: str) -> None:

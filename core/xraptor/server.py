@@ -247,6 +247,7 @@ class XRaptor(Reader):
         history = self.history_resolver()
         if history is not None:
             antenna.set_history(history)  # raises if the antenna cannot keep history
+        self.presence_tracker.configure(self.presence_resolver(), antenna)  # may raise too
         default_app()._last_started = self
         self.metrics = Metrics()
         self._draining = False

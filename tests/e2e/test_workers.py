@@ -1,4 +1,5 @@
-"""`xraptor run --workers 2` over a private Redis: one room spans both workers."""
+"""`xraptor run --workers 2` over a private Redis: one room spans both workers, on each
+listening transport (the e2e session installs the xraptor-picows plugin)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 from e2e_support import (
     chat_across_workers,
     free_port,
@@ -34,12 +36,16 @@ APP = textwrap.dedent(
 )
 
 
-def test_a_room_spans_two_workers_over_redis(tmp_path: Path, redis_url: str) -> None:
+@pytest.mark.parametrize("transport", ["websockets", "picows"])
+def test_a_room_spans_two_workers_over_redis(
+    tmp_path: Path, redis_url: str, transport: str
+) -> None:
     (tmp_path / "chatapp.py").write_text(APP)
     port = free_port()
     command = xraptor_command(
-        "run", "chatapp:app", "--workers", "2", "--antenna", redis_url, "--port", str(port)
-    )
+        "run", "chatapp:app", "--workers", "2", "--antenna", redis_url, "--port", str(port),
+        "--transport", transport,
+    )  # fmt: skip
     with running(command, port, cwd=tmp_path) as parent:
         supervisor = psutil.Process(parent.pid)
         deadline = time.monotonic() + 20
@@ -63,3 +69,4 @@ def test_a_room_spans_two_workers_over_redis(tmp_path: Path, redis_url: str) -> 
         _, alive = psutil.wait_procs(workers, timeout=10)
         assert not alive, f"workers still running after SIGTERM: {alive}"
         assert output.count("xraptor stopped listening on") == 2, output
+        assert output.count(f"transport {transport})") == 2, output

@@ -23,6 +23,8 @@ import contextlib
 import functools
 import itertools
 import logging
+import re
+from collections.abc import Collection, Mapping
 from typing import Any, ClassVar
 
 import nats
@@ -33,13 +35,18 @@ from nats.aio.subscription import Subscription as NatsSubscription
 
 from xraptor.antenna import Antenna, AntennaError, AntennaUnavailable, MessageTooLarge
 
+from .cluster import MARKER_HEADER, ClusterProbes
 from .config import DEFAULT_SERVERS, PENDING_SIZE, positive, redact, split_servers
+from .presence import NatsPresence, bucket_name
 from .subjects import channel_token, check_prefix
 
 logger = logging.getLogger("xraptor_nats")
 
 #: header that marks a request on a channel's subject as a liveness probe
 PROBE_HEADER = "Xraptor-Probe"
+
+#: a JetStream bucket's name
+_BUCKET = re.compile(r"^[A-Za-z0-9_-]+$")
 
 _token = functools.lru_cache(maxsize=8192)(channel_token)
 
@@ -78,6 +85,10 @@ class NatsAntenna(Antenna):
     :param health_interval: seconds between health probes; default 1.0
     :param connect_options: further keyword arguments for ``nats.connect`` (``user``,
         ``password``, ``token``, ``tls``, ``user_credentials``, ...)
+    :param presence_ttl: seconds a room member of a process that stopped refreshing it
+        stays listed; default 30 (see :mod:`xraptor_nats.presence`, which needs JetStream)
+    :param presence_bucket: the key-value bucket of presence; default the subject
+        prefix (dots as ``_``) and ``_presence``
     """
 
     name: ClassVar[str] = "nats"
@@ -110,8 +121,14 @@ class NatsAntenna(Antenna):
         self._sync_subject = ""
         self._sync_seq = itertools.count()
         self._sync_waiters: dict[int, asyncio.Future[None]] = {}
+        #: connections to the other members of a cluster (none for a lone server)
+        self._cluster = ClusterProbes({**self._connect_options, "name": f"{self._conn_name}-probe"})
         #: how many times the connection came back after an outage
         self.reconnects = 0
+        bucket = opts.get("presence_bucket") or bucket_name(self.subject_prefix)
+        if not isinstance(bucket, str) or not _BUCKET.match(bucket):
+            raise ValueError(f"presence_bucket must be letters, digits, '_' or '-'; got {bucket!r}")
+        self._presence = NatsPresence(bucket, self.publish_timeout)
 
     @classmethod
     def options_from_url(cls, url: str) -> dict[str, Any]:
@@ -148,6 +165,7 @@ class NatsAntenna(Antenna):
             disconnected_cb=self._on_disconnected,
             reconnected_cb=self._on_reconnected,
             closed_cb=self._on_closed,
+            discovered_server_cb=self._on_discovered,
         )
         try:
             nc = await nats.connect(**options)
@@ -169,6 +187,7 @@ class NatsAntenna(Antenna):
         self._sync_subject = nc.new_inbox()
         await nc.subscribe(self._sync_subject, cb=self._on_sync)
         self._nc = nc
+        await self._cluster.refresh(nc, wait=True)
         self.set_state("up")
 
     async def disconnect(self) -> None:
@@ -176,6 +195,7 @@ class NatsAntenna(Antenna):
         nc, self._nc = self._nc, None
         self._subs.clear()
         self._sid_channel.clear()
+        await self._cluster.close()
         if nc is None:
             return
         if nc.is_connected:
@@ -203,12 +223,38 @@ class NatsAntenna(Antenna):
     async def _on_reconnected(self) -> None:
         if self._closing:
             return
+        nc = self._nc
+        if nc is not None:
+            # maybe on another member now: every member must route the resubscribed
+            # channels here before the gap is reported (a fresh marker subject proves
+            # the resubscriptions sent before it)
+            with contextlib.suppress(*_ANY_NATS):
+                await self._cluster.refresh(nc, wait=False)
+                marker = await nc.subscribe(nc.new_inbox(), cb=self._on_marker)
+                try:
+                    await self._sync(nc)
+                    await self._cluster.confirm(marker.subject, self.publish_timeout)
+                finally:
+                    await _unsubscribe(marker, "cluster marker")
         self.reconnects += 1
         logger.warning("NATS connection back; subscriptions restored")
         self.set_state("up")
         # nats-py resubscribed every subscription before calling us; messages
         # published during the outage are lost, so say so.
         self.report_gap(self.watched_channels())
+
+    async def _on_discovered(self) -> None:
+        """The server announced new cluster members: open probe connections to them."""
+        nc = self._nc
+        if nc is not None and not self._closing:
+            with contextlib.suppress(*_ANY_NATS):
+                await self._cluster.refresh(nc, wait=False)
+
+    async def _on_marker(self, msg: Msg) -> None:
+        if msg.headers:
+            token = msg.headers.get(MARKER_HEADER)
+            if token is not None:
+                self._cluster.on_marker(token)
 
     async def _on_closed(self) -> None:
         if not self._closing:
@@ -268,20 +314,29 @@ class NatsAntenna(Antenna):
         nc = self._connected()
 
         async def on_message(msg: Msg) -> None:
-            if msg.reply and msg.headers and PROBE_HEADER in msg.headers:
-                await _answer_probe(msg)
-                return
+            headers = msg.headers
+            if headers:
+                if msg.reply and PROBE_HEADER in headers:
+                    await _answer_probe(msg)
+                    return
+                token = headers.get(MARKER_HEADER)
+                if token is not None:  # a cluster marker (ours, or another process's)
+                    self._cluster.on_marker(token)
+                    return
             self.deliver(channel, msg.data.decode("utf-8", "surrogatepass"))
 
         if channel in self._subs:  # the hub watches once; be safe all the same
             await self._drop(channel, sync=False)
         # one subscription per channel carries both its messages and its liveness
         # probes (requests with the probe header): one nats-py task per channel
-        messages = await nc.subscribe(self.subject(channel), cb=on_message)
+        subject = self.subject(channel)
+        messages = await nc.subscribe(subject, cb=on_message)
         self._subs[channel] = messages
         self._sid_channel[messages._id] = channel
         try:
             await self._sync(nc)
+            # in a cluster: until every member routes the channel here
+            await self._cluster.confirm(subject, self.publish_timeout)
         except BaseException as error:
             # cancelled or failed: the hub does not count the channel as watched,
             # so nothing may stay subscribed
@@ -349,28 +404,47 @@ class NatsAntenna(Antenna):
         if not done.done():
             done.set_result(None)
 
+    async def presence_set(self, room: str, members: Mapping[str, str]) -> None:
+        await self._presence.put(self._connected(), room, members, self.presence_ttl)
+
+    async def presence_remove(self, room: str, members: Collection[str]) -> None:
+        await self._presence.remove(self._connected(), room, members, self.presence_ttl)
+
+    async def presence_list(self, room: str) -> dict[str, str]:
+        return await self._presence.read(self._connected(), room, self.presence_ttl)
+
+    async def presence_expire(self, room: str) -> dict[str, str]:
+        return await self._presence.expire(self._connected(), room, self.presence_ttl)
+
     async def is_alive(self, channel: str) -> bool:
         if channel in self._subs:
             return True
         nc = self._connected()
-        try:
-            await nc.request(
-                self.subject(channel),
-                b"",
-                timeout=self.alive_timeout,
-                headers={PROBE_HEADER: "1"},
-            )
-        except nats.errors.NoRespondersError:
-            return False
-        except nats.errors.TimeoutError:
-            # The server answers "no responders" at once when nobody subscribes to
-            # the probe subject, so silence means a watcher exists but is slow.
-            return nc.is_connected or self._raise_unavailable()
-        except _UNAVAILABLE as error:
-            raise AntennaUnavailable(
-                f"could not probe NATS: {type(error).__name__}: {error}"
-            ) from error
-        return True
+        # The server answers "no responders" at once when nobody subscribes to the
+        # probe subject, so silence means a watcher exists but is slow; or, in a
+        # cluster, that this member still routed the probe to a member whose last
+        # watcher just left (interest is withdrawn over the routes a moment later).
+        # So silence is asked about once more before it counts as alive.
+        for attempt in (1, 2):
+            try:
+                await nc.request(
+                    self.subject(channel),
+                    b"",
+                    timeout=self.alive_timeout,
+                    headers={PROBE_HEADER: "1"},
+                )
+            except nats.errors.NoRespondersError:
+                return False
+            except nats.errors.TimeoutError:
+                if attempt == 2:
+                    return nc.is_connected or self._raise_unavailable()
+            except _UNAVAILABLE as error:
+                raise AntennaUnavailable(
+                    f"could not probe NATS: {type(error).__name__}: {error}"
+                ) from error
+            else:
+                return True
+        raise AssertionError("unreachable")
 
     def _raise_unavailable(self) -> bool:
         raise AntennaUnavailable(f"NATS at {self._where} is unreachable now")

@@ -31,6 +31,7 @@ task :mod:`xraptor_redis.publisher`.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection, Mapping
 from typing import Any, ClassVar
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -43,6 +44,7 @@ from xraptor.antenna import Antenna, AntennaError, AntennaUnavailable
 
 from ._bounded import bounded
 from .pongs import Pongs
+from .presence import DEFAULT_PREFIX, RedisPresence
 from .publisher import Publisher
 from .subscriber import Subscriber
 
@@ -82,7 +84,10 @@ class RedisAntenna(Antenna):
     * ``health_timeout`` / ``health_interval``: the base class's health probe
       (:meth:`ping`), default 3.0 / 1.0;
     * ``max_pending_publishes``: publishes that may wait for Redis before new ones
-      fail at once with :class:`~xraptor.AntennaUnavailable`, default 10000.
+      fail at once with :class:`~xraptor.AntennaUnavailable`, default 10000;
+    * ``presence_ttl``: seconds a room member of a process that stopped refreshing it
+      stays listed, default 30; ``presence_prefix``: what starts the presence keys,
+      default ``xraptor:presence:`` (see :mod:`xraptor_redis.presence`).
     """
 
     name: ClassVar[str] = "redis"
@@ -119,6 +124,12 @@ class RedisAntenna(Antenna):
             health_check_interval=self.health_check_interval,
         )
         self._closing = False
+        prefix = opts.get("presence_prefix", DEFAULT_PREFIX)
+        if not isinstance(prefix, str) or not prefix:
+            raise ValueError(
+                f"redis antenna option 'presence_prefix' must be a str, got {prefix!r}"
+            )
+        self._presence = RedisPresence(prefix, self.publish_timeout, self._where())
 
     @property
     def reconnects(self) -> int:
@@ -202,6 +213,18 @@ class RedisAntenna(Antenna):
 
     async def unwatch(self, channel: str) -> None:
         await self._subscriber.unsubscribe(channel)
+
+    async def presence_set(self, room: str, members: Mapping[str, str]) -> None:
+        await self._presence.put(self._live_client(), room, members, self.presence_ttl)
+
+    async def presence_remove(self, room: str, members: Collection[str]) -> None:
+        await self._presence.remove(self._live_client(), room, members)
+
+    async def presence_list(self, room: str) -> dict[str, str]:
+        return await self._presence.read(self._live_client(), room)
+
+    async def presence_expire(self, room: str) -> dict[str, str]:
+        return await self._presence.expire(self._live_client(), room)
 
     async def ping(self) -> None:
         """``PING`` on the subscriber connection; returns once the reader saw the answer."""
