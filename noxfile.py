@@ -12,7 +12,9 @@ from pathlib import Path
 
 import nox
 
-nox.options.sessions = ["tests", "redis", "nats", "picows", "e2e", "lint", "types", "dist"]
+nox.options.sessions = [
+    "tests", "redis", "nats", "postgres", "picows", "e2e", "lint", "types", "dist",
+]  # fmt: skip
 nox.options.error_on_missing_interpreters = True
 
 ROOT = Path(__file__).parent
@@ -21,8 +23,9 @@ PLUGINS = {
     "redis": "plugins/xraptor-redis",
     "nats": "plugins/xraptor-nats",
     "picows": "plugins/xraptor-picows",
+    "postgres": "plugins/xraptor-postgres",
 }
-TOOLS = ["ruff>=0.6", "mypy>=1.11"]
+TOOLS = ["ruff>=0.6", "mypy>=1.11", "asyncpg-stubs>=0.29"]
 #: the conformance suite (its case list is not a documented API: pinned below 0.2)
 KOSOKU = "kosoku>=0.1,<0.2"
 #: building and checking the distributions (readme_renderer[md] renders the Markdown READMEs;
@@ -57,6 +60,13 @@ def redis(session: nox.Session, parser: str) -> None:
 def nats(session: nox.Session) -> None:
     """The xraptor-nats plugin's tests against a real nats-server."""
     _plugin_session(session, "nats")
+
+
+@nox.session(python=PYTHON)
+def postgres(session: nox.Session) -> None:
+    """The xraptor-postgres plugin's tests on a private PostgreSQL cluster (initdb as the
+    postgres user when run as root; the server binaries from /usr/lib/postgresql/*/bin)."""
+    _plugin_session(session, "postgres")
 
 
 #: the core's tests of serving connections, run again on the picows transport
