@@ -217,3 +217,25 @@ async def test_a_room_opened_by_a_recovery_catches_up_from_the_recovered_positio
             assert await quiet(stream)
     assert [push.payload for push in pushes] == ["m1", "m2"]
     assert notices(pushes) == []
+
+
+async def test_a_message_delivered_already_is_not_pushed_again() -> None:
+    """An antenna that hands the room a message again after an outage (the NATS antenna
+    fills in what its stream stored meanwhile, which the room may have read from the
+    history already): the room pushes each position once."""
+    antenna = CutMemoryAntenna()
+    app = chat(("chat:", {"history_size": 1000}), antenna=antenna)
+    async with (
+        serving(app) as url,
+        Client(url) as member,
+        member.subscribe("/room", {"room": "chat:twice"}) as stream,
+    ):
+        await say(member, "chat:twice", "m0", "m1")
+        first = await take(stream, 2)
+        positions = [Position.parse(push.header["position"]) for push in first]
+        antenna.deliver_at("chat:twice", "m1 again", positions[1])  # the same position
+        antenna.deliver_at("chat:twice", "m0 again", positions[0])  # an older one
+        await say(member, "chat:twice", "m2")
+        (after,) = await take(stream, 1)
+        assert after.payload == "m2"
+        assert await quiet(stream)

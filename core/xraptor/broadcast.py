@@ -192,6 +192,9 @@ class Broadcast:
         if catching_up is not None:
             catching_up.append(HistoryEntry(position, message))
             return
+        last = self.last_position
+        if last is not None and position.offset <= last.offset and position.epoch == last.epoch:
+            return  # delivered already (from the history, while catching up)
         self.deliver_at(message, position)
 
     def deliver_at(self, message: str, position: Position) -> None:
