@@ -1,0 +1,93 @@
+"""What ``compression="shared"`` relies on of websockets' internals (see xraptor.deflate).
+
+These fail when a websockets release changes them; then fix xraptor.deflate and the
+websockets range in pyproject.toml together.
+"""
+
+from __future__ import annotations
+
+import inspect
+import tomllib
+import zlib
+from importlib import metadata
+from pathlib import Path
+
+import websockets.asyncio.server
+from packaging.requirements import Requirement
+from websockets.extensions.permessage_deflate import PerMessageDeflate
+from websockets.frames import Frame, Opcode
+from websockets.protocol import Protocol
+from websockets.server import ServerProtocol
+
+from xraptor.deflate import (
+    Deflated,
+    SharedCompressors,
+    SharedDeflateFactory,
+    SharedPerMessageDeflate,
+    shared_compressor,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_installed_websockets_is_in_the_pinned_range() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins = [Requirement(d) for d in project["dependencies"] if d.startswith("websockets")]
+    assert len(pins) == 1 and pins[0].specifier, "websockets needs a bounded range"
+    assert any(spec.operator == "<" for spec in pins[0].specifier)
+    assert pins[0].specifier.contains(metadata.version("websockets"))
+
+
+def test_a_frame_reaches_the_extension_with_its_payload_object() -> None:
+    """``Frame.serialize`` hands ``encode`` the payload object it was given (the
+    :class:`Deflated` marker survives) and writes what ``encode`` returns."""
+    seen: list[object] = []
+
+    class Spy(SharedPerMessageDeflate):
+        def encode(self, frame: Frame) -> Frame:
+            seen.append(frame.data)
+            return super().encode(frame)
+
+    extension = Spy(True, 15, SharedCompressors().get(15))
+    payload = Deflated(b"\x01\x02")
+    wire = Frame(Opcode.TEXT, payload, True).serialize(mask=False, extensions=[extension])
+    assert seen == [payload] and type(seen[0]) is Deflated
+    assert wire == b"\xc1\x02\x01\x02"  # FIN + RSV1 + text, length 2, the bytes as given
+
+
+def test_protocol_send_text_goes_through_the_extensions() -> None:
+    assert set(inspect.signature(Protocol.send_text).parameters) == {"self", "data", "fin"}
+    protocol = ServerProtocol()
+    extension = SharedPerMessageDeflate(True, 15, SharedCompressors().get(15))
+    protocol.extensions = [extension]
+    protocol.state = protocol.state.__class__.OPEN
+    protocol.send_text(b'{"a":"text text text text"}')
+    (wire,) = protocol.data_to_send()
+    assert wire[0] == 0xC1  # compressed by the extension
+    inflated = zlib.decompressobj(-15).decompress(wire[2:] + b"\x00\x00\xff\xff")
+    assert inflated == b'{"a":"text text text text"}'
+
+
+def test_per_message_deflate_keeps_what_the_shared_one_reads() -> None:
+    """The negotiated extension's attributes and websockets' decoding of received frames."""
+    factory = SharedDeflateFactory(SharedCompressors())
+    params, extension = factory.process_request_params([("client_max_window_bits", None)], [])
+    assert isinstance(extension, SharedPerMessageDeflate)
+    assert isinstance(extension, PerMessageDeflate)
+    assert ("server_no_context_takeover", None) in params
+    assert extension.local_no_context_takeover is True
+    assert extension.remote_max_window_bits == 12
+    assert shared_compressor([extension]) is extension.compressor
+    assert not hasattr(extension, "encoder")  # no compressor per connection
+    # a compressed request decodes through PerMessageDeflate.decode
+    z = zlib.compressobj(wbits=-12)
+    data = (z.compress(b"request") + z.flush(zlib.Z_SYNC_FLUSH))[:-4]
+    frame = extension.decode(Frame(Opcode.TEXT, data, True, True), max_size=None)
+    assert frame.data == b"request" and frame.rsv1 is False
+
+
+def test_serve_takes_extensions_without_its_own_compression() -> None:
+    parameters = inspect.signature(websockets.asyncio.server.serve).parameters
+    assert "extensions" in parameters and "compression" in parameters
+    # the transport finds the negotiated extension on ``ws.protocol.extensions``
+    assert ServerProtocol().extensions == []
