@@ -452,6 +452,8 @@ class Runner:
     python_041: Path | None
     pin: bool
     stem: str = ""
+    #: the load generator script (bench/deflate.py runs its own)
+    loadgen: Path = BENCH / "loadgen.py"
 
     def server_cmd(self, system: str, port: int, antenna: str) -> list[str]:
         url = self.backends.urls.get(antenna, "")
@@ -512,7 +514,7 @@ class Runner:
         wire = {"raw": "raw", "sio": "sio"}.get(system, "framework")
         cmd = [
             sys.executable,
-            str(BENCH / "loadgen.py"),
+            str(self.loadgen),
             case.scenario,
             "--url",
             f"ws://127.0.0.1:{port}",

@@ -6,7 +6,9 @@ websockets range in pyproject.toml together.
 
 from __future__ import annotations
 
+import base64
 import inspect
+import os
 import tomllib
 import zlib
 from importlib import metadata
@@ -18,6 +20,7 @@ from websockets.extensions.permessage_deflate import PerMessageDeflate
 from websockets.frames import Frame, Opcode
 from websockets.protocol import Protocol
 from websockets.server import ServerProtocol
+from websockets.streams import StreamReader
 
 from xraptor.deflate import (
     Deflated,
@@ -26,6 +29,7 @@ from xraptor.deflate import (
     SharedPerMessageDeflate,
     shared_compressor,
 )
+from xraptor.protocol import push_prefix, push_tail
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,11 +65,12 @@ def test_protocol_send_text_goes_through_the_extensions() -> None:
     extension = SharedPerMessageDeflate(True, 15, SharedCompressors().get(15))
     protocol.extensions = [extension]
     protocol.state = protocol.state.__class__.OPEN
-    protocol.send_text(b'{"a":"text text text text"}')
+    text = b'{"a":"' + b"text " * 400 + b'"}'
+    protocol.send_text(text)
     (wire,) = protocol.data_to_send()
-    assert wire[0] == 0xC1  # compressed by the extension
+    assert wire[0] == 0xC1 and wire[1] < 126  # compressed by the extension: short
     inflated = zlib.decompressobj(-15).decompress(wire[2:] + b"\x00\x00\xff\xff")
-    assert inflated == b'{"a":"text text text text"}'
+    assert inflated == text
 
 
 def test_per_message_deflate_keeps_what_the_shared_one_reads() -> None:
@@ -91,3 +96,31 @@ def test_serve_takes_extensions_without_its_own_compression() -> None:
     assert "extensions" in parameters and "compression" in parameters
     # the transport finds the negotiated extension on ``ws.protocol.extensions``
     assert ServerProtocol().extensions == []
+
+
+def _parse(data: bytes, server_window: int) -> Frame:
+    """``data`` read as a client would: websockets' parser and PerMessageDeflate."""
+    reader = StreamReader()
+    reader.feed_data(data)
+    reader.feed_eof()
+    client = PerMessageDeflate(True, True, server_window, 15)
+    parser = Frame.parse(reader.read_exact, mask=False, max_size=None, extensions=[client])
+    try:
+        next(parser)
+    except StopIteration as done:
+        frame: Frame = done.value
+        return frame
+    raise AssertionError("the frame is incomplete")
+
+
+def test_a_frame_written_below_websockets_parses_as_its_own() -> None:
+    """Pushes are written as whole frames to the transport (SharedDeflateConnection):
+    websockets' own parser and decoder read them, for each length encoding."""
+    compressor = SharedCompressors().get(12)
+    noise = base64.b64encode(os.urandom(150_000)).decode()  # compresses to > 64 KiB
+    for message in ("short", "olá 🦖 " * 400, noise):
+        push = push_prefix("member-ü") + push_tail(message)
+        frame = _parse(compressor.websocket_frame(push), 12)
+        assert frame.opcode is Opcode.TEXT and frame.fin and not frame.rsv1
+        assert frame.data == push
+    assert hasattr(ServerProtocol(), "expect_continuation_frame")

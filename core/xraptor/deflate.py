@@ -10,6 +10,8 @@ each push is written as
 - the tail, compressed **once per message** for every member, ending on a
   flush boundary (``00 00 ff ff``, which RFC 7692 strips from the end of a message).
 
+Messages shorter than :data:`MIN_SIZE` are sent uncompressed, as RFC 7692 allows.
+
 The tail refers to none of the prefix's bytes and no earlier message's, because
 every message is compressed from a clean state (``Z_FULL_FLUSH`` resets the
 dictionary, as ``deflateReset`` does for uWebSockets' shared compressor). The server
@@ -55,6 +57,11 @@ CLIENT_NO_CONTEXT_TAKEOVER = True
 #: the window clients compress with (what websockets asks by default): 4 KiB
 CLIENT_MAX_WINDOW_BITS = 12
 
+#: messages shorter than this (bytes) go uncompressed (RSV1 unset, which RFC 7692 §6
+#: allows): without context takeover a short message shrinks by a few percent, and
+#: compressing it costs more CPU than writing it (Node's ``ws`` uses the same threshold)
+MIN_SIZE = 1024
+
 #: zlib's compression level and memory level for the shared compressors (websockets'
 #: own memLevel; the hash table each message clears is 2**(memLevel + 8) bytes)
 LEVEL = 6
@@ -69,6 +76,10 @@ _FLUSH_END = b"\x00\x00\xff\xff"
 #: the longest stored block (RFC 1951 §3.2.4)
 _STORED_MAX = 0xFFFF
 _stored_head = struct.Struct("<BHH").pack
+#: WebSocket frame headers by payload length (RFC 6455 §5.2)
+_head_short = struct.Struct("!BB").pack
+_head_medium = struct.Struct("!BBH").pack
+_head_long = struct.Struct("!BBQ").pack
 
 
 class Deflated(bytes):
@@ -108,8 +119,9 @@ class SharedCompressor:
         z = self._zlib
         return (z.compress(data) + z.flush(zlib.Z_FULL_FLUSH))[:-4]
 
-    def push(self, frame: bytes) -> Deflated:
-        """A push frame compressed: its tail once for all members, its prefix stored.
+    def deflate(self, frame: bytes) -> bytes:
+        """A push frame's compressed payload: its tail compressed once for all members,
+        its prefix stored.
 
         The tail is recognised by content (``frame.endswith``), so the result is right
         whatever the frame: a frame that does not end with the tail compressed last
@@ -119,13 +131,28 @@ class SharedCompressor:
         if not (tail and frame.endswith(tail)):
             start = frame.find(_TAIL_START)
             if start < 0:
-                return Deflated(self.compress(frame))
+                return self.compress(frame)
             tail = self._tail = frame[start:]
             self._deflated_tail = self.compress(tail)
         cut = len(frame) - len(tail)
         if cut == 0:
-            return Deflated(self._deflated_tail)
-        return Deflated(stored(frame[:cut]) + self._deflated_tail)
+            return self._deflated_tail
+        return stored(frame[:cut]) + self._deflated_tail
+
+    def push(self, frame: bytes) -> Deflated:
+        """:meth:`deflate`, marked for :class:`SharedPerMessageDeflate` to write as it is."""
+        return Deflated(self.deflate(frame))
+
+    def websocket_frame(self, frame: bytes) -> bytes:
+        """:meth:`deflate` as a whole server-to-client WebSocket frame (RFC 6455 §5.2:
+        FIN, RSV1 for "compressed", text; no mask), to write below websockets."""
+        payload = self.deflate(frame)
+        size = len(payload)
+        if size < 126:
+            return _head_short(0xC1, size) + payload
+        if size < 65536:
+            return _head_medium(0xC1, 126, size) + payload
+        return _head_long(0xC1, 127, size) + payload
 
 
 class SharedCompressors:
@@ -166,10 +193,9 @@ class SharedPerMessageDeflate(PerMessageDeflate):
             return Frame(frame.opcode, data, frame.fin, True)
         if frame.opcode in CTRL_OPCODES:
             return frame
-        if not frame.fin or frame.opcode is Opcode.CONT or not data:
-            # a fragmented message (xraptor sends none) or an empty one goes uncompressed:
-            # RSV1 unset is allowed (RFC 7692 §6), and fragments would interleave in the
-            # shared compressor
+        if not frame.fin or frame.opcode is Opcode.CONT or len(data) < MIN_SIZE:
+            # a short message, or a fragmented one (xraptor sends none: fragments would
+            # interleave in the shared compressor), goes uncompressed
             return frame
         return Frame(frame.opcode, self.compressor.compress(bytes(data)), True, True)
 

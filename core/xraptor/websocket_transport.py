@@ -28,7 +28,13 @@ from websockets.protocol import State
 from .admission import Admitted, is_upgrade
 from .connection import Connection
 from .context import serving
-from .deflate import SharedCompressor, SharedCompressors, SharedDeflateFactory, shared_compressor
+from .deflate import (
+    MIN_SIZE,
+    SharedCompressor,
+    SharedCompressors,
+    SharedDeflateFactory,
+    shared_compressor,
+)
 from .endpoints import DRAINING_RESPONSE
 from .handshake import identity_of, select_subprotocol, set_identity
 from .hookspecs import hookimpl
@@ -174,7 +180,15 @@ class WebsocketsConnection(Connection):
 class SharedDeflateConnection(WebsocketsConnection):
     """A connection that negotiated ``compression="shared"``: pushes are compressed by
     the process's :class:`~xraptor.deflate.SharedCompressor`, each room message's
-    tail once for all members (see :mod:`xraptor.deflate`)."""
+    tail once for all members (see :mod:`xraptor.deflate`).
+
+    A compressed push is written as a whole frame to the transport, below websockets'
+    protocol (the hot path: no Frame object, no extension call, no copy per member).
+    That is sound because websockets writes what its protocol produces at once, so
+    nothing of its own waits in ``protocol.writes``, and :meth:`push` wrote only while
+    the protocol is OPEN; while a fragmented message is being sent (xraptor sends none)
+    the push goes through websockets instead, in order.
+    """
 
     __slots__ = ("_compressor",)
 
@@ -185,7 +199,17 @@ class SharedDeflateConnection(WebsocketsConnection):
         self._compressor = compressor
 
     def enqueue(self, frame: bytes) -> bool:
-        return super().enqueue(self._compressor.push(frame))
+        if len(frame) < MIN_SIZE:
+            return super().enqueue(frame)
+        ws = self.ws
+        if ws.protocol.expect_continuation_frame:
+            return super().enqueue(self._compressor.push(frame))
+        try:
+            ws.transport.write(self._compressor.websocket_frame(frame))
+        except Exception as error:
+            logger.debug("writing a frame failed: %s", error)
+            return False
+        return True
 
 
 # ----- the listener -----------------------------------------------------------------
