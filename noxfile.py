@@ -167,11 +167,15 @@ def bench(session: nox.Session) -> None:
 
     bench/run.py; not run by default. Creates bench/.venv-041 for 0.4.1 on first use.
     ``nox -s bench -- --quick`` for a smoke run, ``-- --only rr --pairs 5`` for one case,
-    ``-- --only mixed`` for the 5 ms handler case against python-socketio.
+    ``-- --only mixed`` for the 5 ms handler case against python-socketio. Without
+    arguments (or with ``--quick``) bench/deflate.py's compression cases follow.
     """
     session.install("-e", ".", *(f"-e{path}" for path in PLUGINS.values()))
     session.install("picows", "uvloop", "psutil", "redis", "nats-py", "python-socketio", "uvicorn")
     session.run("python", "bench/run.py", *session.posargs)
+    if not session.posargs or session.posargs == ["--quick"]:
+        # the compression cases (README "Compression"), in the same run
+        session.run("python", "bench/deflate.py", *session.posargs)
 
 
 @nox.session(python=PYTHON)

@@ -7,7 +7,8 @@ a figure that other processes on the machine do not disturb.
 The server (the bench app, memory antenna, asyncio loop) runs under callgrind; clients
 run in this process, outside it: ``--members`` websockets clients (offering
 permessage-deflate, except for ``plain``) join the room, then one posts messages one at
-a time, each awaited at every member. Two runs per system, with ``--few`` and
+a time (``--size`` characters of JSON, 2,000 by default), each awaited at every
+member. Two runs per system, with ``--few`` and
 ``--many`` messages; (instructions(many) - instructions(few)) / (extra messages *
 members) is the server's cost per delivery, start-up and connection set-up cancelled.
 ``--core`` imports xraptor from another checkout (``plain`` then compares the path of
@@ -32,6 +33,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 from common import free_port  # noqa: E402
+from deflate_loadgen import document_text  # noqa: E402
 
 SERVER = """
 import asyncio, signal, sys
@@ -66,7 +68,15 @@ def request(request_id: str, route: str, method: str, payload: str) -> str:
     return json.dumps({**body, "method": method})
 
 
-async def drive(port: int, members: int, messages: int, offer: bool) -> None:
+def is_push_of(frame: str | bytes, text: str) -> bool:
+    data = json.loads(frame)
+    if data.get("method") != "SUB":
+        return False
+    message: str = json.loads(data["payload"])["message"]
+    return message == text
+
+
+async def drive(port: int, members: int, messages: int, offer: bool, size: int) -> None:
     from websockets.asyncio.client import connect
 
     url = f"ws://127.0.0.1:{port}/"
@@ -78,17 +88,17 @@ async def drive(port: int, members: int, messages: int, offer: bool) -> None:
         await ws.send(request(f"e{i}", "/echo", "GET", "x"))  # answered after the SUB
         await asyncio.wait_for(ws.recv(), 120)
     for n in range(messages):
-        text = f"message {n} " + "x" * 80
+        text = document_text(n, 0, size)
         payload = json.dumps({"chat_id": "cg", "client_id": "cg", "message": text})
         await conns[0].send(request(f"p{n}", "/send_message_to_chat_room", "POST", payload))
         for ws in conns:
-            while text not in str(await asyncio.wait_for(ws.recv(), 120)):
+            while not is_push_of(await asyncio.wait_for(ws.recv(), 120), text):
                 pass
     for ws in conns:
         await ws.close()
 
 
-def instructions(system: str, members: int, messages: int, core: str | None) -> int:
+def instructions(system: str, members: int, messages: int, size: int, core: str | None) -> int:
     policy, offer = SYSTEMS[system]
     port = free_port()
     out = Path(tempfile.mkdtemp()) / "callgrind.out"
@@ -113,7 +123,7 @@ def instructions(system: str, members: int, messages: int, core: str | None) -> 
         line = server.stdout.readline()
         if "LISTENING" not in line:
             raise SystemExit(f"the server did not start: {line!r}")
-        asyncio.run(drive(port, members, messages, offer))
+        asyncio.run(drive(port, members, messages, offer, size))
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(300)
@@ -128,13 +138,14 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=100)
     parser.add_argument("--few", type=int, default=10)
     parser.add_argument("--many", type=int, default=60)
+    parser.add_argument("--size", type=int, default=2000, help="characters per message")
     parser.add_argument("--core", default=None, help="import xraptor from this folder")
     args = parser.parse_args()
     figures: dict[str, float] = {}
     for system in args.systems.split(","):
         started = time.monotonic()
-        few = instructions(system, args.members, args.few, args.core)
-        many = instructions(system, args.members, args.many, args.core)
+        few = instructions(system, args.members, args.few, args.size, args.core)
+        many = instructions(system, args.members, args.many, args.size, args.core)
         figures[system] = (many - few) / ((args.many - args.few) * args.members)
         print(
             f"{system}: {figures[system] / 1000:.1f}k instructions/delivery "

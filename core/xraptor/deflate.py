@@ -144,15 +144,19 @@ class SharedCompressor:
         return Deflated(self.deflate(frame))
 
     def websocket_frame(self, frame: bytes) -> bytes:
-        """:meth:`deflate` as a whole server-to-client WebSocket frame (RFC 6455 §5.2:
-        FIN, RSV1 for "compressed", text; no mask), to write below websockets."""
-        payload = self.deflate(frame)
+        """A push as a whole server-to-client WebSocket frame (RFC 6455 §5.2: FIN, text,
+        no mask), to write below websockets: :meth:`deflate` with RSV1 set, or as it is
+        under :data:`MIN_SIZE`."""
+        if len(frame) < MIN_SIZE:
+            first, payload = 0x81, frame
+        else:
+            first, payload = 0xC1, self.deflate(frame)
         size = len(payload)
         if size < 126:
-            return _head_short(0xC1, size) + payload
+            return _head_short(first, size) + payload
         if size < 65536:
-            return _head_medium(0xC1, 126, size) + payload
-        return _head_long(0xC1, 127, size) + payload
+            return _head_medium(first, 126, size) + payload
+        return _head_long(first, 127, size) + payload
 
 
 class SharedCompressors:

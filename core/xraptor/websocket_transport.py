@@ -182,8 +182,8 @@ class SharedDeflateConnection(WebsocketsConnection):
     the process's :class:`~xraptor.deflate.SharedCompressor`, each room message's
     tail once for all members (see :mod:`xraptor.deflate`).
 
-    A compressed push is written as a whole frame to the transport, below websockets'
-    protocol (the hot path: no Frame object, no extension call, no copy per member).
+    A push is written as a whole frame to the transport, below websockets' protocol
+    (the hot path: no Frame object, no extension call, no copy per member).
     That is sound because websockets writes what its protocol produces at once, so
     nothing of its own waits in ``protocol.writes``, and :meth:`push` wrote only while
     the protocol is OPEN; while a fragmented message is being sent (xraptor sends none)
@@ -199,11 +199,11 @@ class SharedDeflateConnection(WebsocketsConnection):
         self._compressor = compressor
 
     def enqueue(self, frame: bytes) -> bool:
-        if len(frame) < MIN_SIZE:
-            return super().enqueue(frame)
         ws = self.ws
         if ws.protocol.expect_continuation_frame:
-            return super().enqueue(self._compressor.push(frame))
+            return super().enqueue(
+                self._compressor.push(frame) if len(frame) >= MIN_SIZE else frame
+            )
         try:
             ws.transport.write(self._compressor.websocket_frame(frame))
         except Exception as error:
