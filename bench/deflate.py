@@ -241,7 +241,7 @@ def compression_ratios() -> list[dict[str, Any]]:
             len(takeover.compress(f) + takeover.flush(zlib.Z_SYNC_FLUSH)) - 4 for f in frames
         )
         shared = xraptor.deflate.SharedCompressor(15)
-        without = sum(len(shared.push(f)) for f in frames)
+        without = sum(len(shared.deflate(f)) for f in frames)
         rows.append(
             {
                 "kind": kind,

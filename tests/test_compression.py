@@ -17,7 +17,7 @@ from websockets.frames import Frame
 import xraptor.deflate
 from core_support import TRANSPORT, Client, ServerFactory
 from xraptor import Broadcast, Request, Response, XRaptor
-from xraptor.deflate import Deflated, SharedCompressor, check_compression, stored
+from xraptor.deflate import SharedCompressor, check_compression, stored
 
 pytestmark = pytest.mark.skipif(
     TRANSPORT != "websockets", reason="permessage-deflate is the websockets transport's"
@@ -52,12 +52,11 @@ def test_prefix_and_tail_pieces_inflate_to_the_frame(message: str) -> None:
     kept = zlib.decompressobj(-15)
     for request_id in ids:
         frame = push(request_id, message)
-        deflated = compressor.push(frame)
-        assert type(deflated) is Deflated
+        deflated = compressor.deflate(frame)
         assert inflate(deflated) == frame
         assert inflate(deflated, kept) == frame
     if len(message) > 100:
-        assert len(compressor.push(push("a", message))) < len(push("a", message))
+        assert len(compressor.deflate(push("a", message))) < len(push("a", message))
 
 
 def test_the_tail_is_compressed_once_per_message(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -72,15 +71,15 @@ def test_the_tail_is_compressed_once_per_message(monkeypatch: pytest.MonkeyPatch
     compressor = SharedCompressor(12)
     tail = xraptor.protocol.push_tail("the same message " * 20)
     frames = [xraptor.protocol.push_prefix(f"member-{i}") + tail for i in range(100)]
-    outs = [compressor.push(frame) for frame in frames]
+    outs = [compressor.deflate(frame) for frame in frames]
     assert compressed == [tail]  # once for 100 members
     for frame, out in zip(frames, outs, strict=True):
         prefix = frame[: -len(tail)]
         assert out.startswith(stored(prefix))  # each member's prefix on its own
         assert inflate(out, zlib.decompressobj(-12)) == frame
     # the next message: compressed once again; a frame without the tail shape: on its own
-    compressor.push(xraptor.protocol.push_prefix("member-0") + xraptor.protocol.push_tail("2"))
-    assert inflate(compressor.push(b'{"other":1}')) == b'{"other":1}'
+    compressor.deflate(xraptor.protocol.push_prefix("member-0") + xraptor.protocol.push_tail("2"))
+    assert inflate(compressor.deflate(b'{"other":1}')) == b'{"other":1}'
     assert len(compressed) == 3
 
 
@@ -92,7 +91,7 @@ def test_a_compressed_message_refers_to_no_earlier_one() -> None:
     first = compressor.compress(text.encode())
     second = compressor.compress(text.encode())
     assert first == second  # the same bytes: nothing of the first one is referred to
-    assert inflate(Deflated(second)) == text.encode()
+    assert inflate(second) == text.encode()
 
 
 def test_stored_blocks_split_at_65535_bytes() -> None:

@@ -23,7 +23,7 @@ from websockets.server import ServerProtocol
 from websockets.streams import StreamReader
 
 from xraptor.deflate import (
-    Deflated,
+    MIN_SIZE,
     SharedCompressors,
     SharedDeflateFactory,
     SharedPerMessageDeflate,
@@ -42,21 +42,16 @@ def test_the_installed_websockets_is_in_the_pinned_range() -> None:
     assert pins[0].specifier.contains(metadata.version("websockets"))
 
 
-def test_a_frame_reaches_the_extension_with_its_payload_object() -> None:
-    """``Frame.serialize`` hands ``encode`` the payload object it was given (the
-    :class:`Deflated` marker survives) and writes what ``encode`` returns."""
-    seen: list[object] = []
-
-    class Spy(SharedPerMessageDeflate):
-        def encode(self, frame: Frame) -> Frame:
-            seen.append(frame.data)
-            return super().encode(frame)
-
-    extension = Spy(True, 15, SharedCompressors().get(15))
-    payload = Deflated(b"\x01\x02")
-    wire = Frame(Opcode.TEXT, payload, True).serialize(mask=False, extensions=[extension])
-    assert seen == [payload] and type(seen[0]) is Deflated
-    assert wire == b"\xc1\x02\x01\x02"  # FIN + RSV1 + text, length 2, the bytes as given
+def test_frame_serialize_writes_what_the_extension_returns() -> None:
+    """Short messages and control frames leave the extension as they came; websockets
+    writes the frame the extension returned."""
+    extension = SharedPerMessageDeflate(True, 15, SharedCompressors().get(15))
+    short = Frame(Opcode.TEXT, b"\x01\x02", True)
+    assert short.serialize(mask=False, extensions=[extension]) == b"\x81\x02\x01\x02"
+    ping = Frame(Opcode.PING, b"p", True)
+    assert ping.serialize(mask=False, extensions=[extension]) == b"\x89\x01p"
+    long = Frame(Opcode.TEXT, b"x" * MIN_SIZE, True).serialize(mask=False, extensions=[extension])
+    assert long[0] == 0xC1 and len(long) < 100  # FIN + RSV1 + text, compressed
 
 
 def test_protocol_send_text_goes_through_the_extensions() -> None:

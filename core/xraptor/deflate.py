@@ -21,12 +21,17 @@ connection: one per window size serves the whole process. It also asks for
 idle connection holds no decompressor either.
 
 The ``websockets`` seam: websockets has no API to send a compressed payload (its
-extension compresses every data frame). :class:`SharedPerMessageDeflate` is a
-websockets extension (the documented ``Extension`` base, through
-``PerMessageDeflate`` so that received frames are decompressed by websockets
-itself) whose ``encode`` writes a :class:`Deflated` payload as it is, with RSV1
-set, and compresses any other message on its own (answers, acknowledgments).
-What it relies on of websockets' internals is pinned in pyproject and checked by
+extension compresses every data frame). Two pieces make up for it:
+
+- :class:`SharedPerMessageDeflate`, a websockets extension (the documented
+  ``Extension`` base, through ``PerMessageDeflate`` so that received frames are
+  decompressed by websockets itself), negotiates and compresses what websockets
+  sends: answers and acknowledgments of :data:`MIN_SIZE` or more, each on its own;
+- pushes, the fan-out hot path, are written by the transport
+  (``xraptor.websocket_transport.SharedDeflateConnection``) as whole frames below
+  websockets' protocol (:meth:`SharedCompressor.websocket_frame`).
+
+What they rely on of websockets' internals is pinned in pyproject and checked by
 ``tests/test_compression_seam.py``.
 """
 
@@ -82,14 +87,6 @@ _head_medium = struct.Struct("!BBH").pack
 _head_long = struct.Struct("!BBQ").pack
 
 
-class Deflated(bytes):
-    """A message's payload already compressed for permessage-deflate (DEFLATE blocks,
-    the final ``00 00 ff ff`` removed): :class:`SharedPerMessageDeflate` writes it as
-    it is, with RSV1 set."""
-
-    __slots__ = ()
-
-
 def stored(data: bytes) -> bytes:
     """``data`` as non-final stored DEFLATE blocks (RFC 1951 §3.2.4): a block may
     start where a flush ended, and the next block may start right after it."""
@@ -138,10 +135,6 @@ class SharedCompressor:
         if cut == 0:
             return self._deflated_tail
         return stored(frame[:cut]) + self._deflated_tail
-
-    def push(self, frame: bytes) -> Deflated:
-        """:meth:`deflate`, marked for :class:`SharedPerMessageDeflate` to write as it is."""
-        return Deflated(self.deflate(frame))
 
     def websocket_frame(self, frame: bytes) -> bytes:
         """A push as a whole server-to-client WebSocket frame (RFC 6455 §5.2: FIN, text,
@@ -193,8 +186,6 @@ class SharedPerMessageDeflate(PerMessageDeflate):
 
     def encode(self, frame: Frame) -> Frame:
         data = frame.data
-        if type(data) is Deflated:
-            return Frame(frame.opcode, data, frame.fin, True)
         if frame.opcode in CTRL_OPCODES:
             return frame
         if not frame.fin or frame.opcode is Opcode.CONT or len(data) < MIN_SIZE:

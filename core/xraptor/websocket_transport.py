@@ -29,7 +29,6 @@ from .admission import Admitted, is_upgrade
 from .connection import Connection
 from .context import serving
 from .deflate import (
-    MIN_SIZE,
     SharedCompressor,
     SharedCompressors,
     SharedDeflateFactory,
@@ -185,9 +184,9 @@ class SharedDeflateConnection(WebsocketsConnection):
     A push is written as a whole frame to the transport, below websockets' protocol
     (the hot path: no Frame object, no extension call, no copy per member).
     That is sound because websockets writes what its protocol produces at once, so
-    nothing of its own waits in ``protocol.writes``, and :meth:`push` wrote only while
+    nothing of its own waits in ``protocol.writes``, and :meth:`push` writes only while
     the protocol is OPEN; while a fragmented message is being sent (xraptor sends none)
-    the push goes through websockets instead, in order.
+    the push goes to websockets instead, which refuses it as it would any frame.
     """
 
     __slots__ = ("_compressor",)
@@ -201,9 +200,7 @@ class SharedDeflateConnection(WebsocketsConnection):
     def enqueue(self, frame: bytes) -> bool:
         ws = self.ws
         if ws.protocol.expect_continuation_frame:
-            return super().enqueue(
-                self._compressor.push(frame) if len(frame) >= MIN_SIZE else frame
-            )
+            return super().enqueue(frame)  # refused by websockets, as any frame would be
         try:
             ws.transport.write(self._compressor.websocket_frame(frame))
         except Exception as error:
