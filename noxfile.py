@@ -179,11 +179,17 @@ def bench(session: nox.Session) -> None:
     bench/run.py; not run by default. Creates bench/.venv-041, bench/.venv-sio and
     bench/.venv-broadcaster on first use (each peer in a virtualenv of its own).
     ``nox -s bench -- --quick`` for a smoke run, ``-- --only rr --pairs 5`` for one case,
-    ``-- --only mixed`` for the 5 ms handler case against python-socketio.
+    ``-- --only mixed`` for the 5 ms handler case against python-socketio. Without
+    arguments (or with ``--quick``) the compression cases (bench/deflate.py) and room
+    history on Redis and NATS (bench/history.py, bench/history_nats.py) follow.
     """
     session.install("-e", ".", *(f"-e{path}" for path in PLUGINS.values()))
     session.install("picows", "uvloop", "psutil", "redis", "nats-py", "uvicorn")
     session.run("python", "bench/run.py", *session.posargs)
+    if not session.posargs or session.posargs == ["--quick"]:
+        # in the same run: compression (README "Compression"), room history (issue 12)
+        for script in ("deflate.py", "history.py", "history_nats.py"):
+            session.run("python", f"bench/{script}", *session.posargs)
 
 
 @nox.session(python=PYTHON)

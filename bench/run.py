@@ -560,6 +560,8 @@ class Runner:
     peers: dict[str, Path]
     pin: bool
     stem: str = ""
+    #: the load generator script (bench/deflate.py runs its own)
+    loadgen: Path = BENCH / "loadgen.py"
 
     def server_cmd(self, system: str, port: int, antenna: str) -> list[str]:
         url = self.backends.urls.get(antenna, "")
@@ -620,7 +622,7 @@ class Runner:
         wire = WIRES.get(system, "framework")
         cmd = [
             sys.executable,
-            str(BENCH / "loadgen.py"),
+            str(self.loadgen),
             case.scenario,
             "--url",
             f"ws://127.0.0.1:{port}",
