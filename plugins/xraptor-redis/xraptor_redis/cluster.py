@@ -29,8 +29,8 @@ from redis.asyncio.connection import Connection, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
+from redis.exceptions import AskError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from xraptor.antenna import AntennaError, AntennaUnavailable
@@ -330,12 +330,8 @@ def _slot_entries(
 
 
 def moved_to(error: BaseException) -> tuple[int, Address] | None:
-    """The slot and node of a ``MOVED`` / ``ASK`` reply, else None."""
-    words = str(error).split()
-    if len(words) < 3 or words[0] not in ("MOVED", "ASK"):
+    """The slot and node of a ``MOVED`` / ``ASK`` reply (redis-py raises them as
+    :class:`~redis.exceptions.AskError` and its subclass ``MovedError``), else None."""
+    if not isinstance(error, AskError):
         return None
-    host, _, port = words[2].rpartition(":")
-    try:
-        return int(words[1]), (host.strip("[]"), int(port))
-    except ValueError:
-        return None
+    return int(error.slot_id), (str(error.host).strip("[]"), int(error.port))
