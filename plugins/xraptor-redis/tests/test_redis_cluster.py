@@ -19,6 +19,7 @@ from xraptor.plugins import resolve_antenna
 from xraptor_redis.antenna import RedisAntenna
 from xraptor_redis.cluster import route, slot_tag
 from xraptor_redis.cluster_antenna import RedisClusterAntenna
+from xraptor_redis.ratelimit import RedisRateLimit
 
 OPTIONS = {"reconnect_max_delay": 0.5}
 
@@ -282,3 +283,28 @@ async def _until(condition: object, timeout: float) -> bool:
             return False
         await asyncio.sleep(0.01)
     return True
+
+
+# ----- the rate limiter -----------------------------------------------------------------
+
+
+async def test_rate_limiter_counts_in_the_cluster(redis_cluster: LocalCluster) -> None:
+    """``redis-rate-limit`` on a cluster URL: the budget is counted once per client id,
+    ids with braces included, and shared by two limiters (two processes)."""
+    scope = f"cluster-{uuid.uuid4().hex[:8]}"
+    first = RedisRateLimit(limit=3, window=30, url=redis_cluster.url, scope=scope)
+    second = RedisRateLimit(limit=3, window=30, url=redis_cluster.url, scope=scope)
+    try:
+        for client in ("plain", "{braced}", "a{b}c{d}"):
+            counts = [(await limiter.hit(client))[0] for limiter in (first, second, first)]
+            assert counts == [1, 2, 3]
+            assert (await second.hit(client))[0] == 4
+        keys = [
+            key
+            for port in redis_cluster.masters()
+            for key in redis_cluster.client(port).keys(f"xraptor:ratelimit:{scope}:*")
+        ]
+        assert len(keys) == 3 and all(key.count("{") >= 1 for key in keys)
+    finally:
+        await first.aclose()
+        await second.aclose()

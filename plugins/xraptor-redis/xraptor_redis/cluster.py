@@ -25,7 +25,8 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.connection import Connection, parse_url
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import Connection, SSLConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
@@ -176,6 +177,22 @@ class ClusterConfig:
             **self.connection_kwargs,
         )
         return Redis(connection_pool=pool)
+
+
+def cluster_client(url: str, *, max_connections: int, timeout: float) -> RedisCluster:
+    """redis-py's cluster client for ``url`` (for keyed commands, e.g. the rate limiter's
+    script: one key, no order to keep, so its redirects and retries fit)."""
+    config = ClusterConfig.from_url(url)
+    return RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in config.seeds],
+        ssl=issubclass(config.connection_class, SSLConnection),
+        max_connections=max_connections,
+        decode_responses=True,
+        protocol=2,
+        socket_connect_timeout=timeout + 1,
+        socket_timeout=timeout + 1,
+        **config.connection_kwargs,
+    )
 
 
 def _hide(url: str) -> str:
