@@ -7,6 +7,7 @@ the room works again on the promoted replica.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Iterator
 
@@ -78,10 +79,11 @@ async def test_room_spans_two_processes_and_survives_its_master(
         deadline = time.monotonic() + 10
         while not ("after" in ma.texts("erin") and "after" in mb.texts("erin")):
             assert time.monotonic() < deadline, "the room did not work again after the failover"
-            try:
+            # the publish may fail until the sender's process found the new master
+            with contextlib.suppress(ClientError):
                 await _send(b, room, "erin", "after", who=f"erin-{sent}")
-            except ClientError:
-                pass  # the publish may fail until the sender's process found the new master
             sent += 1
             await _until(lambda: "after" in ma.texts("erin") and "after" in mb.texts("erin"), 0.3)
-        assert (ma.gaps, mb.gaps) == (1, 1)
+        # one notice per channel of the failed shard: the room's, and the stream's own
+        # channel when its slot is on the same master
+        assert 1 <= ma.gaps <= 2 and 1 <= mb.gaps <= 2

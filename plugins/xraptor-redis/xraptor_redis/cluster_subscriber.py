@@ -456,9 +456,17 @@ class ClusterSubscriber:
             self._refresh = False
             await self.topology.refresh()
         masters = set(self.topology.masters)
+        homes = {id(home) for home in self._wanted.values()}
         for address, link in list(self._links.items()):
-            if address not in masters:  # demoted or forgotten: its channels move
-                self._lost(link, "no longer a master")
+            # a link to a node that is no longer a master is closed once idle: a demoted
+            # master unsubscribes the channels itself (sunsubscribe), and one answer of
+            # CLUSTER SLOTS may be older than what that node knows
+            if address not in masters and id(link) not in homes:
+                del self._links[address]
+                link.alive = False
+                if link.reader is not None:
+                    link.reader.cancel()
+                await self._disconnect(link)
         missing = [address for address in masters if address not in self._links]
         opened = await asyncio.gather(*(self._open(a) for a in missing), return_exceptions=True)
         for address, result in zip(missing, opened, strict=True):
