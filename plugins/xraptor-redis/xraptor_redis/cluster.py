@@ -347,8 +347,16 @@ def _slot_entries(
 
 
 def moved_to(error: BaseException) -> tuple[int, Address] | None:
-    """The slot and node of a ``MOVED`` / ``ASK`` reply (redis-py raises them as
-    :class:`~redis.exceptions.AskError` and its subclass ``MovedError``), else None."""
-    if not isinstance(error, AskError):
+    """The slot and node of a ``MOVED`` / ``ASK`` reply, else None (redis-py 8 raises
+    them as :class:`~redis.exceptions.AskError` and its subclass ``MovedError``; older
+    versions, outside their cluster client, as a plain ``ResponseError``)."""
+    if isinstance(error, AskError):
+        return int(error.slot_id), (str(error.host).strip("[]"), int(error.port))
+    words = str(error).split()
+    if len(words) != 3 or words[0] not in ("MOVED", "ASK"):
         return None
-    return int(error.slot_id), (str(error.host).strip("[]"), int(error.port))
+    host, _, port = words[2].rpartition(":")
+    try:
+        return int(words[1]), (host.strip("[]"), int(port))
+    except ValueError:
+        return None
