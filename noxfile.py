@@ -174,6 +174,20 @@ def bench(session: nox.Session) -> None:
     session.install("-e", ".", *(f"-e{path}" for path in PLUGINS.values()))
     session.install("picows", "uvloop", "psutil", "redis", "nats-py", "uvicorn")
     session.run("python", "bench/run.py", *session.posargs)
+    if not session.posargs:  # a full run: Redis Cluster against one Redis too
+        session.run("python", "bench/cluster.py")
+
+
+@nox.session(python=PYTHON)
+def bench_cluster(session: nox.Session) -> None:
+    """Redis Cluster fan-out against one Redis, and publish throughput of one room
+    against many rooms over the shards (bench/cluster.py; needs redis-server, redis-cli).
+
+    ``nox -s bench_cluster -- --pairs 1 --members 100`` for a small run.
+    """
+    session.install("-e", ".", *(f"-e{path}" for path in PLUGINS.values()))
+    session.install("picows", "uvloop", "psutil", "redis", "nats-py", "uvicorn")
+    session.run("python", "bench/cluster.py", *session.posargs)
 
 
 @nox.session(python=PYTHON)

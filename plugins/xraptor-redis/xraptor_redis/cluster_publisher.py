@@ -53,10 +53,16 @@ class ShardPublisher(Publisher):
     async def _send(self, batch: list[_Item]) -> None:
         results: list[object]
         try:
-            pipe = self.client.pipeline(transaction=False)
-            for channel, message, _ in batch:
-                pipe.spublish(route(channel)[0], message)
-            results = await pipe.execute(raise_on_error=False)
+            if len(batch) == 1:  # no pipeline for one (its set-up costs more than the send)
+                try:
+                    results = [await self.client.spublish(route(batch[0][0])[0], batch[0][1])]
+                except ResponseError as refused:
+                    results = [refused]
+            else:
+                pipe = self.client.pipeline(transaction=False)
+                for channel, message, _ in batch:
+                    pipe.spublish(route(channel)[0], message)
+                results = await pipe.execute(raise_on_error=False)
         except UNREACHABLE as failure:
             self._on_lost()
             error = AntennaUnavailable(
