@@ -43,12 +43,15 @@ def _bindable(port: int) -> bool:
     return True
 
 
-def cluster_ports(count: int) -> list[int]:
-    """``count`` loopback ports below 55536 whose cluster bus port (+10000) is free too."""
+def cluster_ports(count: int, avoid: list[int] | None = None) -> list[int]:
+    """``count`` free loopback ports whose cluster bus port (+10000) is free too."""
     found: list[int] = []
+    taken = set(avoid or ())
     while len(found) < count:
-        port = random.randrange(20000, 45000)
-        if port in found or port + 10000 in found:
+        # below the kernel's ephemeral range (32768 up, usually), bus port included, so
+        # that no outgoing connection takes one between this check and the start
+        port = random.randrange(12000, 22700)
+        if {port, port + 10000, port - 10000} & (taken | set(found)):
             continue
         if _bindable(port) and _bindable(port + 10000):
             found.append(port)
@@ -93,8 +96,16 @@ class LocalCluster:
 
     def start(self) -> None:
         """Start every node, join them into a cluster and wait until it serves every slot."""
-        for port in self.ports:
-            self.start_node(port)
+        for index, port in enumerate(self.ports):
+            for attempt in range(3):
+                try:
+                    self.start_node(port)
+                    break
+                except RuntimeError:  # the port was taken meanwhile: another one
+                    self.kill_node(port)
+                    if attempt == 2:
+                        raise
+                    port = self.ports[index] = cluster_ports(1, avoid=self.ports)[0]
         assert REDIS_CLI is not None
         command = [REDIS_CLI]
         if self.tls:

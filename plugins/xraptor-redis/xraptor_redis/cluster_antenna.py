@@ -30,7 +30,10 @@ class RedisClusterAntenna(RedisAntenna):
     """Pub/sub over a Redis Cluster's ``SPUBLISH`` / ``SSUBSCRIBE`` (Redis 7 or later).
 
     Options: those of :class:`~xraptor_redis.antenna.RedisAntenna`; ``url`` names
-    seed nodes; ``pool_size`` and ``max_pending_publishes`` count per master.
+    seed nodes; ``pool_size`` and ``max_pending_publishes`` count per master; and
+    ``topology_refresh_interval``: seconds between reads of the topology that nothing
+    triggered (so a master that froze or was cut off, and was replaced, is left), default
+    2.0, 0 disables.
 
     ``state`` is ``down`` only when no master can be reached; see the README's
     "Redis Cluster" for what a failover does to streams.
@@ -43,6 +46,9 @@ class RedisClusterAntenna(RedisAntenna):
                 f"redis antenna: cluster=False contradicts the cluster URL {self._where()!r}"
             )
         self.config = ClusterConfig.from_url(self.url)
+        self.refresh_interval = float(self.options.get("topology_refresh_interval", 2.0) or 0)
+        if self.refresh_interval < 0:
+            raise ValueError("redis antenna option 'topology_refresh_interval' must be >= 0")
         self.topology = Topology(
             self.config, pool_size=self.pool_size, timeout=self.publish_timeout
         )
@@ -53,6 +59,7 @@ class RedisClusterAntenna(RedisAntenna):
             reconnect_min_delay=self.reconnect_min_delay,
             reconnect_max_delay=self.reconnect_max_delay,
             health_check_interval=self.health_check_interval,
+            refresh_interval=self.refresh_interval,
         )
         self._shards: ClusterPublisher | None = None
 

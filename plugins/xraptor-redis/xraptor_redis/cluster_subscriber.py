@@ -88,8 +88,11 @@ class ClusterSubscriber:
         reconnect_min_delay: float,
         reconnect_max_delay: float,
         health_check_interval: float,
+        refresh_interval: float,
     ) -> None:
         self._antenna = antenna
+        #: seconds between topology reads nobody asked for (None: never)
+        self.refresh_interval = refresh_interval or None
         self.topology = topology
         self.where = topology.config.where
         self.subscribe_timeout = subscribe_timeout
@@ -423,13 +426,20 @@ class ClusterSubscriber:
                 for address in self.topology.masters
             )
             and all(home is not None for home in self._wanted.values())
+            # a link to a node that lost its slots, still carrying channels: watched
+            and all(address in self.topology.masters for address in self._links)
         )
 
     async def _recover_forever(self) -> None:
         assert self._wake is not None
         delay = self.reconnect_min_delay
         while True:
-            await self._wake.wait()
+            try:
+                async with asyncio.timeout(self.refresh_interval):
+                    await self._wake.wait()
+            except TimeoutError:
+                # now and then, unasked: a frozen or cut-off master is only seen so
+                self._refresh = True
             self._wake.clear()
             try:
                 await self._recover()
@@ -467,6 +477,8 @@ class ClusterSubscriber:
                 if link.reader is not None:
                     link.reader.cancel()
                 await self._disconnect(link)
+            elif address not in masters:
+                await self._check_demoted(link)
         missing = [address for address in masters if address not in self._links]
         opened = await asyncio.gather(*(self._open(a) for a in missing), return_exceptions=True)
         for address, result in zip(missing, opened, strict=True):
@@ -488,6 +500,27 @@ class ClusterSubscriber:
         homeless = [channel for channel, home in self._wanted.items() if home is None]
         if homeless:
             await self._home(homeless)
+
+    async def _check_demoted(self, link: ShardLink) -> None:
+        """``link``'s node lost its slots, as the cluster says, and still carries our
+        channels: a node that answers will unsubscribe them itself (or the topology
+        answer was stale); one that does not answer a PING within the follow cap is
+        frozen or cut off (its replica took over), so the link is dropped and its
+        channels move with a gap."""
+        now = asyncio.get_running_loop().time()
+        if link.probed_at is not None and link.last_read < link.probed_at:
+            if now - link.probed_at >= self.follow_cap:
+                logger.warning(
+                    "redis cluster: %s lost its slots and does not answer; dropping it",
+                    fmt(link.address),
+                )
+                await self._disconnect(link)
+            return
+        if link.probed_at is not None:
+            self._refresh = True  # it answered: ask the cluster again, it may be a stale view
+        link.probed_at = now
+        with contextlib.suppress(*UNREACHABLE):
+            await bounded(link.connection.send_command("PING"), self.follow_cap)
 
     # ----- health ------------------------------------------------------------------
 
