@@ -8,16 +8,13 @@ the cluster has masters, however many channels it watches. Received messages go
 to :meth:`Antenna.deliver`, as on a single server.
 
 redis-py's cluster pub/sub is not used: it reads the nodes in turn and moves shard
-channels silently after a topology change, which would hide the gap. Here one
-recovery task keeps the antenna's own account. A channel loses its home when its
-link drops (a master died, a network fault), when Redis unsubscribes it (its slot
-moved away: Redis sends ``sunsubscribe``), or when a ``SSUBSCRIBE`` gets ``MOVED``.
-The recovery task then reads the topology again (``CLUSTER SLOTS``, from any node
-that answers), opens links to new masters, subscribes each homeless channel on
-its slot's master, and once Redis confirmed it reports a gap for that channel
-only. While a master is unreachable and not yet replaced, it asks again with a
-backoff capped at one second, so a promoted replica is found within about a
-second.
+channels silently after a topology change, which would hide the gap. Here the
+antenna keeps its own account. A channel loses its home when its link drops (a
+master died, a network fault), when Redis unsubscribes it (its slot moved away:
+Redis sends ``sunsubscribe``), or when a ``SSUBSCRIBE`` gets ``MOVED``; the recovery
+task (:mod:`xraptor_redis.cluster_recovery`) then follows the topology and
+subscribes it on its slot's master, and once Redis confirmed it the reader reports
+a gap for that channel only (before any message of it from the new master).
 
 ``state`` is ``down`` only when no master can be reached (every link is down);
 a process that lost one shard keeps serving the others, and the channels of the
@@ -29,18 +26,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections import defaultdict
 from typing import Any
 
-from redis.asyncio.connection import Connection
 from redis.exceptions import ResponseError
 
 from xraptor.antenna import Antenna, AntennaError, AntennaUnavailable
 
 from ._bounded import bounded
 from .cluster import TAG_LENGTH, UNREACHABLE, Address, Topology, fmt, moved_to, route
-from .pongs import Pongs
+from .cluster_link import ShardLink, ping_any, watch_silence
+from .cluster_recovery import TopologyFollower
 
 logger = logging.getLogger("xraptor_redis")
 
@@ -50,29 +46,7 @@ _CHUNK = 500
 _FOLLOW_CAP = 1.0
 
 
-class ShardLink:
-    """The subscriber connection to one master, and the channels Redis confirmed on it."""
-
-    def __init__(self, address: Address, connection: Connection, now: float) -> None:
-        self.address = address
-        self.connection = connection
-        #: channels whose SSUBSCRIBE this master confirmed (names as the app knows them)
-        self.channels: set[str] = set()
-        #: our own SUNSUBSCRIBEs not confirmed yet, per channel
-        self.unsubscribing: dict[str, int] = {}
-        self.pongs = Pongs()
-        self.reader: asyncio.Task[None] | None = None
-        self.alive = True
-        self.last_read = now
-        #: when the silence watchdog sent its PING (None: no PING outstanding)
-        self.probed_at: float | None = None
-
-    @property
-    def usable(self) -> bool:
-        return self.alive and self.connection.is_connected
-
-
-class ClusterSubscriber:
+class ClusterSubscriber(TopologyFollower):
     """Every subscription of a cluster antenna, on one link per master.
 
     It reports to the antenna through the contract's driver helpers
@@ -145,7 +119,10 @@ class ClusterSubscriber:
         )
         if self.health_check_interval:
             self._tasks.append(
-                loop.create_task(self._watch_health(), name=f"xraptor-redis health {self.where}")
+                loop.create_task(
+                    watch_silence(self._links, self.health_check_interval),
+                    name=f"xraptor-redis health {self.where}",
+                )
             )
         if errors:
             self._refresh = True
@@ -176,7 +153,7 @@ class ClusterSubscriber:
                     future.exception()  # retrieved: no "never retrieved" warning
             futures.clear()
         for link in links:
-            await self._disconnect(link)
+            await link.close(self.subscribe_timeout)
 
     # ----- subscriptions ---------------------------------------------------------
 
@@ -279,22 +256,9 @@ class ClusterSubscriber:
     # ----- links, read ------------------------------------------------------------
 
     async def _open(self, address: Address) -> ShardLink:
-        connection = self.topology.config.connection(
-            address, connect_timeout=self.subscribe_timeout
-        )
-        try:
-            await bounded(
-                connection.connect(),  # type: ignore[no-untyped-call]
-                self.subscribe_timeout + 1,
-            )
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await bounded(connection.disconnect(), self.subscribe_timeout)
-            raise
-        loop = asyncio.get_running_loop()
-        link = ShardLink(address, connection, loop.time())
+        link = await ShardLink.open(self.topology.config, address, self.subscribe_timeout)
         self._links[address] = link
-        link.reader = loop.create_task(
+        link.reader = asyncio.get_running_loop().create_task(
             self._read(link), name=f"xraptor-redis reader {fmt(address)}"
         )
         return link
@@ -399,182 +363,11 @@ class ClusterSubscriber:
             self._antenna.set_state("down")
         self._wake_recovery(refresh=True)
 
-    async def _disconnect(self, link: ShardLink) -> None:
-        try:
-            await bounded(link.connection.disconnect(nowait=True), self.subscribe_timeout)
-        except Exception:  # closing a broken connection must not stop recovery
-            logger.debug("closing a redis cluster link failed", exc_info=True)
-
-    # ----- recovery ----------------------------------------------------------------
-
-    def _wake_recovery(self, *, refresh: bool) -> None:
-        if refresh:
-            self._refresh = True
-        if self._wake is not None:
-            self._wake.set()
-
-    def topology_suspect(self) -> None:
-        """Someone (a publish) saw a node fail or a MOVED: read the topology again."""
-        self._wake_recovery(refresh=True)
-
-    def _settled(self) -> bool:
-        return (
-            not self._refresh
-            and not self._dead
-            and all(
-                address in self._links and self._links[address].usable
-                for address in self.topology.masters
-            )
-            and all(home is not None for home in self._wanted.values())
-            # a link to a node that lost its slots, still carrying channels: watched
-            and all(address in self.topology.masters for address in self._links)
-        )
-
-    async def _recover_forever(self) -> None:
-        assert self._wake is not None
-        delay = self.reconnect_min_delay
-        while True:
-            try:
-                async with asyncio.timeout(self.refresh_interval):
-                    await self._wake.wait()
-            except TimeoutError:
-                # now and then, unasked: a frozen or cut-off master is only seen so
-                self._refresh = True
-            self._wake.clear()
-            try:
-                await self._recover()
-            except Exception as error:
-                self._refresh = True
-                logger.info(
-                    "redis cluster: recovery step failed (%s: %s); next try in about %.2f s",
-                    type(error).__name__,
-                    error,
-                    delay,
-                )
-            if self._settled():
-                delay = self.reconnect_min_delay
-                continue
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-            delay = min(delay * 2, self.follow_cap)
-            self._wake.set()
-
-    async def _recover(self) -> None:
-        dead, self._dead = self._dead, []
-        for link in dead:
-            await self._disconnect(link)
-        if self._refresh:
-            self._refresh = False
-            await self.topology.refresh()
-        masters = set(self.topology.masters)
-        homes = {id(home) for home in self._wanted.values()}
-        for address, link in list(self._links.items()):
-            # a link to a node that is no longer a master is closed once idle: a demoted
-            # master unsubscribes the channels itself (sunsubscribe), and one answer of
-            # CLUSTER SLOTS may be older than what that node knows
-            if address not in masters and id(link) not in homes:
-                del self._links[address]
-                link.alive = False
-                if link.reader is not None:
-                    link.reader.cancel()
-                await self._disconnect(link)
-            elif address not in masters:
-                await self._check_demoted(link)
-        missing = [address for address in masters if address not in self._links]
-        opened = await asyncio.gather(*(self._open(a) for a in missing), return_exceptions=True)
-        for address, result in zip(missing, opened, strict=True):
-            if isinstance(result, BaseException):
-                self._refresh = True  # a replica may be taking over
-                logger.debug(
-                    "redis cluster: cannot reach master %s (%s: %s)",
-                    fmt(address),
-                    type(result).__name__,
-                    result,
-                )
-            else:
-                self.reconnects += 1
-        if self._antenna.connection_state == "down" and any(
-            link.usable for link in self._links.values()
-        ):
-            logger.warning("redis cluster: %s reachable again", self.where)
-            self._antenna.set_state("up")
-        homeless = [channel for channel, home in self._wanted.items() if home is None]
-        if homeless:
-            await self._home(homeless)
-
-    async def _check_demoted(self, link: ShardLink) -> None:
-        """``link``'s node lost its slots, as the cluster says, and still carries our
-        channels: a node that answers will unsubscribe them itself (or the topology
-        answer was stale); one that does not answer a PING within the follow cap is
-        frozen or cut off (its replica took over), so the link is dropped and its
-        channels move with a gap."""
-        now = asyncio.get_running_loop().time()
-        if link.probed_at is not None and link.last_read < link.probed_at:
-            if now - link.probed_at >= self.follow_cap:
-                logger.warning(
-                    "redis cluster: %s lost its slots and does not answer; dropping it",
-                    fmt(link.address),
-                )
-                await self._disconnect(link)
-            return
-        if link.probed_at is not None:
-            self._refresh = True  # it answered: ask the cluster again, it may be a stale view
-        link.probed_at = now
-        with contextlib.suppress(*UNREACHABLE):
-            await bounded(link.connection.send_command("PING"), self.follow_cap)
-
     # ----- health ------------------------------------------------------------------
 
     async def ping(self) -> None:
-        """``PING`` on every link; return once one answered (the cluster is reachable).
-
-        :raises AntennaUnavailable: no link is up, or none answered
-        """
-        links = [link for link in self._links.values() if link.usable]
-        if not links:
-            raise AntennaUnavailable(f"no subscriber connection to {self.where} is up")
-        waits: list[tuple[ShardLink, str, asyncio.Future[None]]] = []
-        try:
-            for link in links:
-                token, answered = link.pongs.expect()
-                waits.append((link, token, answered))
-                with contextlib.suppress(*UNREACHABLE):
-                    await link.connection.send_command("PING", token)
-            pending = {answered for _, _, answered in waits}
-            while pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                if any(not future.exception() for future in done):
-                    return
-            raise AntennaUnavailable(f"no node of {self.where} answered PING")
-        finally:
-            for link, token, _ in waits:
-                link.pongs.forget(token)
-
-    async def _watch_health(self) -> None:
-        """Drop a link that went silent (a frozen node, half-open TCP): after
-        ``health_check_interval`` s of silence it gets a PING, and when nothing came
-        back an interval later, it is disconnected (its reader then reports it lost)."""
-        interval = self.health_check_interval
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(interval)
-            now = loop.time()
-            for link in list(self._links.values()):
-                if not link.usable:
-                    continue
-                if link.probed_at is not None and link.last_read < link.probed_at:
-                    if now - link.probed_at >= interval:
-                        logger.warning(
-                            "redis cluster: no answer from %s to PING within %.1f s; dropping",
-                            fmt(link.address),
-                            interval,
-                        )
-                        await self._disconnect(link)
-                    continue
-                link.probed_at = None
-                if now - link.last_read >= interval:
-                    link.probed_at = now
-                    with contextlib.suppress(*UNREACHABLE):
-                        await bounded(link.connection.send_command("PING"), interval)
+        """``PING`` on every link; return once one answered (the cluster is reachable)."""
+        await ping_any(self._links.values(), self.where)
 
     def describe(self) -> dict[str, Any]:
         """Each master and whether its link is up."""
