@@ -312,14 +312,24 @@ class Topology:
         self.masters = masters
         self.nodes = nodes
 
+    async def prune(self, keep: set[Address]) -> None:
+        """Close the clients of nodes the cluster no longer names (bounded memory), but
+        those in ``keep`` (still in use)."""
+        known = {*self.nodes, *self.config.seeds, *keep}
+        for address in [a for a in self._clients if a not in known]:
+            await self._close(self._clients.pop(address))
+
     async def aclose(self) -> None:
         clients, self._clients = self._clients, {}
         for client in clients.values():
-            try:
-                await bounded(client.aclose(), self.timeout)
-                await bounded(client.connection_pool.disconnect(), self.timeout)
-            except Exception:  # closing a broken connection must not stop the others
-                logger.debug("closing a redis cluster node client failed", exc_info=True)
+            await self._close(client)
+
+    async def _close(self, client: Redis) -> None:
+        try:
+            await bounded(client.aclose(), self.timeout)
+            await bounded(client.connection_pool.disconnect(), self.timeout)
+        except Exception:  # closing a broken connection must not stop the others
+            logger.debug("closing a redis cluster node client failed", exc_info=True)
 
 
 def _slot_entries(

@@ -81,6 +81,7 @@ class RedisClusterAntenna(RedisAntenna):
             max_pending=self.max_pending_publishes,
             on_lost=self._cluster.topology_suspect,
         )
+        self._cluster.on_topology = self._shards.prune
 
     async def disconnect(self) -> None:
         self._closing = True

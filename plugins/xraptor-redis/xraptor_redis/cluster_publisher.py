@@ -147,12 +147,14 @@ class ClusterPublisher:
         await publisher.publish(channel, message)
 
     async def prune(self) -> None:
-        """Close the idle publishers of nodes that are no longer masters (bounded memory)."""
+        """Close the idle publishers of nodes that are no longer masters, and the clients
+        of nodes the cluster no longer names (bounded memory, however often it changes)."""
         masters = set(self.topology.masters)
         for address, publisher in list(self._publishers.items()):
             if address not in masters and not len(publisher):
                 del self._publishers[address]
                 await publisher.close()
+        await self.topology.prune(keep=set(self._publishers))
 
     async def close(self) -> None:
         self._closed = True

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from xraptor.antenna import Antenna
@@ -46,6 +47,8 @@ class TopologyFollower:
     _wanted: dict[str, ShardLink | None]
     _refresh: bool
     _wake: asyncio.Event | None
+    #: called after each topology read (the antenna prunes its publishers)
+    on_topology: Callable[[], Awaitable[None]] | None = None
 
     async def _open(self, address: Address) -> ShardLink:
         raise NotImplementedError
@@ -113,6 +116,8 @@ class TopologyFollower:
         if self._refresh:
             self._refresh = False
             await self.topology.refresh()
+            if self.on_topology is not None:
+                await self.on_topology()
         masters = set(self.topology.masters)
         homes = {id(home) for home in self._wanted.values()}
         for address, link in list(self._links.items()):
