@@ -90,7 +90,9 @@ class LocalCluster:
                 port=port, ssl=True, ssl_ca_certs=str(self.tls[0]), decode_responses=True,
                 socket_timeout=2,
             )  # fmt: skip
-        return redis.Redis(port=port, decode_responses=True, socket_timeout=2)
+        return redis.Redis(
+            port=port, decode_responses=True, socket_timeout=2, socket_connect_timeout=2
+        )
 
     # ----- lifecycle -------------------------------------------------------------
 
@@ -232,10 +234,11 @@ class LocalCluster:
             found.setdefault(int(master[1]), (int(start), int(end)))
         return found
 
-    def master_of(self, channel: str) -> int:
-        """The port of the master serving ``channel``'s slot (as a live node sees it)."""
+    def master_of(self, channel: str, *, ask_not: int | None = None) -> int:
+        """The port of the master serving ``channel``'s slot (as a live node sees it;
+        not ``ask_not``, e.g. a paused node)."""
         slot = key_slot(channel.encode())
-        for start, end, master, *_ in self._slots():
+        for start, end, master, *_ in self._slots(ask_not):
             if int(start) <= slot <= int(end):
                 return int(master[1])
         raise LookupError(f"no master serves slot {slot}")
@@ -246,8 +249,10 @@ class LocalCluster:
                 return [int(replica[1]) for replica in replicas]
         return []
 
-    def _slots(self) -> list[list[object]]:
+    def _slots(self, ask_not: int | None = None) -> list[list[object]]:
         for port in self.running():
+            if port == ask_not:
+                continue
             try:
                 slots = self.client(port).execute_command("CLUSTER SLOTS")
             except redis.RedisError:

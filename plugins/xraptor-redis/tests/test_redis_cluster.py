@@ -259,7 +259,7 @@ def _promotion(cluster: LocalCluster, channel: str, old: int) -> float:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         with contextlib.suppress(Exception):
-            if cluster.master_of(route(channel)[0]) != old:
+            if cluster.master_of(route(channel)[0], ask_not=old) != old:
                 return time.monotonic()
         time.sleep(0.02)
     raise AssertionError("no replica was promoted within 30 s")
