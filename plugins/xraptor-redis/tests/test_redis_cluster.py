@@ -59,6 +59,13 @@ def test_cluster_urls_and_option_select_cluster_mode() -> None:
     assert isinstance(tls, RedisClusterAntenna)
     assert tls.config.seeds == (("a", 7000), ("::1", 7001))
     assert tls.config.connection_class.__name__ == "SSLConnection"
+    # credentials and options apply to every node; the antenna's own settings win; the
+    # credentials never show
+    named = RedisAntenna(url="redis+cluster://u:pw@a:7000,b:7001/?socket_timeout=9&client_name=x")
+    assert isinstance(named, RedisClusterAntenna)
+    assert named.config.connection_kwargs == {"username": "u", "password": "pw", "client_name": "x"}
+    assert named.config.where == "redis+cluster://a:7000,b:7001"
+    assert "pw" not in str(named.describe())
 
 
 @pytest.mark.parametrize(

@@ -46,6 +46,10 @@ SLOTS = 16384
 UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
 
 Address = tuple[str, int]
+_OWN_SETTINGS = (
+    "socket_timeout", "socket_connect_timeout", "decode_responses", "protocol", "retry",
+    "max_connections", "timeout",
+)  # fmt: skip
 
 
 def is_cluster_url(url: str) -> bool:
@@ -139,7 +143,9 @@ class ClusterConfig:
         if parts.query:
             single += "?" + parts.query
         kwargs: dict[str, Any] = dict(parse_url(single))
-        for key in ("host", "port", "db", "path"):
+        # the node's address, and what the antenna sets itself (its timeouts, decoding,
+        # retries), are not taken from the URL
+        for key in ("host", "port", "db", "path", *_OWN_SETTINGS):
             kwargs.pop(key, None)
         connection_class: type[Connection] = kwargs.pop("connection_class", Connection)
         where = f"{scheme}://{','.join(fmt(seed) for seed in seeds)}"
@@ -149,6 +155,7 @@ class ClusterConfig:
         """A new connection to one node (not connected yet), without redis-py retries."""
         host, port = address
         return self.connection_class(
+            **self.connection_kwargs,
             host=host,
             port=port,
             decode_responses=True,
@@ -156,13 +163,13 @@ class ClusterConfig:
             socket_connect_timeout=connect_timeout,
             socket_timeout=None,
             retry=Retry(NoBackoff(), 0, supported_errors=()),
-            **self.connection_kwargs,
         )
 
     def client(self, address: Address, *, pool_size: int, timeout: float) -> Redis:
         """A pooled client to one node (publishes, ``PUBSUB SHARDNUMSUB``, ``CLUSTER SLOTS``)."""
         host, port = address
         pool = BlockingConnectionPool(
+            **self.connection_kwargs,
             connection_class=self.connection_class,
             host=host,
             port=port,
@@ -174,7 +181,6 @@ class ClusterConfig:
             socket_connect_timeout=timeout + 1,
             socket_timeout=timeout + 1,
             retry=Retry(NoBackoff(), 1),
-            **self.connection_kwargs,
         )
         return Redis(connection_pool=pool)
 
@@ -184,6 +190,7 @@ def cluster_client(url: str, *, max_connections: int, timeout: float) -> RedisCl
     script: one key, no order to keep, so its redirects and retries fit)."""
     config = ClusterConfig.from_url(url)
     return RedisCluster(
+        **config.connection_kwargs,
         startup_nodes=[ClusterNode(host, port) for host, port in config.seeds],
         ssl=issubclass(config.connection_class, SSLConnection),
         max_connections=max_connections,
@@ -191,7 +198,6 @@ def cluster_client(url: str, *, max_connections: int, timeout: float) -> RedisCl
         protocol=2,
         socket_connect_timeout=timeout + 1,
         socket_timeout=timeout + 1,
-        **config.connection_kwargs,
     )
 
 
