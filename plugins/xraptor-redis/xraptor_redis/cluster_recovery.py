@@ -58,7 +58,7 @@ class TopologyFollower:
 
     # ----- recovery ----------------------------------------------------------------
 
-    def _wake_recovery(self, *, refresh: bool) -> None:
+    def _wake_recovery(self, refresh: bool) -> None:
         if refresh:
             self._refresh = True
         if self._wake is not None:
@@ -84,13 +84,19 @@ class TopologyFollower:
     async def _recover_forever(self) -> None:
         assert self._wake is not None
         delay = self.reconnect_min_delay
+        loop = asyncio.get_running_loop()
         while True:
+            # now and then, unasked: a frozen or cut-off master is only seen so. A timer,
+            # not asyncio.timeout: on Python 3.11 a timeout expiring as close() cancels
+            # the task turns the cancellation into a TimeoutError, and the task lives on
+            tick = None
+            if self.refresh_interval is not None:
+                tick = loop.call_later(self.refresh_interval, self._wake_recovery, True)
             try:
-                async with asyncio.timeout(self.refresh_interval):
-                    await self._wake.wait()
-            except TimeoutError:
-                # now and then, unasked: a frozen or cut-off master is only seen so
-                self._refresh = True
+                await self._wake.wait()
+            finally:
+                if tick is not None:
+                    tick.cancel()
             self._wake.clear()
             try:
                 await self._recover()
