@@ -187,6 +187,36 @@ async def test_a_slot_moved_to_another_master_is_followed_with_a_gap(
         assert antenna.state == "up"
 
 
+async def test_a_stale_topology_is_corrected_by_moved_replies(
+    redis_cluster: LocalCluster,
+) -> None:
+    """When the antenna believes the wrong master serves a channel (a stale view), the
+    ``MOVED`` replies correct it: ``watch`` still returns subscribed on the right
+    master, and a publish is sent on to the right master and delivered."""
+    room = f"stale-{uuid.uuid4().hex[:6]}"
+    slot = route(room)[1]
+    owner = redis_cluster.master_of(route(room)[0])
+    wrong = ("127.0.0.1", next(port for port in redis_cluster.masters() if port != owner))
+    async with (
+        RedisAntenna(url=redis_cluster.url, **OPTIONS) as antenna,
+        RedisAntenna(url=redis_cluster.url, **OPTIONS) as other,
+    ):
+        assert isinstance(antenna, RedisClusterAntenna)
+        assert isinstance(other, RedisClusterAntenna)
+        antenna.topology.learn(slot, wrong)
+        async with antenna.subscribe(room) as sub:
+            assert antenna.topology.owner(slot) == ("127.0.0.1", owner)
+            subscribers = {
+                c["node"] for c in redis_cluster.client_list() if int(c.get("ssub", 0)) > 0
+            }
+            assert str(owner) in subscribers
+            other.topology.learn(slot, wrong)
+            await other.post(room, "redirected")
+            assert await asyncio.wait_for(sub.__anext__(), 5) == "redirected"
+            assert other.topology.owner(slot) == ("127.0.0.1", owner)
+            assert sub.gaps == 0
+
+
 # ----- failover ---------------------------------------------------------------------------
 
 
