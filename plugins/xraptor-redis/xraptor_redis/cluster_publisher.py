@@ -20,6 +20,7 @@ overtake an earlier one of the same channel.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from redis.exceptions import RedisError, ResponseError
@@ -49,6 +50,13 @@ class ShardPublisher(Publisher):
         self.topology = topology
         self.address = address
         self._on_lost = on_lost
+
+    def stop(self) -> asyncio.Task[None] | None:
+        """Cancel the task of this publisher (idle: nothing queued); return it."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+        return task
 
     async def _send(self, batch: list[_Item]) -> None:
         results: list[object]
@@ -120,6 +128,8 @@ class ClusterPublisher:
         self._on_lost = on_lost
         self._publishers: dict[Address, ShardPublisher] = {}
         self._closed = False
+        #: the tasks of pruned publishers, until they ended
+        self._stopping: set[asyncio.Task[None]] = set()
 
     def __len__(self) -> int:
         """Publishes waiting to be sent, on every node."""
@@ -153,7 +163,12 @@ class ClusterPublisher:
         for address, publisher in list(self._publishers.items()):
             if address not in masters and not len(publisher):
                 del self._publishers[address]
-                await publisher.close()
+                # cancelled, not awaited here: the caller (the recovery task) must not
+                # wait on a send stuck on a frozen node, nor lose its own cancellation
+                stopping = publisher.stop()
+                if stopping is not None:
+                    self._stopping.add(stopping)
+                    stopping.add_done_callback(self._stopping.discard)
         await self.topology.prune(keep=set(self._publishers))
 
     async def close(self) -> None:
@@ -161,3 +176,5 @@ class ClusterPublisher:
         publishers, self._publishers = self._publishers, {}
         for publisher in publishers.values():
             await publisher.close()
+        if self._stopping:
+            await asyncio.wait(self._stopping, timeout=self.timeout + 1)
