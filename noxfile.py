@@ -12,7 +12,9 @@ from pathlib import Path
 
 import nox
 
-nox.options.sessions = ["tests", "redis", "nats", "picows", "e2e", "lint", "types", "dist"]
+nox.options.sessions = [
+    "tests", "redis", "nats", "postgres", "picows", "e2e", "lint", "types", "dist",
+]  # fmt: skip
 nox.options.error_on_missing_interpreters = True
 
 ROOT = Path(__file__).parent
@@ -21,8 +23,9 @@ PLUGINS = {
     "redis": "plugins/xraptor-redis",
     "nats": "plugins/xraptor-nats",
     "picows": "plugins/xraptor-picows",
+    "postgres": "plugins/xraptor-postgres",
 }
-TOOLS = ["ruff>=0.6", "mypy>=1.11"]
+TOOLS = ["ruff>=0.6", "mypy>=1.11", "asyncpg-stubs>=0.29"]
 #: the conformance suite (its case list is not a documented API: pinned below 0.2)
 KOSOKU = "kosoku>=0.1,<0.2"
 #: building and checking the distributions (readme_renderer[md] renders the Markdown READMEs;
@@ -57,6 +60,13 @@ def redis(session: nox.Session, parser: str) -> None:
 def nats(session: nox.Session) -> None:
     """The xraptor-nats plugin's tests against a real nats-server."""
     _plugin_session(session, "nats")
+
+
+@nox.session(python=PYTHON)
+def postgres(session: nox.Session) -> None:
+    """The xraptor-postgres plugin's tests on a private PostgreSQL cluster (initdb as the
+    postgres user when run as root; the server binaries from /usr/lib/postgresql/*/bin)."""
+    _plugin_session(session, "postgres")
 
 
 #: the core's tests of serving connections, run again on the picows transport
@@ -169,13 +179,28 @@ def bench(session: nox.Session) -> None:
     bench/run.py; not run by default. Creates bench/.venv-041, bench/.venv-sio and
     bench/.venv-broadcaster on first use (each peer in a virtualenv of its own).
     ``nox -s bench -- --quick`` for a smoke run, ``-- --only rr --pairs 5`` for one case,
-    ``-- --only mixed`` for the 5 ms handler case against python-socketio.
+    ``-- --only mixed`` for the 5 ms handler case against python-socketio. Without
+    arguments (or with ``--quick``) the compression cases (bench/deflate.py) and room
+    history on Redis and NATS (bench/history.py, bench/history_nats.py) follow.
     """
     session.install("-e", ".", *(f"-e{path}" for path in PLUGINS.values()))
     session.install("picows", "uvloop", "psutil", "redis", "nats-py", "uvicorn")
     session.run("python", "bench/run.py", *session.posargs)
-    if not session.posargs:  # a full run: Redis Cluster against one Redis too
+    if not session.posargs or session.posargs == ["--quick"]:
+        # in the same run: compression (README "Compression"), room history (issue 12)
+        for script in ("deflate.py", "history.py", "history_nats.py"):
+            session.run("python", f"bench/{script}", *session.posargs)
+    if not session.posargs:  # a full run: Redis Cluster against one Redis too (issue 14)
         session.run("python", "bench/cluster.py")
+
+
+@nox.session(python=PYTHON)
+def bench_history(session: nox.Session) -> None:
+    """Room history on Redis: fan-out with history against without, and the recovery
+    throughput (bench/history.py; not run by default). ``-- --quick`` for a smoke run."""
+    session.install("-e", ".", *(f"-e{path}" for path in PLUGINS.values()))
+    session.install("picows", "uvloop", "psutil", "redis")
+    session.run("python", "bench/history.py", *session.posargs)
 
 
 @nox.session(python=PYTHON)

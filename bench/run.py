@@ -112,6 +112,8 @@ EVERYTHING = SYSTEMS
 WITH_REDIS_PEERS = ("xraptor", "raw", "xraptor-picows", "x041", "sio", "broadcaster")
 #: NATS fan-out: neither socket.io nor broadcaster has a NATS backend
 WITH_NATS = ("xraptor", "raw", "xraptor-picows", "x041")
+#: PostgreSQL fan-out: neither 0.4.1, nor socket.io, nor broadcaster has a PostgreSQL backend
+WITH_POSTGRES = ("xraptor", "raw", "xraptor-picows")
 #: the wire each system speaks (loadgen.py --wire)
 WIRES = {"raw": "raw", "sio": "sio", "broadcaster": "raw"}
 #: what a server process of our own venv imports beyond the core: system -> {module: package}
@@ -303,7 +305,7 @@ def build_cases(args: argparse.Namespace) -> list[Case]:
         )
     )
     cases.append(mixed_case(args.mixed_conns, args.mixed_inflight, 400_000, args.seconds))
-    for antenna in ("memory", "redis", "nats"):
+    for antenna in ("memory", "redis", "nats", "postgres"):
         for members in (100, 1000):
             messages = min(3000, max(100, 300_000 // members))
             cases.append(
@@ -322,9 +324,12 @@ def build_cases(args: argparse.Namespace) -> list[Case]:
                         str(max(2, args.window_deliveries // members)),
                     ],
                     fanout_metrics(antenna, members),
-                    systems={"memory": EVERYTHING, "redis": WITH_REDIS_PEERS, "nats": WITH_NATS}[
-                        antenna
-                    ],
+                    systems={
+                        "memory": EVERYTHING,
+                        "redis": WITH_REDIS_PEERS,
+                        "nats": WITH_NATS,
+                        "postgres": WITH_POSTGRES,
+                    }[antenna],
                 )
             )
     conns = str(args.idle_conns)
@@ -429,6 +434,14 @@ class Backends:
             port = int(env.rsplit(":", 1)[1].split("/")[0])
             self._use(name, env, port, "from the environment")
             return
+        if name == "postgres":
+            # a running server (no private cluster: initdb takes seconds and, as root, a
+            # user of its own); XRAPTOR_BENCH_POSTGRES_URL names another
+            if port_open(5432):
+                url = "postgresql://postgres@127.0.0.1:5432/postgres?sslmode=disable"
+                self._use(name, url, 5432, "shared instance")
+                return
+            raise Skip("no PostgreSQL on 127.0.0.1:5432: set XRAPTOR_BENCH_POSTGRES_URL")
         binary = shutil.which("redis-server" if name == "redis" else "nats-server")
         if binary is not None:
             port = free_port()
@@ -547,6 +560,8 @@ class Runner:
     peers: dict[str, Path]
     pin: bool
     stem: str = ""
+    #: the load generator script (bench/deflate.py runs its own)
+    loadgen: Path = BENCH / "loadgen.py"
 
     def server_cmd(self, system: str, port: int, antenna: str) -> list[str]:
         url = self.backends.urls.get(antenna, "")
@@ -607,7 +622,7 @@ class Runner:
         wire = WIRES.get(system, "framework")
         cmd = [
             sys.executable,
-            str(BENCH / "loadgen.py"),
+            str(self.loadgen),
             case.scenario,
             "--url",
             f"ws://127.0.0.1:{port}",
@@ -884,11 +899,13 @@ def environment(args: argparse.Namespace, client: str) -> dict[str, Any]:
                 "xraptor",
                 "xraptor-redis",
                 "xraptor-nats",
+                "xraptor-postgres",
                 "websockets",
                 "picows",
                 "uvloop",
                 "redis",
                 "nats-py",
+                "asyncpg",
                 "orjson",
                 "psutil",
                 "xraptor-picows",

@@ -46,7 +46,8 @@ if TYPE_CHECKING:
 
 
 class RawBackend:
-    """The raw baseline's pub/sub: in process, or one Redis / NATS client."""
+    """The raw baseline's pub/sub: in process, or one Redis / NATS client, or two asyncpg
+    connections (LISTEN on one, ``pg_notify`` on the other, one round trip per message)."""
 
     def __init__(self, kind: str, url: str, deliver: Callable[[str], None]) -> None:
         self.kind = kind
@@ -55,6 +56,8 @@ class RawBackend:
         self._redis: Any = None
         self._pubsub: Any = None
         self._nats: Any = None
+        self._pg_listen: Any = None
+        self._pg_notify: Any = None
         self._subs: dict[str, Any] = {}
         self._reader: asyncio.Task[None] | None = None
 
@@ -75,6 +78,16 @@ class RawBackend:
                 self.deliver(msg.data.decode())
 
             await self._nats.subscribe(ROOM, cb=on_msg)
+        elif self.kind == "postgres":
+            import asyncpg
+
+            self._pg_listen = await asyncpg.connect(self.url)
+            self._pg_notify = await asyncpg.connect(self.url)
+
+            def on_notify(connection: Any, pid: int, channel: str, payload: Any) -> None:
+                self.deliver(payload)
+
+            await self._pg_listen.add_listener(ROOM, on_notify)
 
     async def _read_redis(self) -> None:
         async for message in self._pubsub.listen():
@@ -86,6 +99,8 @@ class RawBackend:
             await self._redis.publish(ROOM, message)
         elif self.kind == "nats":
             await self._nats.publish(ROOM, message.encode())
+        elif self.kind == "postgres":
+            await self._pg_notify.execute("SELECT pg_notify($1, $2)", ROOM, message)
         else:
             self.deliver(message)
 
@@ -98,6 +113,13 @@ class RawBackend:
                 return None
 
             self._subs[channel] = await self._nats.subscribe(channel, cb=ignore)
+        elif self.kind == "postgres":
+
+            def ignored(connection: Any, pid: int, name: str, payload: Any) -> None:
+                return None
+
+            self._subs[channel] = ignored
+            await self._pg_listen.add_listener(channel, ignored)
         else:
             self._subs[channel] = True
 
@@ -107,6 +129,8 @@ class RawBackend:
             await self._pubsub.unsubscribe(channel)
         elif self.kind == "nats" and sub is not None:
             await sub.unsubscribe()
+        elif self.kind == "postgres" and sub is not None:
+            await self._pg_listen.remove_listener(channel, sub)
 
 
 async def raw_main(port: int, antenna: str, url: str, stop: asyncio.Event) -> None:
@@ -171,9 +195,25 @@ def xraptor_app(port: int, antenna: str, url: str, transport: str = "websockets"
     async def stream(request: xraptor.Request) -> None:
         return None
 
-    return xraptor.XRaptor(
+    server = xraptor.XRaptor(
         "127.0.0.1", port, antenna=url if antenna != "memory" else "memory", transport=transport
     )
+    keep_history_from_env(server)
+    return server
+
+
+#: set by ``bench/history.py``: the bench room keeps this many messages of history
+HISTORY_ENV = "XRAPTOR_BENCH_HISTORY"
+
+
+def keep_history_from_env(server: XRaptor) -> None:
+    """Give the bench room history when ``XRAPTOR_BENCH_HISTORY`` is a size (history.py)."""
+    import os
+    import re
+
+    size = int(os.environ.get(HISTORY_ENV) or 0)
+    if size:
+        server.configure_rooms(re.escape(ROOM) + "$", history_size=size)
 
 
 async def xraptor_main(
@@ -341,8 +381,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("system", choices=sorted(MAINS))
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--antenna", choices=["memory", "redis", "nats"], default="memory")
-    parser.add_argument("--url", default="", help="the Redis / NATS URL")
+    parser.add_argument(
+        "--antenna", choices=["memory", "redis", "nats", "postgres"], default="memory"
+    )
+    parser.add_argument("--url", default="", help="the Redis / NATS / PostgreSQL URL")
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
     parser.add_argument("--profile", default="", help="write cProfile stats here on exit")
     parser.add_argument(

@@ -57,7 +57,7 @@ def _requirements(items: list[str]) -> dict[str, Requirement]:
 
 
 def test_the_plugins_are_found() -> None:
-    assert {"xraptor-redis", "xraptor-nats"} <= set(PLUGINS)
+    assert {"xraptor-redis", "xraptor-nats", "xraptor-postgres"} <= set(PLUGINS)
     for name, folder in PLUGINS.items():
         assert _pyproject(folder)["name"] == name, (
             f"{folder}: the folder is not named as its project"
@@ -134,7 +134,11 @@ def test_plugins_made_by_xraptor_new_plugin_require_the_core_minor_version() -> 
 def test_the_core_extras_require_plugins_of_its_minor_version_and_keep_the_04_names() -> None:
     core = _core_version()
     extras: dict[str, list[str]] = _pyproject(ROOT)["optional-dependencies"]
-    for extra, plugin in (("redis", "xraptor-redis"), ("nats", "xraptor-nats")):
+    for extra, plugin in (
+        ("redis", "xraptor-redis"),
+        ("nats", "xraptor-nats"),
+        ("postgres", "xraptor-postgres"),
+    ):
         requirement = _requirements(extras[extra])[plugin]
         assert str(requirement.specifier) == _same_minor(core), extra
         assert requirement.specifier.contains(Version(_pyproject(PLUGINS[plugin])["version"]))

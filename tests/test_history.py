@@ -226,9 +226,9 @@ def test_configure_rooms_refuses_what_it_cannot_do() -> None:
         app.configure_rooms("x", history_size=1, history_ttl=0)
     with pytest.raises(ValueError, match="needs a history_size"):
         app.configure_rooms("x", history_ttl=5)
-    with pytest.raises(NotImplementedError, match="presence"):
-        app.configure_rooms("x", presence=True)
-    with pytest.raises(NotImplementedError, match="join_leave"):
+    with pytest.raises(TypeError, match="presence must be a bool"):
+        app.configure_rooms("x", presence="yes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="join_leave=True needs presence=True"):
         app.configure_rooms("x", join_leave=True)
     assert app.history_resolver() is None
 
@@ -407,14 +407,14 @@ async def test_a_position_trimmed_from_history_is_unrecovered() -> None:
 async def test_an_expired_position_is_unrecovered() -> None:
     app = chat(("chat:", {"history_size": 100, "history_ttl": 0.2}))
     async with serving(app) as url, Client(url) as poster, Client(url) as member:
-        async with member.subscribe("/room", {"room": "chat:x"}) as stream:
-            await say(poster, "chat:x", "soon gone")
+        async with member.subscribe("/room", {"room": "chat:expiring"}) as stream:
+            await say(poster, "chat:expiring", "soon gone")
             (gone,) = await take(stream, 1)
         await asyncio.sleep(0.4)
-        header = since("chat:x", gone.header["position"])
-        async with member.subscribe("/room", {"room": "chat:x"}, header) as stream:
+        header = since("chat:expiring", gone.header["position"])
+        async with member.subscribe("/room", {"room": "chat:expiring"}, header) as stream:
             (notice,) = await take(stream, 1)
-    assert notice.header == {"notice": "unrecovered", "room": "chat:x"}
+    assert notice.header == {"notice": "unrecovered", "room": "chat:expiring"}
 
 
 async def test_an_unknown_epoch_is_unrecovered() -> None:

@@ -12,6 +12,7 @@ from .antenna import (
 )
 from .broadcast import Broadcast
 from .client import Client, ClientError
+from .client_reconnect import ConnectionLost, Reconnect
 from .connection import Connection
 from .handshake import Handshake, Refuse
 from .hookspecs import hookimpl
@@ -35,6 +36,7 @@ __all__ = [
     "Client",
     "ClientError",
     "Connection",
+    "ConnectionLost",
     "ErrorCode",
     "Gap",
     "Handshake",
@@ -42,6 +44,7 @@ __all__ = [
     "MessageTooLarge",
     "MethodType",
     "Metrics",
+    "Reconnect",
     "Refuse",
     "Request",
     "RequestError",

@@ -28,6 +28,16 @@ client that was away can recover them; see :mod:`xraptor.history`): a driver tha
 implements both :meth:`Antenna.publish_with_history` and :meth:`Antenna.read_history`
 declares it (:attr:`Antenna.can_keep_history`), and runs
 :class:`xraptor.testing.HistoryConformance` besides the contract's suite.
+
+Optional capability, **presence** (who is in a room, across every process; see
+:mod:`xraptor.presence`): a driver that implements :meth:`Antenna.presence_set`,
+:meth:`Antenna.presence_remove`, :meth:`Antenna.presence_list` and
+:meth:`Antenna.presence_expire` declares it (:attr:`Antenna.can_keep_presence`), and
+runs :class:`xraptor.testing.PresenceConformance`. A room's members are keys (unique
+across processes) with an info (JSON text); each expires :attr:`Antenna.presence_ttl`
+seconds after it was last set unless set again, so that the members of a process that
+died without cleaning up disappear; live processes set their members again, and take
+out the expired ones (to announce their leave), every third of that time.
 """
 
 from __future__ import annotations
@@ -35,7 +45,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ClassVar, Literal, Self
@@ -45,6 +55,9 @@ from .hub import Hub, Listener
 from .probe import DEFAULT_INTERVAL, DEFAULT_TIMEOUT, Prober, seconds_option
 
 State = Literal["new", "up", "down", "closed"]
+
+#: seconds a presence member lives unless set again (antenna option ``presence_ttl``)
+DEFAULT_PRESENCE_TTL = 30.0
 
 
 class AntennaError(Exception):
@@ -67,6 +80,10 @@ class HistoryNotSupported(AntennaError):
     """The app configured rooms with history and its antenna cannot keep history."""
 
 
+class PresenceNotSupported(AntennaError):
+    """The app configured rooms with presence and its antenna cannot keep presence."""
+
+
 class Antenna(ABC):
     """Base class of every antenna (built-in or from a plugin).
 
@@ -75,9 +92,10 @@ class Antenna(ABC):
         ``health_timeout`` (seconds a :meth:`ping` may wait for its answer before
         the antenna reports ``down``, default 3) and ``health_interval`` (seconds
         between probes, default 1); they matter only for antennas that implement
-        :meth:`ping`.
-    :raises ValueError: when ``health_timeout`` or ``health_interval`` is not a
-        positive number of seconds
+        :meth:`ping`. Antennas that keep presence take ``presence_ttl`` (seconds
+        after which a member that was not set again disappears, default 30).
+    :raises ValueError: when ``health_timeout``, ``health_interval`` or
+        ``presence_ttl`` is not a positive number of seconds
     """
 
     #: the name applications select the antenna by, e.g. ``"redis"``
@@ -113,6 +131,8 @@ class Antenna(ABC):
         self._start_lock = asyncio.Lock()
         self.health_timeout = seconds_option(self.options, "health_timeout", DEFAULT_TIMEOUT)
         self.health_interval = seconds_option(self.options, "health_interval", DEFAULT_INTERVAL)
+        #: seconds a presence member lives unless set again (see :meth:`presence_set`)
+        self.presence_ttl = seconds_option(self.options, "presence_ttl", DEFAULT_PRESENCE_TTL)
         self._prober: Prober | None = None
         #: the history policy of each channel (set by the app at start, see
         #: :meth:`set_history`); ``None``: no channel keeps history, nothing is asked
@@ -229,7 +249,7 @@ class Antenna(ABC):
             raise HistoryNotSupported(
                 f"the {self.name or type(self).__name__} antenna cannot keep room history "
                 "(yet), and rooms were configured with history_size > 0; use an antenna "
-                "that can (the memory antenna), or configure the rooms without history"
+                "that can (memory, redis), or configure the rooms without history"
             )
         self._history = resolver
 
@@ -237,6 +257,61 @@ class Antenna(ABC):
         """The history policy of ``channel`` (``None``: it keeps none)."""
         resolver = self._history
         return None if resolver is None else resolver(channel)
+
+    # ----- optional capability: presence -----------------------------------------
+
+    async def presence_set(self, room: str, members: Mapping[str, str]) -> None:
+        """Optional (presence): add ``members`` (key -> info, JSON text) to ``room``'s
+        presence, or set them again: each then lives :attr:`presence_ttl` seconds
+        (read at each call) unless set again, and its info replaces the one it had.
+
+        Keys are unique across processes (the core makes them so); every process sees
+        the same members once this returned.
+
+        :raises AntennaUnavailable: when the backend cannot take it in time
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not keep presence")
+
+    async def presence_remove(self, room: str, members: Collection[str]) -> None:
+        """Optional (presence): remove ``members`` (keys) from ``room``'s presence;
+        unknown keys are ignored.
+
+        :raises AntennaUnavailable: when the backend cannot take it in time
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not keep presence")
+
+    async def presence_list(self, room: str) -> dict[str, str]:
+        """Optional (presence): ``room``'s members (key -> info) that were set by any
+        process, not removed, and set less than :attr:`presence_ttl` seconds ago
+        (expired members are never listed, whether :meth:`presence_expire` took them
+        out yet or not).
+
+        :raises AntennaUnavailable: when the backend cannot answer in time
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not keep presence")
+
+    async def presence_expire(self, room: str) -> dict[str, str]:
+        """Optional (presence): take the members of ``room`` whose time to live passed
+        out of it and return them (key -> info). Each expired member is returned by one
+        call only, whichever process makes it, so that its leave is announced once;
+        the live processes with members in the room call it every third of
+        :attr:`presence_ttl`. (A backend may also forget expired members unreturned,
+        e.g. when the whole room expired: nobody is left to tell then.)
+
+        :raises AntennaUnavailable: when the backend cannot answer in time
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not keep presence")
+
+    @property
+    def can_keep_presence(self) -> bool:
+        """Whether this antenna implements the presence capability."""
+        cls = type(self)
+        return (
+            cls.presence_set is not Antenna.presence_set
+            and cls.presence_remove is not Antenna.presence_remove
+            and cls.presence_list is not Antenna.presence_list
+            and cls.presence_expire is not Antenna.presence_expire
+        )
 
     # ----- helpers for drivers -------------------------------------------------
 

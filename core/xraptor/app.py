@@ -24,6 +24,7 @@ from .history import HistoryResolver, RoomSettings, room_settings
 from .metrics import Metrics
 from .middleware import MiddlewareChain, MiddlewareFunc
 from .plugins import get_plugins, resolve_antenna
+from .presence import PresenceResolver, PresenceTracker
 from .protocol import MethodType
 from .routing import Handler, Route
 
@@ -82,6 +83,8 @@ class App:
         self.rooms: dict[str, Broadcast] = {}
         #: the rooms' subscribe / forward tasks, which requests wait for
         self.room_tasks = RoomTasks()
+        #: which rooms keep presence, and this process's members of them
+        self.presence_tracker = PresenceTracker(self.room_tasks)
         self.metrics = Metrics()
 
     # ----- registration ---------------------------------------------------------
@@ -163,12 +166,18 @@ class App:
         each for ``history_ttl`` seconds (``None``: until trimmed), and its pushes carry
         ``{"room", "position"}`` headers; a SUB with ``since`` recovers from them.
 
+        With ``presence`` the room knows its members in every process
+        (:meth:`Broadcast.presence <xraptor.Broadcast.presence>`); with ``join_leave``
+        its members also get a ``{"notice": "join" | "leave"}`` push when a member
+        joins or leaves (see :mod:`xraptor.presence`).
+
         When several calls match a room, the last one wins (the app's own calls over
         the default app's); ``history_size=0`` keeps no history. Read when the app
-        starts, as routes are; the antenna must keep history (the memory antenna does).
+        starts, as routes are; the antenna must keep history (the memory antenna does)
+        and presence, when asked for.
 
-        :raises ValueError: an invalid pattern, size or ttl
-        :raises NotImplementedError: ``presence`` or ``join_leave`` (not implemented yet)
+        :raises ValueError: an invalid pattern, size or ttl, ``join_leave`` without
+            ``presence``
         :raises RuntimeError: the app is started already
         """
         settings = room_settings(
@@ -243,6 +252,13 @@ class App:
             settings for source in self._sources() for settings in source._room_settings
         )
         return resolver if resolver.keeps_history else None
+
+    def presence_resolver(self) -> PresenceResolver | None:
+        """Which rooms keep presence (as :meth:`history_resolver`); ``None`` when none does."""
+        resolver = PresenceResolver(
+            settings for source in self._sources() for settings in source._room_settings
+        )
+        return resolver if resolver.keeps_presence else None
 
     @property
     def antenna(self) -> Antenna:

@@ -12,7 +12,10 @@ post on its own channel, as xraptor 0.4 did, and pruned when no longer alive.
 A room that keeps history (:meth:`xraptor.XRaptor.configure_rooms`) receives each
 message with its position and pushes it with the header ``{"room", "position"}``;
 a member whose SUB asked to recover (``since``) has its live messages held back
-until :mod:`xraptor.recovery` has pushed the history it missed.
+until :mod:`xraptor.recovery` has pushed the history it missed. Such a room also
+remembers the last position it delivered: when the antenna reports a gap (a backend
+outage), it reads what followed from the history and delivers it instead of the gap
+notice, holding live messages back meanwhile (:func:`xraptor.recovery.catch_up`).
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ import orjson
 from .antenna import Antenna
 from .context import current_app
 from .history import HistoryEntry, Position
+from .presence import room_presence
 from .protocol import push_tail
+from .recovery import catch_up
 
 if TYPE_CHECKING:
     from .app import App
@@ -78,6 +83,14 @@ class Broadcast:
         self._recovering: dict[str, list[HistoryEntry]] = {}
         #: the room id as JSON, for the headers of positioned pushes (made on first use)
         self._id_json = b""
+        #: (rooms with history) the position of the last message delivered here, from
+        #: which the room catches up after a backend outage
+        self.last_position: Position | None = None
+        #: while it catches up after an outage: the live messages that came meanwhile
+        self.catching_up: list[HistoryEntry] | None = None
+        #: another gap came while catching up (the catch-up reads again)
+        self.gap_again = False
+        self._catch_up: asyncio.Task[None] | None = None
 
     @classmethod
     def get(cls, broadcast_id: str, app: App | None = None) -> Broadcast:
@@ -96,7 +109,8 @@ class Broadcast:
         return [*self._local, *self._remote]
 
     def add_member(self, member: str) -> None:
-        """Add a member (a SUB's request_id); the first member opens the room.
+        """Add a member (a SUB's request_id); the first member opens the room. In a room
+        with presence, a stream of this process becomes a member there too.
 
         Safe to call from a SUB handler without awaiting: the server waits for the
         room to be subscribed before it reads the connection's next request. Use
@@ -106,6 +120,10 @@ class Broadcast:
             raise ValueError(f"a room member must be a non-empty str, got {member!r}")
         stream = self._app.streams.get(member)
         if stream is not None:
+            presence = self._app.presence_tracker
+            settings = presence.settings(self.broadcast_id)
+            if settings is not None:  # raises on an identity it cannot share
+                presence.enter(self, stream, settings)
             self._local[member] = stream
             stream.rooms.add(self)
             since = stream.since
@@ -130,6 +148,7 @@ class Broadcast:
         stream = self._local.pop(member, None)
         if stream is not None:
             stream.rooms.discard(self)
+            self._app.presence_tracker.leave(self, stream)
         if self._recovering:
             self._recovering.pop(member, None)
         self._remote.discard(member)
@@ -139,6 +158,16 @@ class Broadcast:
     async def post(self, message: str) -> None:
         """Publish ``message`` to every member in every process."""
         await self.antenna.post(self.broadcast_id, message)
+
+    async def presence(self) -> dict[str, Any]:
+        """Who is in the room, in every process: each member's key
+        (``"<connection id>:<request id>"``) and info (see :mod:`xraptor.presence`).
+
+        :raises PresenceNotEnabled: the room keeps no presence (``configure_rooms``)
+        :raises AntennaUnavailable: the antenna cannot answer now
+        """
+        settings = self._app.presence_tracker.settings(self.broadcast_id)
+        return await room_presence(self, settings)
 
     @classmethod
     async def settle(cls, app: App | None = None) -> None:
@@ -157,7 +186,20 @@ class Broadcast:
             self._app.room_tasks.track(self._forward(message))
 
     def on_message_at(self, channel: str, message: str, position: Position) -> None:
-        """A message of a room with history: pushed with its room and position."""
+        """A message of a room with history: pushed with its room and position (held
+        back while the room catches up after an outage)."""
+        catching_up = self.catching_up
+        if catching_up is not None:
+            catching_up.append(HistoryEntry(position, message))
+            return
+        last = self.last_position
+        if last is not None and position.offset <= last.offset and position.epoch == last.epoch:
+            return  # delivered already (from the history, while catching up)
+        self.deliver_at(message, position)
+
+    def deliver_at(self, message: str, position: Position) -> None:
+        """Push a message of a room with history to its members, with its position."""
+        self.last_position = position
         if self._local:
             tail = push_tail(message, self.position_header(position))
             recovering = self._recovering
@@ -183,9 +225,28 @@ class Broadcast:
         return self._recovering.pop(member, None)
 
     def on_gap(self, channel: str) -> None:
+        if self.keeps_history:
+            # catch up from the history instead of the gap notice (xraptor.recovery)
+            if self.catching_up is None:
+                self.catching_up = []
+            if self._catch_up is None or self._catch_up.done():
+                self.gap_again = False
+                self._catch_up = asyncio.get_running_loop().create_task(catch_up(self))
+            else:
+                self.gap_again = True
+            return
         gap = self.antenna.gap_round
         for stream in tuple(self._local.values()):
             stream.notify_gap(gap)
+
+    def local_streams(self) -> list[Stream]:
+        """The members that are streams of this process."""
+        return list(self._local.values())
+
+    @property
+    def keeps_history(self) -> bool:
+        """Whether this room keeps history (:meth:`xraptor.XRaptor.configure_rooms`)."""
+        return self.antenna.history_of(self.broadcast_id) is not None
 
     # internals --------------------------------------------------------------------
 
@@ -236,6 +297,10 @@ class Broadcast:
         if self._prune_task is not None:
             self._prune_task.cancel()
             self._prune_task = None
+        if self._catch_up is not None:
+            self._catch_up.cancel()
+            self._catch_up = None
+            self.catching_up = None
         if self._listening:
             self._listening = False
             self._app.room_tasks.track(self.antenna.unlisten(self.broadcast_id, self))

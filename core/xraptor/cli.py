@@ -37,10 +37,11 @@ ENV = {
     "transport": "XRAPTOR_TRANSPORT",
     "ssl_certfile": "XRAPTOR_SSL_CERTFILE",
     "ssl_keyfile": "XRAPTOR_SSL_KEYFILE",
+    "compression": "XRAPTOR_COMPRESSION",
 }
 
 #: the flags passed on as they are to the processes ``--reload`` and ``--workers`` start
-_PASSED_ON = ("transport", "ssl_certfile", "ssl_keyfile")
+_PASSED_ON = ("transport", "ssl_certfile", "ssl_keyfile", "compression")
 
 
 class UsageError(Exception):
@@ -190,6 +191,14 @@ def _configure(args: argparse.Namespace) -> tuple[XRaptor, int]:
     transport = _transport(args)
     if transport is not None:
         app.transport = transport
+    compression = _setting(args, "compression")
+    if compression is not None:
+        try:
+            app.compression = None if compression == "none" else compression
+        except ValueError:
+            raise UsageError(
+                f"compression must be shared, deflate or none, got {compression!r}"
+            ) from None
     certfile, keyfile = _setting(args, "ssl_certfile"), _setting(args, "ssl_keyfile")
     if keyfile is not None and certfile is None:
         raise UsageError("--ssl-keyfile needs --ssl-certfile (the certificate chain)")
@@ -343,6 +352,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--transport",
         help=f"the listening transport (default websockets; env {ENV['transport']}); "
         "xraptor plugins lists the installed ones",
+    )
+    run.add_argument(
+        "--compression",
+        metavar="POLICY",
+        help="permessage-deflate for clients that offer it: shared (default: each room "
+        "message compressed once for all members), deflate (websockets' own, per "
+        f"connection) or none (env {ENV['compression']})",
     )
     run.add_argument(
         "--ssl-certfile",

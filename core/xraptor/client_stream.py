@@ -24,6 +24,13 @@ CLIENT_OVERFLOW = "client_overflow"
 #: header keys of rooms with history (see the README's "Delivery guarantees")
 SINCE, ROOM, POSITION = "since", "room", "position"
 
+#: the gap notice a reconnecting client gives a stream it re-opens with no position to
+#: resume from: what was published while it was disconnected is lost
+_RECONNECT_GAP_PAYLOAD = (
+    '{"code": "gap", "message": "the connection to the server dropped and the stream '
+    'had no position to resume from; messages published meanwhile may have been missed"}'
+)
+
 
 class ClientError(Exception):
     """The server answered with an error response (its header has ``"error"``).
@@ -99,9 +106,16 @@ class Stream:
     history no longer reached back to ``since``).
     An error response ends the stream by raising :class:`ClientError`.
 
+    A reconnecting client re-opens the stream on its new connection: a new
+    :attr:`request_id`, ``since`` the last position received per room; the iteration
+    goes on with what the rooms recovered (or their ``unrecovered`` notices). A stream
+    with no position at all to resume from gets a gap notice instead.
+
     :ivar positions: the position of the last push iterated over, per room with
         history (``{"<room id>": "<epoch>:<offset>"}``), starting from ``since``:
         what a later ``client.subscribe(..., since=stream.positions)`` resumes from
+    :ivar request_id: the SUB's id (a new one each time a reconnecting client
+        re-opens the stream)
     """
 
     def __init__(
@@ -120,6 +134,8 @@ class Stream:
         self.header = header
         self._since = _check_since(since)
         self.positions: dict[str, str] = dict(self._since or {})
+        #: the last position received (queued, maybe not iterated yet) per room
+        self._received: dict[str, str] = dict(self._since or {})
         self.request_id = uuid.uuid4().hex
         self._queue: deque[Response] = deque()
         self._max_queue = max_queue
@@ -127,12 +143,19 @@ class Stream:
         self._error: BaseException | None = None
         self._open = False
         self._ack: asyncio.Future[None] | None = None
+        #: a reconnecting client is re-opening the stream (its SUB is unacknowledged)
+        self._resubscribing = False
+        #: a gap notice was queued since the stream was last re-opened
+        self._told_gap = False
 
     async def __aenter__(self) -> Self:
         client = self._client
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + client.timeout
+        await client._until_open(deadline)  # a reconnecting client may be reconnecting
         client._streams[self.request_id] = self
         self._open = True
-        self._ack = asyncio.get_running_loop().create_future()
+        self._ack = loop.create_future()
         try:
             # the server answers {"ack": true} once the stream is registered, its handler
             # returned and the rooms it joined are subscribed; a refusal is an error frame
@@ -140,7 +163,7 @@ class Stream:
             if self._since:
                 header[SINCE] = self._since
             await client._send(self.request_id, self.route, MethodType.SUB, self.payload, header)
-            async with asyncio.timeout(client.timeout):
+            async with asyncio.timeout_at(deadline):
                 await self._ack
         except ClientError:
             self._open = False  # refused: the server holds no stream
@@ -169,6 +192,8 @@ class Stream:
         self._open = False
         client = self._client
         client._streams.pop(self.request_id, None)
+        if self._ack is not None and not self._ack.done():
+            self._ack.cancel()  # a re-opening: the client stops waiting for it
         if self._error is None and not client.closed:
             with contextlib.suppress(ConnectionClosed):
                 await client._send(
@@ -206,15 +231,21 @@ class Stream:
 
     def _deliver(self, response: Response) -> None:
         ack = self._ack
+        header = response.header
         if ack is not None and not ack.done():
             if is_error(response):
                 ack.set_exception(ClientError.from_response(response))
                 return
-            if response.header.get(ACK) is True:
+            if header.get(ACK) is True:
                 ack.set_result(None)
                 return
         if len(self._queue) < self._max_queue:
             self._queue.append(response)
+            position = header.get(POSITION)
+            if position is not None:
+                room = header.get(ROOM)
+                if isinstance(room, str) and isinstance(position, str):
+                    self._received[room] = position
         else:
             self._end(
                 ClientError(
@@ -239,3 +270,42 @@ class Stream:
         if isinstance(error, ClientError) and error.code == CLIENT_OVERFLOW:
             self._client._unsub_soon(self)
         self._wakeup.set()
+
+    # ----- called by a reconnecting client ----------------------------------------------
+
+    def _dropped(self, lost: BaseException) -> None:
+        """The connection dropped: a SUB being entered fails; a re-opening is retried."""
+        ack = self._ack
+        if ack is None or ack.done():
+            return  # open: the client re-opens it on the next connection
+        if not self._resubscribing:
+            self._end(lost)  # being entered: the SUB was a request in flight
+            return
+        ack.set_exception(lost)
+        ack.exception()  # retrieved: the client reads it, or re-opens the stream anyway
+
+    async def _resubscribe(self) -> asyncio.Future[None]:
+        """Send the SUB again with a new id and ``since`` the positions received; the
+        future is its acknowledgment."""
+        client = self._client
+        client._streams.pop(self.request_id, None)
+        self.request_id = uuid.uuid4().hex
+        client._streams[self.request_id] = self
+        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._ack = ack
+        self._resubscribing = True
+        header = {**self.header, ACK: True}
+        if self._received:
+            header[SINCE] = dict(self._received)
+        elif not self._told_gap:
+            self._told_gap = True
+            self._queue.append(
+                Response(self.request_id, _RECONNECT_GAP_PAYLOAD, {"notice": "gap"}, MethodType.SUB)
+            )
+            self._wakeup.set()
+        await client._send(self.request_id, self.route, MethodType.SUB, self.payload, header)
+        return ack
+
+    def _resubscribed(self) -> None:
+        self._resubscribing = False
+        self._told_gap = False

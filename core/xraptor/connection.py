@@ -32,7 +32,16 @@ _NO_TASKS: frozenset[asyncio.Task[Any]] = frozenset()
 class Stream:
     """A SUB's stream: the hub listener that pushes its channel to its connection."""
 
-    __slots__ = ("_gap_round", "antenna", "connection", "prefix", "request_id", "rooms", "since")
+    __slots__ = (
+        "_gap_round",
+        "antenna",
+        "connection",
+        "prefix",
+        "presence",
+        "request_id",
+        "rooms",
+        "since",
+    )
 
     def __init__(self, connection: Connection, request_id: str, antenna: Antenna) -> None:
         self.connection = connection
@@ -43,12 +52,20 @@ class Stream:
         #: the positions its SUB asked to recover from, by room (header ``since``),
         #: until the recovery ran (see :mod:`xraptor.recovery`); ``None``: none
         self.since: dict[str, Position] | None = None
+        #: what its SUB shares in rooms with presence (header ``presence``, JSON text)
+        self.presence: str | None = None
         self._gap_round = -1
 
     def on_message(self, channel: str, message: str) -> None:
         self.connection.push(self.prefix + push_tail(message))
 
     def on_gap(self, channel: str) -> None:
+        # a stream whose rooms all keep history is told by them (they catch up, or push
+        # "unrecovered"); its own channel (its request id) keeps none: see the README's
+        # "Delivery guarantees" for what that leaves uncovered
+        rooms = self.rooms
+        if rooms and all(room.keeps_history for room in rooms):
+            return
         self.notify_gap(self.antenna.gap_round)
 
     def notify_gap(self, gap: int) -> None:

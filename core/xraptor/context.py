@@ -10,9 +10,9 @@ The core's process-wide mutable state is, in full:
 
 * the default app, here;
 * the installed plugins (:func:`xraptor.plugins.get_plugins`), found once per process;
-* the memory antenna's bus (``MemoryAntenna._bus``) and room histories
-  (``MemoryAntenna._histories``), which stand in for a broker every memory antenna
-  of the process shares;
+* the memory antenna's bus (``MemoryAntenna._bus``), room histories
+  (``MemoryAntenna._histories``) and presence (``MemoryAntenna._presence``), which
+  stand in for a broker every memory antenna of the process shares;
 * the class-wide options of the 0.4 ``Antenna.set_config`` API (``Antenna._config``).
 
 Everything else (routes, middlewares, guards, rooms, streams, antennas) belongs to an

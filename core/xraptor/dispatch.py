@@ -15,6 +15,7 @@ from .antenna import AntennaError, AntennaUnavailable, MessageTooLarge
 from .app import App
 from .connection import Connection, Stream
 from .middleware import MiddlewareChain
+from .presence import client_info
 from .protocol import (
     ACK,
     ErrorCode,
@@ -230,8 +231,10 @@ class Dispatch(App):
                 "server's limit; UNSUB one first",
             )
         since = since_of(request) if request.header else None
+        shared = client_info(request) if request.header else None
         stream = Stream(connection, request_id, self.antenna)
         stream.since = since
+        stream.presence = shared
         self.streams[request_id] = stream
         connection.streams[request_id] = stream
         self.metrics.streams_active += 1

@@ -113,8 +113,8 @@ def room_settings(
 
     :raises TypeError: a value of the wrong type
     :raises ValueError: an invalid pattern, a negative size, a ttl that is not a
-        positive number of seconds, or a ttl without a size
-    :raises NotImplementedError: ``presence`` or ``join_leave`` asked for (not yet)
+        positive number of seconds, a ttl without a size, or ``join_leave`` without
+        ``presence``
     """
     if not isinstance(pattern, str):
         raise TypeError(f"a room pattern must be a str (a regex), got {type(pattern).__name__}")
@@ -135,11 +135,8 @@ def room_settings(
     for name, wanted in (("presence", presence), ("join_leave", join_leave)):
         if not isinstance(wanted, bool):
             raise TypeError(f"{name} must be a bool, got {wanted!r}")
-        if wanted:
-            raise NotImplementedError(
-                f"configure_rooms({name}=True) is not implemented yet (issue 12); "
-                "rooms can keep history only"
-            )
+    if join_leave and not presence:
+        raise ValueError("join_leave=True needs presence=True (the notices announce presence)")
     history = HistoryPolicy(history_size, history_ttl) if history_size else None
     return RoomSettings(compiled, history, presence, join_leave)
 

@@ -19,11 +19,16 @@ _COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("streams_active", "gauge", "Open SUB streams"),
     ("slow_consumer_disconnects_total", "counter", "Connections closed as slow consumers"),
     ("gap_notices_total", "counter", "Backend gaps reported to streams"),
-    ("recoveries_total", "counter", "Rooms recovered from history for a SUB with since"),
+    (
+        "recoveries_total",
+        "counter",
+        "Rooms recovered from history (a SUB with since, or a room after an outage)",
+    ),
     (
         "unrecovered_total",
         "counter",
-        "Unrecovered notices: the room's history no longer reached back to a SUB's since",
+        "Unrecovered notices: a room's history no longer reached back to a SUB's since "
+        "or to the room's last message before an outage",
     ),
     (
         "handshake_refusals_total",

@@ -324,8 +324,9 @@ PING_ROUTE = "/_xraptor/ping"
 
 #: header keys the protocol reserves (clients and handlers should not use them otherwise):
 #: ``ack`` (a SUB asks for, and its acknowledgment carries, ``{"ack": true}``), ``since``,
-#: ``notice`` (gap notices), ``error`` (error responses), ``room`` and ``position``
-RESERVED_HEADERS = ("ack", "since", "notice", "error", "room", "position")
+#: ``notice`` (gap, join and leave notices), ``error`` (error responses), ``room``,
+#: ``position`` and ``presence`` (what a SUB shares in rooms with presence)
+RESERVED_HEADERS = ("ack", "since", "notice", "error", "room", "position", "presence")
 
 #: the header key of a SUB that asks for an acknowledgment
 ACK = "ack"

@@ -12,11 +12,21 @@ history before any process receives it.
 When the history no longer reaches back to the position (trimmed, expired, another
 epoch, a room without history), the stream receives one push with the header
 ``{"notice": "unrecovered", "room": "<room id>"}`` instead, then the live messages.
+
+After a backend outage (the antenna reports a gap once it resubscribed), a room with
+history catches up the same way (:func:`catch_up`): from the last position it delivered
+in this process, it reads the history and delivers what followed to its members, then
+the live messages it held back meanwhile that the history did not hold; when the history
+no longer reaches back that far (a backend that lost it, trimming, or a room that had
+delivered nothing yet), its local members get the ``unrecovered`` notice instead of the
+gap notice. The notice names the room, so that the application reloads that room only,
+and it is the notice a reconnecting client already handles.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING
 
 import orjson
@@ -30,12 +40,23 @@ if TYPE_CHECKING:
     from .broadcast import Broadcast
     from .connection import Stream
 
+logger = logging.getLogger("xraptor.recovery")
+
 #: the SUB header key carrying the positions to recover from
 SINCE = "since"
+#: messages a catch-up delivers before it lets the event loop write them out
+_CATCH_UP_BATCH = 256
 
 UNRECOVERED_PAYLOAD = (
     '{"code": "unrecovered", "message": "the room\'s history no longer reaches back to '
     'the position given in since; messages published meanwhile may have been missed"}'
+)
+
+
+OUTAGE_PAYLOAD = (
+    '{"code": "unrecovered", "message": "the backend was unreachable and the room\'s '
+    "history no longer reaches back to the last message delivered before; messages "
+    'published meanwhile may have been missed"}'
 )
 
 
@@ -114,6 +135,10 @@ async def _recover_room(stream: Stream, room: Broadcast, after: Position, antenn
                 stream, prefix + push_tail(entry.message, room.position_header(entry.position))
             )
             last = entry.position
+        if room.last_position is None:
+            # the room received nothing live yet, and receives everything after ``last``:
+            # from there it can catch up after an outage (xraptor.recovery.catch_up)
+            room.last_position = last
     held = room.held_back(stream.request_id)
     for entry in held or ():
         position = entry.position
@@ -131,3 +156,64 @@ async def _send(stream: Stream, frame: bytes) -> None:
 
 def _unrecovered_header(room: Broadcast) -> bytes:
     return orjson.dumps({"notice": "unrecovered", "room": room.broadcast_id})
+
+
+async def catch_up(room: Broadcast) -> None:
+    """After a backend outage: deliver what ``room`` (a room with history) missed since
+    the last position it delivered, then the live messages it held back meanwhile
+    (:attr:`~xraptor.Broadcast.catching_up`), or push the ``unrecovered`` notice to its
+    local members when the history no longer reaches back; then let live messages
+    through. Started by :meth:`~xraptor.Broadcast.on_gap`; reads again when another gap
+    came meanwhile.
+    """
+    try:
+        recovered = await _deliver_missed(room)
+    except Exception:  # whatever went wrong, the room must not hold messages back for ever
+        logger.exception("room %.64r: catching up after an outage failed", room.broadcast_id)
+        recovered = False
+    streams = room.local_streams()
+    for stream in streams:
+        metrics = stream.connection.metrics
+        if recovered:
+            metrics.recoveries_total += 1
+        else:
+            metrics.unrecovered_total += 1
+            stream.connection.push(
+                stream.prefix + push_tail(OUTAGE_PAYLOAD, _unrecovered_header(room))
+            )
+    held, room.catching_up = room.catching_up or [], None
+    last = room.last_position
+    for entry in held:
+        position = entry.position
+        if last is not None and position.epoch == last.epoch and position.offset <= last.offset:
+            continue  # delivered from the history already
+        room.deliver_at(entry.message, position)
+
+
+async def _deliver_missed(room: Broadcast) -> bool:
+    """Deliver from the history what ``room`` missed after its last position, again
+    while gaps keep coming; whether the history reached back (else nothing or only part
+    of what was missed was delivered)."""
+    while True:
+        room.gap_again = False
+        after = room.last_position
+        entries: list[HistoryEntry] | None = None
+        if after is not None:
+            try:
+                entries = await room.antenna.read_history(room.broadcast_id, after)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                logger.warning(
+                    "room %.64r: reading its history after an outage failed: %r",
+                    room.broadcast_id,
+                    error,
+                )
+        if entries is None:
+            return False
+        for count, entry in enumerate(entries, 1):
+            room.deliver_at(entry.message, entry.position)
+            if count % _CATCH_UP_BATCH == 0:
+                await asyncio.sleep(0)  # let the transports write; live ones stay held
+        if not room.gap_again:
+            return True

@@ -18,6 +18,7 @@ from . import static
 from .admission import Admitted, admit
 from .connection import Connection
 from .context import default_app, set_default_factory
+from .deflate import check_compression
 from .endpoints import http_answer
 from .logs import serve_defaults, ws_url
 from .metrics import Metrics
@@ -74,6 +75,12 @@ class XRaptor(Reader):
     :param transport: the listening transport, by name: ``"websockets"`` (built in) or
         one a plugin offers (``xraptor plugins`` lists them)
     :param ssl: an :class:`ssl.SSLContext` to serve ``wss://`` (``None``: plain ``ws://``)
+    :param compression: permessage-deflate for clients that offer it (browsers do):
+        ``"shared"`` (the default) compresses each room or stream message once for all
+        members, without context takeover; ``"deflate"`` is websockets' own compression
+        per connection, with context takeover (xraptor 0.5's behaviour); ``None``
+        negotiates none. See the README's "Compression". Transports that cannot
+        compress (picows) negotiate nothing; under ASGI the ASGI server decides.
     :param origins: the browser origins allowed to open a WebSocket: ``None`` (the
         default) for same-origin pages only, ``["https://app.example", ...]`` for
         exactly those, ``["*"]`` for every origin. Upgrades without an ``Origin``
@@ -108,6 +115,7 @@ class XRaptor(Reader):
         origins: Iterable[str] | None = None,
         transport: str = "websockets",
         ssl: _ssl.SSLContext | None = None,
+        compression: str | None = "shared",
     ) -> None:
         if not isinstance(port, int) or not 0 <= port <= 65535:
             raise ValueError(f"port must be an int from 0 to 65535, got {port!r}")
@@ -131,6 +139,7 @@ class XRaptor(Reader):
         self.transport = transport
         #: the TLS context the server listens with (``None``: plain ``ws://``)
         self.ssl = ssl
+        self.compression = compression
         self.host = ip_address
         self.reuse_port = reuse_port
         self.port = port
@@ -196,6 +205,16 @@ class XRaptor(Reader):
         return self
 
     @property
+    def compression(self) -> str | None:
+        """The compression policy: ``"shared"``, ``"deflate"`` or ``None`` (see the
+        ``compression`` parameter); settable until :meth:`start`."""
+        return self._compression
+
+    @compression.setter
+    def compression(self, value: str | None) -> None:
+        self._compression = check_compression(value)
+
+    @property
     def health_path(self) -> str | None:
         """The HTTP path of the health check (``None``: disabled)."""
         return self._health_path
@@ -224,6 +243,7 @@ class XRaptor(Reader):
             ssl=self.ssl,
             reuse_port=self.reuse_port,
             close_timeout=self.close_timeout,
+            compression=self._compression,
             **self._serve_options,
         )
         try:
@@ -247,6 +267,7 @@ class XRaptor(Reader):
         history = self.history_resolver()
         if history is not None:
             antenna.set_history(history)  # raises if the antenna cannot keep history
+        self.presence_tracker.configure(self.presence_resolver(), antenna)  # may raise too
         default_app()._last_started = self
         self.metrics = Metrics()
         self._draining = False

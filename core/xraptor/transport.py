@@ -42,6 +42,9 @@ class ListenOptions:
     ping_timeout: float | None = 20
     #: seconds a closing handshake may take
     close_timeout: float = 2.0
+    #: ``"shared"``, ``"deflate"`` or ``None`` (see ``XRaptor(compression=...)``); a
+    #: transport that cannot compress negotiates nothing
+    compression: str | None = "shared"
 
 
 class Listener(Protocol):

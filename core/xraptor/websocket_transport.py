@@ -28,6 +28,12 @@ from websockets.protocol import State
 from .admission import Admitted, is_upgrade
 from .connection import Connection
 from .context import serving
+from .deflate import (
+    SharedCompressor,
+    SharedCompressors,
+    SharedDeflateFactory,
+    shared_compressor,
+)
 from .endpoints import DRAINING_RESPONSE
 from .handshake import identity_of, select_subprotocol, set_identity
 from .hookspecs import hookimpl
@@ -170,6 +176,39 @@ class WebsocketsConnection(Connection):
         await self.ws.wait_closed()
 
 
+class SharedDeflateConnection(WebsocketsConnection):
+    """A connection that negotiated ``compression="shared"``: pushes are compressed by
+    the process's :class:`~xraptor.deflate.SharedCompressor`, each room message's
+    tail once for all members (see :mod:`xraptor.deflate`).
+
+    A push is written as a whole frame to the transport, below websockets' protocol
+    (the hot path: no Frame object, no extension call, no copy per member).
+    That is sound because websockets writes what its protocol produces at once, so
+    nothing of its own waits in ``protocol.writes``, and :meth:`push` writes only while
+    the protocol is OPEN; while a fragmented message is being sent (xraptor sends none)
+    the push goes to websockets instead, which refuses it as it would any frame.
+    """
+
+    __slots__ = ("_compressor",)
+
+    def __init__(
+        self, ws: ServerConnection, max_buffer: int, metrics: Metrics, compressor: SharedCompressor
+    ) -> None:
+        super().__init__(ws, max_buffer, metrics)
+        self._compressor = compressor
+
+    def enqueue(self, frame: bytes) -> bool:
+        ws = self.ws
+        if ws.protocol.expect_continuation_frame:
+            return super().enqueue(frame)  # refused by websockets, as any frame would be
+        try:
+            ws.transport.write(self._compressor.websocket_frame(frame))
+        except Exception as error:
+            logger.debug("writing a frame failed: %s", error)
+            return False
+        return True
+
+
 # ----- the listener -----------------------------------------------------------------
 
 
@@ -213,7 +252,10 @@ async def listen(app: XRaptor, options: ListenOptions) -> WebsocketsListener:
 
     def handle(ws: ServerConnection) -> Coroutine[Any, Any, None]:
         # websockets' handler of one connection, run in websockets' task for it
-        return app._open(WebsocketsConnection(ws, app._max_buffer, app.metrics))
+        compressor = shared_compressor(ws.protocol.extensions) if compressors else None
+        if compressor is None:
+            return app._open(WebsocketsConnection(ws, app._max_buffer, app.metrics))
+        return app._open(SharedDeflateConnection(ws, app._max_buffer, app.metrics, compressor))
 
     async def process_request(
         connection: ServerConnection, request: HttpRequest
@@ -231,6 +273,7 @@ async def listen(app: XRaptor, options: ListenOptions) -> WebsocketsListener:
             return None
         return outcome
 
+    compressors = SharedCompressors() if options.compression == "shared" else None
     server = await serve(
         handle,
         options.host,
@@ -245,6 +288,9 @@ async def listen(app: XRaptor, options: ListenOptions) -> WebsocketsListener:
         max_queue=options.max_queue,
         ping_interval=options.ping_interval,
         ping_timeout=options.ping_timeout,
+        # "shared": our extension instead of websockets' (see xraptor.deflate)
+        compression="deflate" if options.compression == "deflate" else None,
+        extensions=[SharedDeflateFactory(compressors)] if compressors else None,
     )
     return WebsocketsListener(app, server)
 

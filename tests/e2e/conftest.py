@@ -51,3 +51,18 @@ def redis_url() -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(10)
+
+
+@pytest.fixture
+def nats_url(tmp_path: Any) -> Iterator[str]:
+    """A private nats-server with JetStream (room history needs it) on a free port."""
+    binary = require_binary("nats-server", "/usr/sbin/nats-server")
+    port = free_port()
+    command = [binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(tmp_path / "js")]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, process)
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(10)

@@ -113,3 +113,28 @@ def test_browser_client_module_shape(
     assert result["push"]["method"] == "SUB"
     assert result["push"]["payload"] == '{"origin":"me","message":"x"}'
     assert result["afterClose"] == "closed"
+
+
+def test_the_page_reconnects_to_a_restarted_server_and_rejoins_its_room(
+    browser: Any,
+) -> None:
+    """The demo page connects with ``{reconnect: true}``: after the server restarts on
+    the same port, it reconnects, joins its room again, says that messages may have
+    been missed (the demo's rooms keep no history), and receives the room again."""
+    from playwright.sync_api import expect
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    alice = browser.new_page()
+    with running(xraptor_command("demo", "--port", str(port)), port):
+        join_chat(alice, url, "again", "alice")
+    # the server drained and stopped; a new one takes the port
+    with running(xraptor_command("demo", "--port", str(port)), port):
+        expect(alice.locator("#status")).to_contain_text("reconnected", timeout=15000)
+        expect(alice.locator("#messages")).to_contain_text("may have been missed")
+        assert alice.locator("body").get_attribute("data-joined") == "yes"
+        bob = browser.new_page()
+        join_chat(bob, url, "again", "bob")
+        bob.fill("#text", "welcome back")
+        bob.click("#send-button")
+        expect(alice.locator("#messages")).to_contain_text("bobwelcome back")

@@ -6,6 +6,7 @@ import math
 import secrets
 import time
 from collections import deque
+from collections.abc import Collection, Mapping
 from itertools import islice
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -28,6 +29,9 @@ class MemoryAntenna(Antenna):
     buffer of its last messages, shared by every instance like the bus, and lost with
     the process. Offsets count up by one from 1; a channel's epoch is drawn when its
     buffer is made, again after the buffer was dropped (every message expired).
+
+    It keeps presence (the optional capability) in a dict per room, shared by every
+    instance like the bus; expired members stay until ``presence_expire`` takes them.
     """
 
     name: ClassVar[str] = "memory"
@@ -35,6 +39,8 @@ class MemoryAntenna(Antenna):
     _bus: ClassVar[dict[str, list[MemoryAntenna]]] = {}
     #: channel -> its history, shared by every instance in the process
     _histories: ClassVar[dict[str, _History]] = {}
+    #: room -> member key -> (expiry on the monotonic clock, info), shared likewise
+    _presence: ClassVar[dict[str, dict[str, tuple[float, str]]]] = {}
 
     @classmethod
     def options_from_url(cls, url: str) -> dict[str, Any]:
@@ -77,6 +83,38 @@ class MemoryAntenna(Antenna):
         if record is None or after.epoch != record.epoch:
             return None
         return record.after(after.offset)
+
+    async def presence_set(self, room: str, members: Mapping[str, str]) -> None:
+        expiry = time.monotonic() + self.presence_ttl
+        present = self._presence.setdefault(room, {})
+        for member, info in members.items():
+            present[member] = (expiry, info)
+
+    async def presence_remove(self, room: str, members: Collection[str]) -> None:
+        present = self._presence.get(room)
+        if present is None:
+            return
+        for member in members:
+            present.pop(member, None)
+        if not present:
+            del self._presence[room]
+
+    async def presence_list(self, room: str) -> dict[str, str]:
+        now = time.monotonic()
+        present = self._presence.get(room, {})
+        return {member: info for member, (expiry, info) in present.items() if expiry > now}
+
+    async def presence_expire(self, room: str) -> dict[str, str]:
+        present = self._presence.get(room)
+        if present is None:
+            return {}
+        now = time.monotonic()
+        expired = {member: info for member, (expiry, info) in present.items() if expiry <= now}
+        for member in expired:
+            del present[member]
+        if not present:
+            del self._presence[room]
+        return expired
 
     async def watch(self, channel: str) -> None:
         watchers = self._bus.setdefault(channel, [])

@@ -15,6 +15,7 @@
   channel names unique to each test.
 * :class:`HistoryConformance`: the optional history capability as a pytest suite,
   for antennas that declare it (same ``antenna_factory`` fixture).
+* :class:`PresenceConformance`: the optional presence capability, likewise.
 * :func:`eventually`: poll an async condition with a deadline.
 * :func:`health`: a running server's ``/health`` status and document;
   :func:`seconds_until_health`: how long until it answers a given status.
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     )
     from .history import HistoryConformance
     from .http import health, seconds_until_health
+    from .presence import PresenceConformance
     from .tls import self_signed_cert
 
 __all__ = [
@@ -50,6 +52,7 @@ __all__ = [
     "ChannelNames",
     "Connect",
     "HistoryConformance",
+    "PresenceConformance",
     "ResourceCounter",
     "TestClient",
     "eventually",
@@ -65,6 +68,7 @@ _MODULES = {
     "ResourceCounter": "conformance",
     "Connect": "client",
     "HistoryConformance": "history",
+    "PresenceConformance": "presence",
     "TestClient": "client",
     "eventually": "conformance",
     "health": "http",

@@ -5,22 +5,17 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from nats_support import NatsServer, free_port, nats_binary
+from nats_support import NatsServer, free_port, jetstream_server, nats_binary, shared_url_or_skip
 
 
 @pytest.fixture(scope="module")
 def nats_server() -> Iterator[NatsServer]:
     binary = nats_binary()
     if binary is None:
-        url = os.environ.get("XRAPTOR_NATS_URL")
-        if not url:
-            reason = "no nats-server on PATH and XRAPTOR_NATS_URL is not set"
-            if os.environ.get("CI") == "true":
-                pytest.fail(f"CI=true: {reason}")
-            pytest.skip(reason)
-        yield NatsServer(url, None)
+        yield NatsServer(shared_url_or_skip(), None)
         return
     server = NatsServer(f"nats://127.0.0.1:{free_port()}", binary)
     server.start()
@@ -59,3 +54,18 @@ def _own_subjects() -> Iterator[None]:
     NatsAntenna.set_config({"subject_prefix": f"xrtest.{uuid.uuid4().hex}"})
     yield
     NatsAntenna.set_config({})
+
+
+@pytest.fixture
+def private_jetstream(tmp_path: Path) -> Iterator[NatsServer]:
+    """A nats-server -js of the test's own (with its store directory), to kill and restart."""
+    server = jetstream_server(tmp_path / "store")
+    if server is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true: no nats-server on PATH")
+        pytest.skip("fault injection needs the nats-server binary (to kill and restart it)")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

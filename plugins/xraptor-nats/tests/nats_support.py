@@ -8,13 +8,25 @@ its own server (started with mirakuru); without it ``XRAPTOR_NATS_URL`` is used
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import shutil
 import signal
 import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from mirakuru import TCPExecutor
+
+from xraptor.testing import health
+
+CHAT_SERVER = Path(__file__).with_name("nats_chat_server.py")
 
 
 def free_port() -> int:
@@ -81,7 +93,94 @@ class NatsServer:
             self._executor.kill(wait=True, sig=signal.SIGKILL)
 
 
+def shared_url_or_skip() -> str:
+    """``XRAPTOR_NATS_URL`` (used without the nats-server binary), else a skip, or a
+    failure under ``CI=true``."""
+    url = os.environ.get("XRAPTOR_NATS_URL")
+    if not url:
+        reason = "no nats-server on PATH and XRAPTOR_NATS_URL is not set"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true: {reason}")
+        pytest.skip(reason)
+    return url
+
+
+def jetstream_server(store: Path) -> NatsServer | None:
+    """A nats-server with JetStream storing in ``store`` (not started); ``None`` without
+    the binary."""
+    binary = nats_binary()
+    if binary is None:
+        return None
+    return NatsServer(f"nats://127.0.0.1:{free_port()}", binary, ("-js", "-sd", str(store)))
+
+
 def nats_binary() -> str | None:
     return shutil.which("nats-server") or (
         "/usr/sbin/nats-server" if os.path.exists("/usr/sbin/nats-server") else None
     )
+
+
+class Process:
+    """A chat server process (``nats_chat_server.py``) on a free port; ``args`` follow
+    its antenna URL and port."""
+
+    def __init__(self, url: str, *args: str) -> None:
+        self.port = free_port()
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, str(CHAT_SERVER), url, str(self.port), *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 15
+        while True:
+            if self.proc.poll() is not None:
+                out = self.proc.stdout.read().decode() if self.proc.stdout else ""
+                raise RuntimeError(f"chat server exited: {out}")
+            try:
+                self.health()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise
+                time.sleep(0.05)
+
+    def health(self) -> dict[str, Any]:
+        """The /health document (served with status 503 while the antenna is down)."""
+        return health(self.port, timeout=2)[1]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout:
+            self.proc.stdout.close()
+
+
+@contextlib.contextmanager
+def two_processes(url: str, *args: str) -> Iterator[tuple[Process, Process]]:
+    """Two chat server processes on the antenna at ``url``, stopped on exit."""
+    one = Process(url, *args)
+    try:
+        two = Process(url, *args)
+    except BaseException:
+        one.stop()
+        raise
+    try:
+        yield one, two
+    finally:
+        one.stop()
+        two.stop()
+
+
+async def wait_antenna_state(processes: Iterable[Process], state: str, seconds: float) -> None:
+    """Wait until every process's /health shows its antenna in ``state``."""
+    deadline = time.monotonic() + seconds
+    while any(p.health()["antenna"]["state"] != state for p in processes):
+        assert time.monotonic() < deadline, f"the antennas are not {state} after {seconds} s"
+        await asyncio.sleep(0.1)

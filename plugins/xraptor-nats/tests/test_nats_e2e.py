@@ -8,22 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import nats
 import pytest
 import pytest_asyncio
 from nats.aio.msg import Msg
-from nats_support import free_port
+from nats_support import Process, two_processes, wait_antenna_state
 from websockets.asyncio.client import ClientConnection, connect
 
-from xraptor.testing import health
 from xraptor_nats.forward import route_subject
 
 if TYPE_CHECKING:
@@ -31,59 +26,11 @@ if TYPE_CHECKING:
 
 pytest.importorskip("xraptor.demo", reason="the core server's chat demo is not there yet")
 
-SERVER = Path(__file__).with_name("nats_chat_server.py")
-
-
-class Process:
-    def __init__(self, url: str) -> None:
-        self.port = free_port()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(
-            [sys.executable, str(SERVER), url, str(self.port)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 15
-        while True:
-            if self.proc.poll() is not None:
-                out = self.proc.stdout.read().decode() if self.proc.stdout else ""
-                raise RuntimeError(f"chat server exited: {out}")
-            try:
-                self.health()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise
-                time.sleep(0.05)
-
-    def health(self) -> dict[str, Any]:
-        """The /health document (served with status 503 while the antenna is down)."""
-        return health(self.port, timeout=2)[1]
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        if self.proc.stdout:
-            self.proc.stdout.close()
-
 
 @pytest.fixture
 def servers(private_nats: NatsServer) -> Iterator[tuple[Process, Process]]:
-    one = Process(private_nats.url)
-    try:
-        two = Process(private_nats.url)
-    except BaseException:
-        one.stop()
-        raise
-    yield one, two
-    one.stop()
-    two.stop()
+    with two_processes(private_nats.url) as both:
+        yield both
 
 
 class Ws:
@@ -190,10 +137,7 @@ async def test_nats_outage_gives_gap_and_recovers(
     a, b = clients
     await _join(a, b, "room-2")
     private_nats.kill()
-    deadline = time.monotonic() + 10
-    while any(s.health()["antenna"]["state"] != "down" for s in servers):
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.1)
+    await wait_antenna_state(servers, "down", 10)
     private_nats.restart()
     for ws, rid in ((a, "a-sub"), (b, "b-sub")):
         gap = await ws.wait_for(rid, lambda m: "gap" in json.dumps(m.get("header", {})), 15)

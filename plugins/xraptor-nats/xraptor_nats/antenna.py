@@ -9,6 +9,9 @@ Subjects (``P`` is the ``subject_prefix`` option, ``T`` the channel's token from
   nobody subscribes to gets the server's "no responders" status at once, so
   :meth:`is_alive` is truthful across processes. One subscription per channel
   serves both (one nats-py task per channel).
+* ``P.h.<size>_<ttl ms>.T``: the messages of a channel that keeps history, stored in
+  a JetStream stream that republishes them to ``P.ch.T`` with their sequence
+  (:mod:`xraptor_nats.history`); watchers need nothing more than for other channels.
 
 Health: :meth:`NatsAntenna.ping` (the contract's optional round trip, probed by
 the base class) is the same server round trip as :meth:`NatsAntenna._sync`: a
@@ -23,6 +26,8 @@ import contextlib
 import functools
 import itertools
 import logging
+import re
+from collections.abc import Collection, Mapping
 from typing import Any, ClassVar
 
 import nats
@@ -31,9 +36,16 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 
-from xraptor.antenna import Antenna, AntennaError, AntennaUnavailable, MessageTooLarge
+from xraptor.antenna import Antenna, AntennaError, AntennaUnavailable
+from xraptor.history import HistoryEntry, HistoryPolicy, Position
 
+from .cluster import MARKER_HEADER, ClusterProbes
 from .config import DEFAULT_SERVERS, PENDING_SIZE, positive, redact, split_servers
+from .errors import ANY_NATS, UNAVAILABLE, jetstream_errors
+from .history import HistoryOptions, JetStreamHistory, check_policy
+from .outgoing import Outgoing
+from .presence import NatsPresence, bucket_name
+from .republish import SEQUENCE_HEADER, STREAM_HEADER, Republished
 from .subjects import channel_token, check_prefix
 
 logger = logging.getLogger("xraptor_nats")
@@ -41,26 +53,15 @@ logger = logging.getLogger("xraptor_nats")
 #: header that marks a request on a channel's subject as a liveness probe
 PROBE_HEADER = "Xraptor-Probe"
 
-_token = functools.lru_cache(maxsize=8192)(channel_token)
+#: a JetStream bucket's name
+_BUCKET = re.compile(r"^[A-Za-z0-9_-]+$")
 
-#: nats-py errors that mean "the server cannot take this now"
-_UNAVAILABLE: tuple[type[BaseException], ...] = (
-    nats.errors.ConnectionClosedError,
-    nats.errors.ConnectionReconnectingError,
-    nats.errors.ConnectionDrainingError,
-    nats.errors.OutboundBufferLimitError,
-    nats.errors.StaleConnectionError,
-    nats.errors.TimeoutError,
-    nats.errors.FlushTimeoutError,
-    TimeoutError,
-    OSError,
-)
-#: what best-effort steps (unsubscribe, confirmations on close) may meet
-_ANY_NATS: tuple[type[BaseException], ...] = (*_UNAVAILABLE, nats.errors.Error, AntennaUnavailable)
+_token = functools.lru_cache(maxsize=8192)(channel_token)
 
 
 class NatsAntenna(Antenna):
-    """Pub/sub over NATS core (at-most-once, per-channel order).
+    """Pub/sub over NATS core (at-most-once, per-channel order); room history on
+    JetStream (:mod:`xraptor_nats.history`).
 
     Options (keyword arguments, or class-wide with :meth:`set_config`):
 
@@ -78,6 +79,15 @@ class NatsAntenna(Antenna):
     :param health_interval: seconds between health probes; default 1.0
     :param connect_options: further keyword arguments for ``nats.connect`` (``user``,
         ``password``, ``token``, ``tls``, ``user_credentials``, ...)
+    :param presence_ttl: seconds a room member of a process that stopped refreshing it
+        stays listed; default 30 (see :mod:`xraptor_nats.presence`, which needs JetStream)
+    :param presence_bucket: the key-value bucket of presence; default the subject
+        prefix (dots as ``_``) and ``_presence``
+    :param history_stream_prefix: first part of the history streams' names; default
+        ``XRAPTOR_H`` (with a digest of ``subject_prefix`` when that is not the default)
+    :param history_storage: ``"file"`` (default: history outlives a server restart)
+        or ``"memory"``
+    :param history_replicas: replicas of each history stream (clustered JetStream); default 1
     """
 
     name: ClassVar[str] = "nats"
@@ -101,8 +111,11 @@ class NatsAntenna(Antenna):
             raise TypeError("connect_options must be a dict of nats.connect keyword arguments")
         self._connect_options: dict[str, Any] = dict(extra)
         self._conn_name = str(opts.get("name", "xraptor"))
-        self._pending_size = PENDING_SIZE
         self._where = ", ".join(redact(url) for url in self.servers)
+        self._outgoing = Outgoing(PENDING_SIZE, self.publish_timeout, self._where)
+        self._history_options = HistoryOptions.from_options(opts, self.subject_prefix)
+        self._jetstream: JetStreamHistory | None = None
+        self._republished: Republished | None = None
         self._nc: Client | None = None
         self._subs: dict[str, NatsSubscription] = {}
         self._sid_channel: dict[int, str] = {}
@@ -110,8 +123,14 @@ class NatsAntenna(Antenna):
         self._sync_subject = ""
         self._sync_seq = itertools.count()
         self._sync_waiters: dict[int, asyncio.Future[None]] = {}
+        #: connections to the other members of a cluster (none for a lone server)
+        self._cluster = ClusterProbes({**self._connect_options, "name": f"{self._conn_name}-probe"})
         #: how many times the connection came back after an outage
         self.reconnects = 0
+        bucket = opts.get("presence_bucket") or bucket_name(self.subject_prefix)
+        if not isinstance(bucket, str) or not _BUCKET.match(bucket):
+            raise ValueError(f"presence_bucket must be letters, digits, '_' or '-'; got {bucket!r}")
+        self._presence = NatsPresence(bucket, self.publish_timeout)
 
     @classmethod
     def options_from_url(cls, url: str) -> dict[str, Any]:
@@ -139,7 +158,7 @@ class NatsAntenna(Antenna):
             "pending_size": PENDING_SIZE,
             **self._connect_options,
         }
-        self._pending_size = int(options["pending_size"])
+        self._outgoing = Outgoing(int(options["pending_size"]), self.publish_timeout, self._where)
         options.update(
             # this process must receive its own messages (its streams and the sync markers)
             no_echo=False,
@@ -148,6 +167,7 @@ class NatsAntenna(Antenna):
             disconnected_cb=self._on_disconnected,
             reconnected_cb=self._on_reconnected,
             closed_cb=self._on_closed,
+            discovered_server_cb=self._on_discovered,
         )
         try:
             nc = await nats.connect(**options)
@@ -168,7 +188,12 @@ class NatsAntenna(Antenna):
             )
         self._sync_subject = nc.new_inbox()
         await nc.subscribe(self._sync_subject, cb=self._on_sync)
+        self._jetstream = JetStreamHistory(
+            nc, self._history_options, self.subject_prefix, self.publish_timeout
+        )
+        self._republished = Republished(self._jetstream, self)
         self._nc = nc
+        await self._cluster.refresh(nc, wait=True)
         self.set_state("up")
 
     async def disconnect(self) -> None:
@@ -176,10 +201,11 @@ class NatsAntenna(Antenna):
         nc, self._nc = self._nc, None
         self._subs.clear()
         self._sid_channel.clear()
+        await self._cluster.close()
         if nc is None:
             return
         if nc.is_connected:
-            with contextlib.suppress(*_ANY_NATS):  # let what was published reach the server
+            with contextlib.suppress(*ANY_NATS):  # let what was published reach the server
                 await self._sync(nc)
         await nc.close()
 
@@ -199,16 +225,44 @@ class NatsAntenna(Antenna):
             return
         logger.warning("lost the NATS connection; reconnecting")
         self.set_state("down")
+        if self._jetstream is not None:  # the server may come back without its streams
+            self._jetstream.forget()
 
     async def _on_reconnected(self) -> None:
         if self._closing:
             return
+        nc = self._nc
+        if nc is not None:
+            # maybe on another member now: every member must route the resubscribed
+            # channels here before the gap is reported (a fresh marker subject proves
+            # the resubscriptions sent before it)
+            with contextlib.suppress(*ANY_NATS):
+                await self._cluster.refresh(nc, wait=False)
+                marker = await nc.subscribe(nc.new_inbox(), cb=self._on_marker)
+                try:
+                    await self._sync(nc)
+                    await self._cluster.confirm(marker.subject, self.publish_timeout)
+                finally:
+                    await _unsubscribe(marker, "cluster marker")
         self.reconnects += 1
         logger.warning("NATS connection back; subscriptions restored")
         self.set_state("up")
         # nats-py resubscribed every subscription before calling us; messages
-        # published during the outage are lost, so say so.
+        # published during the outage are lost (history rooms recover them), so say so.
         self.report_gap(self.watched_channels())
+
+    async def _on_discovered(self) -> None:
+        """The server announced new cluster members: open probe connections to them."""
+        nc = self._nc
+        if nc is not None and not self._closing:
+            with contextlib.suppress(*ANY_NATS):
+                await self._cluster.refresh(nc, wait=False)
+
+    async def _on_marker(self, msg: Msg) -> None:
+        if msg.headers:
+            token = msg.headers.get(MARKER_HEADER)
+            if token is not None:
+                self._cluster.on_marker(token)
 
     async def _on_closed(self) -> None:
         if not self._closing:
@@ -228,65 +282,73 @@ class NatsAntenna(Antenna):
 
     async def publish(self, channel: str, message: str) -> None:
         nc = self._connected()
-        data = message.encode("utf-8", "surrogatepass")
-        if len(data) > nc.max_payload:
-            raise MessageTooLarge(
-                f"message of {len(data)} bytes exceeds the NATS server's max_payload "
-                f"({nc.max_payload} bytes)"
-            )
         subject = self.subject(channel)
-        need = len(data) + len(subject) + 32
-        if nc.pending_data_size + need > self._pending_size:
-            await self._wait_for_room(nc, need)
+        data = await self._outgoing.encode(nc, message, len(subject))
         try:
             # with room in the buffer nats-py only queues the message: no suspension
             await nc.publish(subject, data)
-        except _UNAVAILABLE as error:
+        except UNAVAILABLE as error:
             raise AntennaUnavailable(
                 f"could not publish to NATS: {type(error).__name__}: {error}"
             ) from error
 
-    async def _wait_for_room(self, nc: Client, need: int) -> None:
-        """Wait, at most ``publish_timeout``, until nats-py's outgoing buffer has room.
+    async def publish_with_history(
+        self, channel: str, message: str, history: HistoryPolicy
+    ) -> Position:
+        check_policy(history)
+        nc = self._connected()
+        data = await self._outgoing.encode(nc, message, 128)
+        assert self._jetstream is not None
+        async with jetstream_errors("publish to the history"):
+            return await self._jetstream.publish(channel, _token(channel), data, history)
 
-        nats-py itself would wait for its flusher without bound when the buffer is
-        full (and swallows the cancellation a timeout sends), so a server that
-        stopped reading would make publishes pile up in memory. Polling is crude,
-        but this path runs only while the socket cannot keep up.
-        """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.publish_timeout
-        while nc.pending_data_size + need > self._pending_size:
-            if not nc.is_connected or loop.time() >= deadline:
-                raise AntennaUnavailable(
-                    f"NATS at {self._where} is not taking messages: "
-                    f"{nc.pending_data_size} bytes still waiting after {self.publish_timeout} s"
-                )
-            await asyncio.sleep(0.005)
+    async def read_history(self, channel: str, after: Position) -> list[HistoryEntry] | None:
+        self._connected()
+        assert self._jetstream is not None
+        async with jetstream_errors("read the history"):
+            return await self._jetstream.read(_token(channel), after, self.history_of(channel))
 
     async def watch(self, channel: str) -> None:
         nc = self._connected()
 
         async def on_message(msg: Msg) -> None:
-            if msg.reply and msg.headers and PROBE_HEADER in msg.headers:
-                await _answer_probe(msg)
-                return
+            headers = msg.headers
+            if headers:
+                if msg.reply and PROBE_HEADER in headers:
+                    await _answer_probe(msg)
+                    return
+                token = headers.get(MARKER_HEADER)
+                if token is not None:  # a cluster marker (ours, or another process's)
+                    self._cluster.on_marker(token)
+                    return
+                if STREAM_HEADER in headers and SEQUENCE_HEADER in headers:
+                    assert self._republished is not None
+                    await self._republished.deliver(channel, msg.data, headers)
+                    return
             self.deliver(channel, msg.data.decode("utf-8", "surrogatepass"))
 
         if channel in self._subs:  # the hub watches once; be safe all the same
             await self._drop(channel, sync=False)
+        if self._republished is not None:  # a history room: where its stream stands
+            try:
+                await self._republished.watching(channel, self.history_of(channel))
+            except ANY_NATS as error:
+                logger.warning("history stream of %.64r not read: %s", channel, error)
         # one subscription per channel carries both its messages and its liveness
         # probes (requests with the probe header): one nats-py task per channel
-        messages = await nc.subscribe(self.subject(channel), cb=on_message)
+        subject = self.subject(channel)
+        messages = await nc.subscribe(subject, cb=on_message)
         self._subs[channel] = messages
         self._sid_channel[messages._id] = channel
         try:
             await self._sync(nc)
+            # in a cluster: until every member routes the channel here
+            await self._cluster.confirm(subject, self.publish_timeout)
         except BaseException as error:
             # cancelled or failed: the hub does not count the channel as watched,
             # so nothing may stay subscribed
             await self._drop(channel, sync=False)
-            if isinstance(error, _UNAVAILABLE):
+            if isinstance(error, UNAVAILABLE):
                 raise AntennaUnavailable(
                     f"could not subscribe on NATS: {type(error).__name__}: {error}"
                 ) from error
@@ -297,6 +359,8 @@ class NatsAntenna(Antenna):
 
     async def _drop(self, channel: str, *, sync: bool) -> None:
         messages = self._subs.pop(channel, None)
+        if self._republished is not None:
+            self._republished.stop(channel)
         if messages is None:
             return
         self._sid_channel.pop(messages._id, None)
@@ -306,7 +370,7 @@ class NatsAntenna(Antenna):
             # once this returns, no other process sees this one as alive
             try:
                 await self._sync(nc)
-            except _ANY_NATS as error:
+            except ANY_NATS as error:
                 logger.debug("confirming the unsubscribe of %.64r: %s", channel, error)
 
     async def ping(self) -> None:
@@ -334,7 +398,7 @@ class NatsAntenna(Antenna):
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._sync_waiters[marker] = done
         try:
-            await self._wait_for_room(nc, 64 + len(self._sync_subject))
+            await self._outgoing.room(nc, 64 + len(self._sync_subject))
             await nc.publish(self._sync_subject, str(marker).encode())
             async with asyncio.timeout(self.publish_timeout if bounded else None):
                 await done
@@ -349,28 +413,47 @@ class NatsAntenna(Antenna):
         if not done.done():
             done.set_result(None)
 
+    async def presence_set(self, room: str, members: Mapping[str, str]) -> None:
+        await self._presence.put(self._connected(), room, members, self.presence_ttl)
+
+    async def presence_remove(self, room: str, members: Collection[str]) -> None:
+        await self._presence.remove(self._connected(), room, members, self.presence_ttl)
+
+    async def presence_list(self, room: str) -> dict[str, str]:
+        return await self._presence.read(self._connected(), room, self.presence_ttl)
+
+    async def presence_expire(self, room: str) -> dict[str, str]:
+        return await self._presence.expire(self._connected(), room, self.presence_ttl)
+
     async def is_alive(self, channel: str) -> bool:
         if channel in self._subs:
             return True
         nc = self._connected()
-        try:
-            await nc.request(
-                self.subject(channel),
-                b"",
-                timeout=self.alive_timeout,
-                headers={PROBE_HEADER: "1"},
-            )
-        except nats.errors.NoRespondersError:
-            return False
-        except nats.errors.TimeoutError:
-            # The server answers "no responders" at once when nobody subscribes to
-            # the probe subject, so silence means a watcher exists but is slow.
-            return nc.is_connected or self._raise_unavailable()
-        except _UNAVAILABLE as error:
-            raise AntennaUnavailable(
-                f"could not probe NATS: {type(error).__name__}: {error}"
-            ) from error
-        return True
+        # The server answers "no responders" at once when nobody subscribes to the
+        # probe subject, so silence means a watcher exists but is slow; or, in a
+        # cluster, that this member still routed the probe to a member whose last
+        # watcher just left (interest is withdrawn over the routes a moment later).
+        # So silence is asked about once more before it counts as alive.
+        for attempt in (1, 2):
+            try:
+                await nc.request(
+                    self.subject(channel),
+                    b"",
+                    timeout=self.alive_timeout,
+                    headers={PROBE_HEADER: "1"},
+                )
+            except nats.errors.NoRespondersError:
+                return False
+            except nats.errors.TimeoutError:
+                if attempt == 2:
+                    return nc.is_connected or self._raise_unavailable()
+            except UNAVAILABLE as error:
+                raise AntennaUnavailable(
+                    f"could not probe NATS: {type(error).__name__}: {error}"
+                ) from error
+            else:
+                return True
+        raise AssertionError("unreachable")
 
     def _raise_unavailable(self) -> bool:
         raise AntennaUnavailable(f"NATS at {self._where} is unreachable now")
@@ -381,13 +464,15 @@ class NatsAntenna(Antenna):
             servers=[redact(url) for url in self.servers], subject_prefix=self.subject_prefix
         )
         info["reconnects"] = self.reconnects
+        if self._republished is not None:
+            info["history_overtakes"] = self._republished.overtakes
         return info
 
 
 async def _unsubscribe(sub: NatsSubscription, channel: str) -> None:
     try:
         await sub.unsubscribe()
-    except _ANY_NATS as error:
+    except ANY_NATS as error:
         logger.debug("unsubscribe of %.64r: %s", channel, error)
 
 
@@ -395,5 +480,5 @@ async def _answer_probe(msg: Msg) -> None:
     if msg.reply:
         try:
             await msg.respond(b"1")
-        except _ANY_NATS as error:
+        except ANY_NATS as error:
             logger.debug("could not answer a liveness probe: %s", error)

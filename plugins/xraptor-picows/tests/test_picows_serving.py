@@ -110,6 +110,18 @@ async def test_the_xraptor_subprotocol_is_answered_when_offered(make_app: AppFac
         assert ws.subprotocol is None
 
 
+@pytest.mark.parametrize("compression", ["shared", "deflate"])
+async def test_no_compression_is_negotiated_whatever_the_policy(
+    make_app: AppFactory, compression: str
+) -> None:
+    """picows has no permessage-deflate: ``compression=`` negotiates nothing here (README)."""
+    app = await make_app(compression=compression)
+    async with connect(f"ws://127.0.0.1:{app.port}") as ws:  # offers permessage-deflate
+        assert ws.response is not None
+        assert "Sec-WebSocket-Extensions" not in ws.response.headers
+        assert ws.protocol.extensions == []
+
+
 async def test_another_origin_gets_403_before_the_upgrade(make_app: AppFactory) -> None:
     app = await make_app()
     refused = await http_get(

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import sys
+
+from redis_support import serve_until_terminated
 
 import xraptor.demo  # noqa: F401  (registers the chat routes)
 from xraptor import XRaptor
@@ -34,16 +35,7 @@ async def main(url: str) -> None:
         antenna_options={"url": url, "publish_timeout": 1.0, "reconnect_max_delay": 0.3},
         ping_interval=None,
     )
-    await server.start()
-    print(server.port, flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await server.close()
+    await serve_until_terminated(server)
 
 
 if __name__ == "__main__":

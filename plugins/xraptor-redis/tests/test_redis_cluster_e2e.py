@@ -16,7 +16,8 @@ import pytest
 pytest.importorskip("xraptor.demo", reason="the core server's chat demo is not there yet")
 
 from cluster_support import LocalCluster
-from test_redis_e2e import Member, ServerProcess, _send, _settle, _until
+from redis_support import ServerProcess
+from test_redis_e2e import SERVER, Member, _send, _settle, _until
 
 from xraptor import Client, ClientError
 from xraptor_redis.cluster import route
@@ -28,9 +29,9 @@ def cluster_servers(
 ) -> Iterator[tuple[ServerProcess, ServerProcess]]:
     scope = f"e2e-cluster-{time.monotonic_ns()}"
     url = own_redis_cluster.url
-    first = ServerProcess(url, XRAPTOR_TEST_LIMIT="6", XRAPTOR_TEST_SCOPE=scope)
+    first = ServerProcess(SERVER, url, XRAPTOR_TEST_LIMIT="6", XRAPTOR_TEST_SCOPE=scope)
     try:
-        second = ServerProcess(url, XRAPTOR_TEST_LIMIT="6", XRAPTOR_TEST_SCOPE=scope)
+        second = ServerProcess(SERVER, url, XRAPTOR_TEST_LIMIT="6", XRAPTOR_TEST_SCOPE=scope)
     except BaseException:
         first.stop()
         raise

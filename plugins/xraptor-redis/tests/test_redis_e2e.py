@@ -8,9 +8,6 @@ every stream a gap notice and the room works again.
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,55 +18,25 @@ import pytest
 
 pytest.importorskip("xraptor.demo", reason="the core server's chat demo is not there yet")
 
-from redis_support import RedisServer
+from redis_support import RedisServer, ServerProcess
 
 from xraptor import Client, ClientError, Response
-from xraptor.testing import health
 
 SERVER = Path(__file__).with_name("redis_chat_server.py")
 ROOM = "/chat_messages"
 SEND = "/send_message_to_chat_room"
 
 
-class ServerProcess:
-    """One ``redis_chat_server.py`` process."""
-
-    def __init__(self, url: str, **env: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, str(SERVER), url],
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().decode().strip()
-        if not line.isdigit():
-            self.stop()
-            raise RuntimeError(f"chat server did not start (printed {line!r})")
-        self.port = int(line)
-        self.url = f"ws://127.0.0.1:{self.port}"
-
-    def health(self) -> dict[str, Any]:
-        """The /health document (served with status 503 while the antenna is down)."""
-        return health(self.port, timeout=2)[1]
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-
 @pytest.fixture
 def two_servers(redis_server: RedisServer) -> Iterator[tuple[ServerProcess, ServerProcess]]:
     scope = f"e2e-{time.monotonic_ns()}"
-    first = ServerProcess(redis_server.url, XRAPTOR_TEST_LIMIT="6", XRAPTOR_TEST_SCOPE=scope)
+    first = ServerProcess(
+        SERVER, redis_server.url, XRAPTOR_TEST_LIMIT="6", XRAPTOR_TEST_SCOPE=scope
+    )
     try:
-        second = ServerProcess(redis_server.url, XRAPTOR_TEST_LIMIT="6", XRAPTOR_TEST_SCOPE=scope)
+        second = ServerProcess(
+            SERVER, redis_server.url, XRAPTOR_TEST_LIMIT="6", XRAPTOR_TEST_SCOPE=scope
+        )
     except BaseException:
         first.stop()
         raise

@@ -23,6 +23,9 @@ pub/sub stream and the reader hands it over (:mod:`xraptor_redis.pongs`). The
 probe only reports ``down``; the ``health_check_interval`` watchdog is what drops
 and reconnects a silent connection.
 
+History (the contract's optional capability): a room configured with history keeps
+a Redis Stream, appended and published in one Lua script; see :mod:`xraptor_redis.history`.
+
 This module holds the antenna contract; the subscriber connection (its reader,
 resubscription and watchdog) is :mod:`xraptor_redis.subscriber`, the publisher
 task :mod:`xraptor_redis.publisher`.
@@ -31,6 +34,7 @@ task :mod:`xraptor_redis.publisher`.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection, Mapping
 from typing import Any, ClassVar
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -40,10 +44,15 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from xraptor.antenna import Antenna, AntennaError, AntennaUnavailable
+from xraptor.history import HistoryEntry, HistoryPolicy, Position
 
 from ._bounded import bounded
 from .cluster import CLUSTER_SCHEMES, is_cluster_url
+from .history import APPEND, KEYS, RedisHistory
+from .history import DEFAULT_PREFIX as HISTORY_PREFIX
 from .pongs import Pongs
+from .presence import DEFAULT_PREFIX as PRESENCE_PREFIX
+from .presence import RedisPresence
 from .publisher import Publisher
 from .subscriber import Subscriber
 
@@ -87,7 +96,12 @@ class RedisAntenna(Antenna):
     * ``health_timeout`` / ``health_interval``: the base class's health probe
       (:meth:`ping`), default 3.0 / 1.0;
     * ``max_pending_publishes``: publishes that may wait for Redis before new ones
-      fail at once with :class:`~xraptor.AntennaUnavailable`, default 10000.
+      fail at once with :class:`~xraptor.AntennaUnavailable`, default 10000;
+    * ``presence_ttl``: seconds a room member of a process that stopped refreshing it
+      stays listed, default 30; ``presence_prefix``: what starts the presence keys,
+      default ``xraptor:presence:`` (see :mod:`xraptor_redis.presence`).
+    * ``history_prefix``: the prefix of the keys of rooms with history, default
+      ``xraptor:history`` (no braces: the keys carry a Redis Cluster hash tag).
     """
 
     name: ClassVar[str] = "redis"
@@ -122,6 +136,7 @@ class RedisAntenna(Antenna):
         self.health_check_interval = float(opts.get("health_check_interval", 5.0) or 0)
         if self.health_check_interval < 0:
             raise ValueError("redis antenna option 'health_check_interval' must be >= 0")
+        self._redis_history = RedisHistory(opts.get("history_prefix", HISTORY_PREFIX))
         self._pool: BlockingConnectionPool | None = None
         self._client: Redis | None = None
         self._publisher: Publisher | None = None
@@ -137,6 +152,12 @@ class RedisAntenna(Antenna):
             health_check_interval=self.health_check_interval,
         )
         self._closing = False
+        prefix = opts.get("presence_prefix", PRESENCE_PREFIX)
+        if not isinstance(prefix, str) or not prefix:
+            raise ValueError(
+                f"redis antenna option 'presence_prefix' must be a str, got {prefix!r}"
+            )
+        self._presence = RedisPresence(prefix, self.publish_timeout, self._where())
 
     @property
     def reconnects(self) -> int:
@@ -176,6 +197,8 @@ class RedisAntenna(Antenna):
             timeout=self.publish_timeout,
             max_pending=self.max_pending_publishes,
             where=self._where(),
+            script=APPEND,
+            script_keys=KEYS,
         )
         self._publisher.start()
 
@@ -203,6 +226,26 @@ class RedisAntenna(Antenna):
             raise AntennaError("the redis antenna is not connected")
         await publisher.publish(channel, message)
 
+    async def publish_with_history(
+        self, channel: str, message: str, history: HistoryPolicy
+    ) -> Position:
+        publisher = self._publisher
+        if publisher is None:
+            raise AntennaError("the redis antenna is not connected")
+        return await self._redis_history.append(publisher, channel, message, history)
+
+    async def read_history(self, channel: str, after: Position) -> list[HistoryEntry] | None:
+        client = self._live_client()
+        try:
+            return await bounded(
+                self._redis_history.read(client, channel, after), self.publish_timeout
+            )
+        except _UNREACHABLE as error:
+            raise AntennaUnavailable(
+                f"reading the history of {channel[:64]!r} failed ({self._where()}): "
+                f"{type(error).__name__}: {error}"
+            ) from error
+
     async def is_alive(self, channel: str) -> bool:
         client = self._live_client()
         try:
@@ -220,6 +263,18 @@ class RedisAntenna(Antenna):
 
     async def unwatch(self, channel: str) -> None:
         await self._subscriber.unsubscribe(channel)
+
+    async def presence_set(self, room: str, members: Mapping[str, str]) -> None:
+        await self._presence.put(self._live_client(), room, members, self.presence_ttl)
+
+    async def presence_remove(self, room: str, members: Collection[str]) -> None:
+        await self._presence.remove(self._live_client(), room, members)
+
+    async def presence_list(self, room: str) -> dict[str, str]:
+        return await self._presence.read(self._live_client(), room)
+
+    async def presence_expire(self, room: str) -> dict[str, str]:
+        return await self._presence.expire(self._live_client(), room)
 
     async def ping(self) -> None:
         """``PING`` on the subscriber connection; returns once the reader saw the answer."""

@@ -17,7 +17,7 @@ from typing import Any
 
 from redis.exceptions import RedisError, ResponseError
 
-from xraptor.antenna import AntennaError, AntennaUnavailable
+from xraptor.antenna import Antenna, AntennaError, AntennaUnavailable
 
 from ._bounded import bounded
 from .antenna import RedisAntenna
@@ -38,6 +38,17 @@ class RedisClusterAntenna(RedisAntenna):
     ``state`` is ``down`` only when no master can be reached; see the README's
     "Redis Cluster" for what a failover does to streams.
     """
+
+    # Room history and presence are not kept in cluster mode yet: the base class's
+    # methods, so that the antenna does not declare them (an app that asks for them gets
+    # HistoryNotSupported / PresenceNotSupported, not a half-working antenna). Their keys
+    # would carry the room's hash tag (cluster.slot_tag), as its channel does.
+    publish_with_history = Antenna.publish_with_history
+    read_history = Antenna.read_history
+    presence_set = Antenna.presence_set
+    presence_remove = Antenna.presence_remove
+    presence_list = Antenna.presence_list
+    presence_expire = Antenna.presence_expire
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)

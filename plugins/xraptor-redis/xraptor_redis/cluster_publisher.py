@@ -68,7 +68,7 @@ class ShardPublisher(Publisher):
                     results = [refused]
             else:
                 pipe = self.client.pipeline(transaction=False)
-                for channel, message, _ in batch:
+                for channel, message, *_ in batch:  # never a script call here
                     pipe.spublish(route(channel)[0], message)
                 results = await pipe.execute(raise_on_error=False)
         except UNREACHABLE as failure:
@@ -79,7 +79,7 @@ class ShardPublisher(Publisher):
             results = [error] * len(batch)
         except RedisError as failure:
             results = [AntennaError(f"redis refused the publish: {failure}")] * len(batch)
-        for (channel, message, future), result in zip(batch, results, strict=True):
+        for (channel, message, future, _), result in zip(batch, results, strict=True):
             if future.done():
                 continue
             if isinstance(result, ResponseError) and moved_to(result) is not None:

@@ -34,6 +34,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from xraptor.antenna import Antenna, AntennaError, AntennaUnavailable
 
 from ._bounded import bounded
+from .history import MARK, deliver_positioned
 from .pongs import Pongs
 
 logger = logging.getLogger("xraptor_redis")
@@ -100,6 +101,9 @@ class Subscriber:
         self._pool = ConnectionPool.from_url(
             url,
             decode_responses=True,
+            # a positioned message (a room with history) starts with the byte 0xFF, which
+            # no UTF-8 text holds: decoded to MARK instead of failing (xraptor_redis.history)
+            encoding_errors="surrogateescape",
             protocol=2,
             socket_connect_timeout=self.subscribe_timeout + 1,
             # no redis-py retries: we reconnect and resubscribe ourselves, so that
@@ -329,7 +333,11 @@ class Subscriber:
                 continue
             kind = response[0]
             if kind == "message":
-                deliver(response[1], response[2])
+                data = response[2]
+                if data[:1] == MARK:
+                    deliver_positioned(self._antenna, response[1], data)
+                else:
+                    deliver(response[1], data)
             elif kind == "subscribe":
                 self._on_subscribed(response[1])
             elif kind == "unsubscribe":

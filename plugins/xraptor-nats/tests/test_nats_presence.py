@@ -1,0 +1,87 @@
+"""Presence on NATS: the capability's conformance suite against a real nats-server with
+JetStream, and presence across two xraptor server processes (one killed with SIGKILL).
+
+With the ``nats-server`` binary the module runs a private server with JetStream
+(``-js``); without it, ``XRAPTOR_NATS_URL`` (which must have JetStream enabled).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import nats
+import nats.js.errors
+import pytest
+import pytest_asyncio
+from nats_support import NatsServer, free_port, nats_binary
+
+from xraptor.antenna import AntennaError
+from xraptor.testing import PresenceConformance
+from xraptor.testing.presence_server import PresenceProcess, check_presence_across_processes
+from xraptor_nats.antenna import NatsAntenna
+
+TTL = 1.5
+
+
+@pytest.fixture(scope="module")
+def jetstream_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    binary = nats_binary()
+    if binary is None:  # XRAPTOR_NATS_URL, or the skip (a failure under CI=true)
+        yield request.getfixturevalue("nats_server").url
+        return
+    with tempfile.TemporaryDirectory(prefix="xraptor-js-") as store:
+        server = NatsServer(f"nats://127.0.0.1:{free_port()}", binary, ("-js", "-sd", store))
+        server.start()
+        try:
+            yield server.url
+        finally:
+            server.stop()
+
+
+@pytest_asyncio.fixture
+async def bucket(jetstream_url: str) -> AsyncIterator[str]:
+    """A presence bucket of the test's own, deleted afterwards."""
+    name = f"xrtest_presence_{uuid.uuid4().hex[:12]}"
+    yield name
+    nc = await nats.connect(jetstream_url)
+    try:
+        await nc.jetstream().delete_key_value(name)
+    except nats.js.errors.NotFoundError:
+        pass
+    finally:
+        await nc.close()
+
+
+class TestNatsPresence(PresenceConformance):
+    @pytest.fixture
+    def antenna_factory(self, jetstream_url: str, bucket: str) -> Callable[[], NatsAntenna]:
+        return lambda: NatsAntenna(servers=jetstream_url, presence_bucket=bucket)
+
+
+async def test_presence_across_processes_and_a_killed_process_expires(
+    jetstream_url: str, bucket: str
+) -> None:
+    options = {"presence_ttl": TTL, "presence_bucket": bucket}
+    with (
+        PresenceProcess(jetstream_url, options) as first,
+        PresenceProcess(jetstream_url, options) as second,
+    ):
+        gone, announced = await check_presence_across_processes(first, second, ttl=TTL)
+    print(
+        f"SIGKILL: member unlisted after {gone:.2f} s, its leave announced after {announced:.2f} s"
+    )
+
+
+async def test_without_jetstream_presence_says_what_is_missing(nats_server: NatsServer) -> None:
+    if not nats_server.private:
+        pytest.skip("needs a private nats-server without JetStream (XRAPTOR_NATS_URL may have it)")
+    async with NatsAntenna(servers=nats_server.url) as antenna:
+        with pytest.raises(AntennaError, match="enable JetStream"):
+            await antenna.presence_list("room")
+
+
+def test_the_bucket_name_is_checked() -> None:
+    with pytest.raises(ValueError, match="presence_bucket"):
+        NatsAntenna(presence_bucket="no.dots")

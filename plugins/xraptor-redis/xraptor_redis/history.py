@@ -1,0 +1,254 @@
+"""Room history on Redis: a Redis Stream per room, appended and published in one step.
+
+Keys (``prefix`` is the antenna's ``history_prefix`` option, default ``xraptor:history``):
+
+* ``<prefix>:{<tag>}:s:<room id>``: the room's stream, one entry per message (field ``m``);
+* ``<prefix>:{<tag>}:e:<room id>``: a hash beside it: ``e``, the epoch, and ``t``, the
+  history's time-to-live in milliseconds (``0``: none).
+
+``<tag>`` is 16 hex digits of a BLAKE2b hash of the room id, in braces: Redis Cluster
+puts both keys of a room in one slot (a script may only touch keys of one slot), and
+rooms spread over the slots whatever their ids (which may hold braces themselves).
+
+**Appending** is one Lua script (``EVALSHA``, loaded again on ``NOSCRIPT``): it reads
+the epoch, draws a new one (offered by the caller, fresh random bytes) when either key
+is missing (a first message, or a history Redis lost: a restart without persistence, an
+expiry, an eviction), ``XADD``\\ s the message trimming to exactly ``size`` entries
+(``MAXLEN =``; not ``~``: the room must keep exactly its last ``size`` messages, so that
+recovery succeeds exactly when the contract says; trimming one entry per append removes
+it from the stream's first node, which is cheap), trims entries older than the ttl
+(``XTRIM MINID``, by Redis's clock), sets both keys to expire after the ttl (an idle room
+frees its memory), and ``PUBLISH``\\ es the message framed with its position. Whoever
+receives the message finds it in the history already; no other client's command runs
+between the append and the publish.
+
+**Offsets**: a stream id ``<ms>-<seq>`` is the offset ``ms * 1_000_000 + seq``. Stream ids
+grow with each append, so offsets do too. To keep the mapping one-to-one, the script
+never lets ``seq`` reach 1,000,000 (it happens only if Redis's clock stood still or went
+back for that many appends): it moves such an entry to ``<ms + 1>-0``. An offset stays
+below 10^20 (the 20 digits a position may have) until the year 5138.
+
+**Pub/sub payload** of a room with history: the byte ``0xFF``, then ``<epoch> <stream
+id>\\n<message>`` in UTF-8. A plain message (UTF-8 text) never holds the byte 0xFF, so
+the subscriber tells the two apart by the first byte alone, without knowing which rooms
+keep history (:data:`MARK`, :meth:`RedisHistory.decode`), and hands a positioned message
+to :meth:`~xraptor.Antenna.deliver_at`. Other services subscribed to such a room's
+channel see that framing.
+
+**Reading** after a position is one read-only script too: the epoch must match, the entry
+at the position must still be there (and not older than the ttl), then everything after it
+(``XRANGE`` from the exclusive id) comes back in one consistent snapshot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import NoScriptError
+
+from xraptor.history import HistoryEntry, HistoryPolicy, Position
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from xraptor.antenna import Antenna
+
+    from .publisher import Publisher
+
+logger = logging.getLogger("xraptor_redis")
+
+DEFAULT_PREFIX = "xraptor:history"
+#: a stream id's ``seq`` stays below this, so that ``ms * SEQ_LIMIT + seq`` is one-to-one
+SEQ_LIMIT = 1_000_000
+#: the first character of a positioned payload as the subscriber reads it: the byte 0xFF
+#: (never in UTF-8 text) decoded with ``surrogateescape``
+MARK = "\udcff"
+#: the keys of the scripts: the stream, then the epoch hash
+KEYS = 2
+
+#: KEYS: stream, meta. ARGV: channel, message, size, ttl in ms (0: none), a fresh epoch.
+#: Returns "<epoch> <stream id>" (one string: the cheapest answer to parse).
+APPEND = """
+local stream, meta = KEYS[1], KEYS[2]
+local size, ttl = ARGV[3], tonumber(ARGV[4])
+local epoch = redis.call('HGET', meta, 'e')
+if not epoch or redis.call('EXISTS', stream) == 0 then
+  epoch = ARGV[5]
+  redis.call('DEL', stream)
+  redis.call('HSET', meta, 'e', epoch, 't', ARGV[4])
+elseif redis.call('HGET', meta, 't') ~= ARGV[4] then
+  redis.call('HSET', meta, 't', ARGV[4])
+  if ttl == 0 then
+    redis.call('PERSIST', stream)
+    redis.call('PERSIST', meta)
+  end
+end
+local id = redis.call('XADD', stream, 'MAXLEN', '=', size, '*', 'm', ARGV[2])
+local dash = string.find(id, '-', 1, true)
+if tonumber(string.sub(id, dash + 1)) >= 1000000 then
+  redis.call('XDEL', stream, id)
+  local next_ms = string.format('%.0f', tonumber(string.sub(id, 1, dash - 1)) + 1)
+  id = redis.call('XADD', stream, 'MAXLEN', '=', size, next_ms .. '-0', 'm', ARGV[2])
+end
+if ttl > 0 then
+  local now = redis.call('TIME')
+  local oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - ttl
+  redis.call('XTRIM', stream, 'MINID', '=', string.format('%.0f', oldest))
+  redis.call('PEXPIRE', stream, ttl)
+  redis.call('PEXPIRE', meta, ttl)
+end
+local position = epoch .. ' ' .. id
+redis.call('PUBLISH', ARGV[1], '\\255' .. position .. '\\n' .. ARGV[2])
+return position
+"""
+
+#: KEYS: stream, meta. ARGV: epoch, stream id of the position, its ms.
+#: Returns the entries after the id, or nil when the position is not in the history: one
+#: string of ``<stream id> <length>\n<message>`` per entry, the length in characters
+#: (code points: UTF-8 bytes that do not continue a character), so that redis-py parses
+#: one reply, not three per entry (its parser costs far more than the split below).
+READ = """
+local stream, meta = KEYS[1], KEYS[2]
+local found = redis.call('HMGET', meta, 'e', 't')
+if found[1] ~= ARGV[1] then return false end
+if #redis.call('XRANGE', stream, ARGV[2], ARGV[2]) == 0 then return false end
+local ttl = tonumber(found[2]) or 0
+if ttl > 0 then
+  local now = redis.call('TIME')
+  local oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - ttl
+  if tonumber(ARGV[3]) < oldest then return false end
+end
+local entries = redis.call('XRANGE', stream, '(' .. ARGV[2], '+')
+local parts = {}
+for i, entry in ipairs(entries) do
+  local message = entry[2][2]
+  local chars = #message
+  if string.find(message, '[\\128-\\255]') then
+    chars = select(2, string.gsub(message, '[^\\128-\\191]', ''))
+  end
+  parts[i] = entry[1] .. ' ' .. chars .. '\\n' .. message
+end
+return table.concat(parts)
+"""
+
+
+def offset_of(stream_id: str) -> int:
+    """The offset of a stream id ``"<ms>-<seq>"``."""
+    ms, _, seq = stream_id.partition("-")
+    return int(ms) * SEQ_LIMIT + int(seq)
+
+
+def stream_id_of(offset: int) -> str:
+    """The stream id of an offset (the inverse of :func:`offset_of`)."""
+    ms, seq = divmod(offset, SEQ_LIMIT)
+    return f"{ms}-{seq}"
+
+
+def check_prefix(prefix: object) -> str:
+    """``prefix`` when it is a usable key prefix.
+
+    :raises ValueError: not a non-empty str, or it holds a brace (which would make
+        Redis Cluster hash every room's keys to one slot)
+    """
+    if not isinstance(prefix, str) or not prefix:
+        raise ValueError(
+            f"redis antenna option 'history_prefix' must be a non-empty str, got {prefix!r}"
+        )
+    if "{" in prefix or "}" in prefix:
+        raise ValueError(
+            "redis antenna option 'history_prefix' must not contain '{' or '}' "
+            f"(the keys carry a hash tag of their own), got {prefix!r}"
+        )
+    return prefix
+
+
+class RedisHistory:
+    """The history of an antenna's rooms: key names, the append and the read.
+
+    :param prefix: the key prefix (checked with :func:`check_prefix`)
+    """
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = check_prefix(prefix)
+        self._read_sha = hashlib.sha1(READ.encode()).hexdigest()
+
+    def keys(self, channel: str) -> tuple[str, str]:
+        """The stream key and the epoch key of ``channel``'s history."""
+        tag = hashlib.blake2b(channel.encode(), digest_size=8).hexdigest()
+        head = f"{self.prefix}:{{{tag}}}"
+        return f"{head}:s:{channel}", f"{head}:e:{channel}"
+
+    async def append(
+        self, publisher: Publisher, channel: str, message: str, policy: HistoryPolicy
+    ) -> Position:
+        """Append ``message`` to ``channel``'s history and publish it, in one script."""
+        ttl_ms = 0 if policy.ttl is None else max(1, round(policy.ttl * 1000))
+        stream, meta = self.keys(channel)
+        fresh = secrets.token_hex(6)
+        answer = await publisher.call(
+            (stream, meta, channel, message, str(policy.size), str(ttl_ms), fresh)
+        )
+        epoch, _, stream_id = str(answer).partition(" ")
+        return Position(epoch, offset_of(stream_id))
+
+    async def read(self, client: Redis, channel: str, after: Position) -> list[HistoryEntry] | None:
+        """The entries of ``channel`` after ``after``, ``None`` when it is not in the history."""
+        stream_id = stream_id_of(after.offset)
+        ms = after.offset // SEQ_LIMIT
+        stream, meta = self.keys(channel)
+        args = (stream, meta, after.epoch, stream_id, str(ms))
+        try:
+            found: Any = await client.evalsha(self._read_sha, KEYS, *args)
+        except NoScriptError:
+            await client.script_load(READ)
+            found = await client.evalsha(self._read_sha, KEYS, *args)
+        if found is None:
+            return None
+        return _entries(after.epoch, str(found))
+
+    @staticmethod
+    def decode(payload: str) -> tuple[Position, str] | None:
+        """The position and message of a history room's pub/sub payload; ``None`` when
+        it is not one (a payload starting with :data:`MARK` that is malformed)."""
+        head, newline, message = payload[1:].partition("\n")
+        epoch, space, stream_id = head.partition(" ")
+        if not newline or not space:
+            return None
+        try:
+            return Position(epoch, offset_of(stream_id)), message
+        except ValueError:
+            return None
+
+
+def deliver_positioned(antenna: Antenna, channel: str, data: str) -> None:
+    """Hand a received positioned payload (it starts with :data:`MARK`) to
+    :meth:`~xraptor.Antenna.deliver_at`; a malformed one is dropped and logged."""
+    decoded = RedisHistory.decode(data)
+    if decoded is None:
+        logger.warning(
+            "redis antenna: dropped a malformed message of room %.64r (it starts like a "
+            "message with history, without a position)",
+            channel,
+        )
+        return
+    position, message = decoded
+    antenna.deliver_at(channel, message, position)
+
+
+def _entries(epoch: str, text: str) -> list[HistoryEntry]:
+    """The entries the read script returned, concatenated (see :data:`READ`)."""
+    entries = []
+    at = 0
+    end = len(text)
+    while at < end:
+        space = text.index(" ", at)
+        newline = text.index("\n", space)
+        start = newline + 1
+        stop = start + int(text[space + 1 : newline])
+        offset = offset_of(text[at:space])
+        entries.append(HistoryEntry(Position(epoch, offset), text[start:stop]))
+        at = stop
+    return entries
