@@ -190,6 +190,8 @@ def bench(session: nox.Session) -> None:
         # in the same run: compression (README "Compression"), room history (issue 12)
         for script in ("deflate.py", "history.py", "history_nats.py"):
             session.run("python", f"bench/{script}", *session.posargs)
+    if not session.posargs:  # a full run: Redis Cluster against one Redis too (issue 14)
+        session.run("python", "bench/cluster.py")
 
 
 @nox.session(python=PYTHON)
@@ -199,6 +201,18 @@ def bench_history(session: nox.Session) -> None:
     session.install("-e", ".", *(f"-e{path}" for path in PLUGINS.values()))
     session.install("picows", "uvloop", "psutil", "redis")
     session.run("python", "bench/history.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench_cluster(session: nox.Session) -> None:
+    """Redis Cluster fan-out against one Redis, and publish throughput of one room
+    against many rooms over the shards (bench/cluster.py; needs redis-server, redis-cli).
+
+    ``nox -s bench_cluster -- --pairs 1 --members 100`` for a small run.
+    """
+    session.install("-e", ".", *(f"-e{path}" for path in PLUGINS.values()))
+    session.install("picows", "uvloop", "psutil", "redis", "nats-py", "uvicorn")
+    session.run("python", "bench/cluster.py", *session.posargs)
 
 
 @nox.session(python=PYTHON)

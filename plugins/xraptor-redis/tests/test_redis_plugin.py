@@ -22,7 +22,9 @@ def test_discovered_by_name() -> None:
     info = plugins.info["redis"]
     assert info.distribution == "xraptor-redis"
     assert info.antennas == ["redis"]
-    assert info.schemes == ["redis", "rediss", "unix"]
+    assert sorted(info.schemes) == sorted(
+        ["redis", "rediss", "unix", "redis+cluster", "rediss+cluster"]
+    )
     assert info.middlewares == ["redis-rate-limit"]
     assert info.error is None
 
@@ -34,7 +36,7 @@ def test_global_registry_and_04_name() -> None:
 
 def test_declares_its_url_schemes() -> None:
     # the core knows no Redis scheme: the antenna claims redis-py's three
-    assert RedisAntenna.schemes == ("redis", "rediss", "unix")
+    assert RedisAntenna.schemes == ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
     for scheme in RedisAntenna.schemes:
         assert xraptor.get_plugins().antennas.for_scheme(scheme) is RedisAntenna
 

@@ -47,6 +47,7 @@ from xraptor.antenna import Antenna, AntennaError, AntennaUnavailable
 from xraptor.history import HistoryEntry, HistoryPolicy, Position
 
 from ._bounded import bounded
+from .cluster import CLUSTER_SCHEMES, is_cluster_url
 from .history import APPEND, KEYS, RedisHistory
 from .history import DEFAULT_PREFIX as HISTORY_PREFIX
 from .pongs import Pongs
@@ -69,6 +70,10 @@ def _positive(options: dict[str, Any], key: str, default: float) -> float:
     if not number > 0 or math.isinf(number):
         raise ValueError(f"redis antenna option {key!r} must be a positive number, got {value!r}")
     return number
+
+
+def _wants_cluster(options: dict[str, Any]) -> bool:
+    return bool(options.get("cluster")) or is_cluster_url(str(options.get("url") or ""))
 
 
 class RedisAntenna(Antenna):
@@ -100,8 +105,21 @@ class RedisAntenna(Antenna):
     """
 
     name: ClassVar[str] = "redis"
-    #: redis-py's URL schemes: ``redis://``, ``rediss://`` (TLS) and ``unix://`` (a socket)
-    schemes: ClassVar[tuple[str, ...]] = ("redis", "rediss", "unix")
+    #: redis-py's URL schemes: ``redis://``, ``rediss://`` (TLS) and ``unix://`` (a socket);
+    #: ``redis+cluster://`` and ``rediss+cluster://`` select cluster mode
+    schemes: ClassVar[tuple[str, ...]] = ("redis", "rediss", "unix", *CLUSTER_SCHEMES)
+
+    def __new__(cls, *args: Any, **options: Any) -> RedisAntenna:
+        # cluster mode (a cluster URL or cluster=True) is a class of its own
+        if cls is RedisAntenna and _wants_cluster({**cls._config, **options}):
+            from .cluster_antenna import RedisClusterAntenna
+
+            return super().__new__(RedisClusterAntenna)
+        return super().__new__(cls)
+
+    @classmethod
+    def options_from_url(cls, url: str) -> dict[str, Any]:
+        return {"url": url, "cluster": True} if is_cluster_url(url) else {"url": url}
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)

@@ -19,7 +19,7 @@ import math
 from typing import Any
 
 import orjson
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -28,6 +28,7 @@ from xraptor import Request, Response
 
 from ._bounded import bounded
 from .antenna import DEFAULT_URL
+from .cluster import cluster_client, is_cluster_url, slot_tag
 
 logger = logging.getLogger("xraptor_redis.ratelimit")
 
@@ -59,6 +60,9 @@ class RedisRateLimit:
         (default: ``"<limit>/<window>"``)
     :param prefix: Redis key prefix, default ``xraptor:ratelimit``
     :param timeout: seconds one check may take
+    :param cluster: ``url`` names seed nodes of a Redis Cluster (implied by a
+        ``redis+cluster://`` / ``rediss+cluster://`` URL); each client's key then
+        carries a hash tag made from a hash of its id (ids may hold braces)
     :param fail_open: when Redis cannot be reached, let requests through (default,
         logged) instead of refusing them
     """
@@ -75,6 +79,7 @@ class RedisRateLimit:
         timeout: float = 0.5,
         fail_open: bool = True,
         pool_size: int = 4,
+        cluster: bool = False,
     ) -> None:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValueError(f"redis-rate-limit: limit must be a positive int, got {limit!r}")
@@ -96,18 +101,26 @@ class RedisRateLimit:
         self.fail_open = fail_open
         self._window_ms = max(1, int(self.window * 1000))
         self._prefix = f"{prefix}:{scope if scope is not None else f'{limit}/{window}'}:"
-        self._pool = BlockingConnectionPool.from_url(
-            url,
-            max_connections=pool_size,
-            timeout=self.timeout + 1,
-            decode_responses=True,
-            protocol=2,
-            # the check's own asyncio.timeout is the bound (see RedisAntenna.connect)
-            socket_connect_timeout=self.timeout + 1,
-            socket_timeout=self.timeout + 1,
-            retry=Retry(NoBackoff(), 1),
-        )
-        self._client = Redis(connection_pool=self._pool)
+        #: Redis Cluster (``redis+cluster://`` or ``cluster=True``): each key carries the
+        #: hash tag of its client id, so braces in an id cannot pick the slot
+        self._cluster = cluster or is_cluster_url(url)
+        self._pool: BlockingConnectionPool | None = None
+        self._client: Redis | RedisCluster
+        if self._cluster:
+            self._client = cluster_client(url, max_connections=pool_size, timeout=self.timeout)
+        else:
+            self._pool = BlockingConnectionPool.from_url(
+                url,
+                max_connections=pool_size,
+                timeout=self.timeout + 1,
+                decode_responses=True,
+                protocol=2,
+                # the check's own asyncio.timeout is the bound (see RedisAntenna.connect)
+                socket_connect_timeout=self.timeout + 1,
+                socket_timeout=self.timeout + 1,
+                retry=Retry(NoBackoff(), 1),
+            )
+            self._client = Redis(connection_pool=self._pool)
         self._script = self._client.register_script(_SCRIPT)
         self.__name__ = "redis-rate-limit"
 
@@ -121,7 +134,8 @@ class RedisRateLimit:
 
     async def hit(self, client: str) -> tuple[int, int]:
         """Count one request of ``client``; return (count in window, ms left in window)."""
-        count, ttl = await self._script(keys=[self._prefix + client], args=[self._window_ms])
+        key = self._prefix + (slot_tag(client) + client if self._cluster else client)
+        count, ttl = await self._script(keys=[key], args=[self._window_ms])
         return int(count), int(ttl)
 
     async def __call__(self, request: Request, connection: Any) -> Response | None:
@@ -147,7 +161,8 @@ class RedisRateLimit:
     async def aclose(self) -> None:
         """Release the Redis connections."""
         await self._client.aclose()
-        await self._pool.disconnect()
+        if self._pool is not None:
+            await self._pool.disconnect()
 
 
 def _bounded(value: str) -> str:
