@@ -362,7 +362,7 @@ def main(argv: list[str]) -> int:
         print(f"no case matches --only {args.only!r}", file=sys.stderr)
         return 2
     pin = not args.no_pin and (os.cpu_count() or 1) >= 2
-    runner = DeflateRunner(args, run.Backends(logs), logs, None, pin)
+    runner = DeflateRunner(args, run.Backends(logs), logs, {}, pin)
     print(
         f"bench (compression): {len(cases)} cases x {args.pairs} pairs, logs in {logs}", flush=True
     )

@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     if "redis" not in backends.urls:
         print(f"no Redis: {backends.reasons.get('redis')}", file=sys.stderr)
         return 2
-    runner = run.Runner(run_args, backends, logs, None, pin=(os.cpu_count() or 1) >= 2)
+    runner = run.Runner(run_args, backends, logs, {}, pin=(os.cpu_count() or 1) >= 2)
     results: dict[str, Any] = {"fanout": {}, "replay": []}
     lines = []
     try:
