@@ -184,7 +184,8 @@ def bench(session: nox.Session) -> None:
     history on Redis and NATS (bench/history.py, bench/history_nats.py) follow.
     """
     session.install("-e", ".", *(f"-e{path}" for path in PLUGINS.values()))
-    session.install("picows", "uvloop", "psutil", "redis", "nats-py", "uvicorn")
+    # pytest: bench/cluster.py starts its cluster with the Redis plugin's test fixture code
+    session.install("picows", "uvloop", "psutil", "redis", "nats-py", "uvicorn", "pytest")
     session.run("python", "bench/run.py", *session.posargs)
     if not session.posargs or session.posargs == ["--quick"]:
         # in the same run: compression (README "Compression"), room history (issue 12)
@@ -211,7 +212,8 @@ def bench_cluster(session: nox.Session) -> None:
     ``nox -s bench_cluster -- --pairs 1 --members 100`` for a small run.
     """
     session.install("-e", ".", *(f"-e{path}" for path in PLUGINS.values()))
-    session.install("picows", "uvloop", "psutil", "redis", "nats-py", "uvicorn")
+    # pytest: bench/cluster.py starts its cluster with the Redis plugin's test fixture code
+    session.install("picows", "uvloop", "psutil", "redis", "nats-py", "uvicorn", "pytest")
     session.run("python", "bench/cluster.py", *session.posargs)
 
 
