@@ -23,18 +23,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from tcp_proxy import TcpProxy
 
 from xraptor import (
     Broadcast,
     Client,
     Connection,
     Handshake,
+    Reconnect,
     Refuse,
     Request,
     Response,
     XRaptor,
     error_response,
 )
+from xraptor.history import Position
 
 #: messages the publisher posts
 TOTAL = 1000
@@ -43,6 +46,8 @@ INTERVAL = 0.0025
 #: the messages after which the server aborts the subscriber's connection, then the
 #: proxy drops it
 SERVER_ABORT_AT, PROXY_DROP_AT = 300, 650
+#: quick reconnections for tests
+FAST = Reconnect(initial_delay=0.02, max_delay=0.1)
 #: the room pattern with history, and the room
 PATTERN, ROOM = r"acceptance:", "acceptance:room"
 #: rooms that keep only their last 3 messages, and one of them
@@ -172,3 +177,44 @@ async def publish_steadily(
 
 def expected() -> list[str]:
     return [f"m{n}" for n in range(TOTAL)]
+
+
+async def every_message_once_across_two_cuts(
+    chat: ChatApp, proxy: TcpProxy, publisher_url: str, *, reconnect_to: int | None = None
+) -> list[Response]:
+    """The acceptance scenario: a client through ``proxy`` (to ``chat``) subscribes to
+    the room while a client of ``publisher_url`` posts :data:`TOTAL` messages; ``chat``
+    aborts the subscriber's connection, later the proxy drops it (and, with
+    ``reconnect_to``, sends the reconnection to that port: another server on the same
+    backend). Asserts that the subscriber reconnected twice and saw each message once,
+    in order, with increasing positions; returns what it received."""
+    async with (
+        Client(publisher_url) as publisher,
+        Client(f"ws://127.0.0.1:{proxy.port}", reconnect=FAST) as subscriber,
+        subscriber.subscribe("/room", {"room": ROOM}) as stream,
+    ):
+
+        def drop() -> None:
+            if reconnect_to is not None:
+                proxy.target = ("127.0.0.1", reconnect_to)
+            assert proxy.drop() == 1
+
+        def abort() -> None:
+            assert chat.abort_subscribers() == 1
+
+        posting = asyncio.create_task(
+            publish_steadily(publisher, {SERVER_ABORT_AT: abort, PROXY_DROP_AT: drop})
+        )
+        received: list[Response] = []
+        async with asyncio.timeout(30):
+            async for push in stream:
+                received.append(push)
+                if push.payload == f"m{TOTAL - 1}":
+                    break
+        await posting
+        assert subscriber.reconnects == 2
+        assert [push.payload for push in received] == expected()
+        offsets = [Position.parse(push.header["position"]).offset for push in received]
+        assert offsets == sorted(set(offsets))
+        assert stream.positions == {ROOM: received[-1].header["position"]}
+    return received

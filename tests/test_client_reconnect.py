@@ -12,26 +12,19 @@ import pytest
 import pytest_asyncio
 from reconnect_support import (
     BACKENDS,
-    PROXY_DROP_AT,
+    FAST,
     ROOM,
-    SERVER_ABORT_AT,
     SMALL_HISTORY,
     SMALL_ROOM,
-    TOTAL,
     ChatApp,
     chat_app,
-    expected,
-    publish_steadily,
+    every_message_once_across_two_cuts,
     started,
 )
 from tcp_proxy import TcpProxy
 
 from xraptor import Client, ClientError, ConnectionLost, Reconnect, Response
 from xraptor.client import Stream
-from xraptor.history import Position
-
-#: quick reconnections for tests
-FAST = Reconnect(initial_delay=0.02, max_delay=0.1)
 
 
 @pytest.fixture(params=["memory"])  # Redis and NATS: tests/e2e/test_reconnect_backends.py
@@ -81,35 +74,11 @@ async def test_every_message_once_in_order_across_two_cuts(
     async with (
         started(chat_app(antenna)) as publisher_app,
         started(chat_app(antenna)) as second,
-        Client(publisher_app.url) as publisher,
-        through(proxy) as subscriber,
-        subscriber.subscribe("/room", {"room": ROOM}) as stream,
     ):
-
-        def drop() -> None:
-            if second_server:
-                proxy.target = ("127.0.0.1", second.app.port)
-            assert proxy.drop() == 1
-
-        def abort() -> None:
-            assert chat.abort_subscribers() == 1
-
-        posting = asyncio.create_task(
-            publish_steadily(publisher, {SERVER_ABORT_AT: abort, PROXY_DROP_AT: drop})
+        await every_message_once_across_two_cuts(
+            chat, proxy, publisher_app.url, reconnect_to=second.app.port if second_server else None
         )
-        received: list[Response] = []
-        async with asyncio.timeout(30):
-            async for push in stream:
-                received.append(push)
-                if push.payload == f"m{TOTAL - 1}":
-                    break
-        await posting
-        assert subscriber.reconnects == 2
-        assert [push.payload for push in received] == expected()
-        offsets = [Position.parse(push.header["position"]).offset for push in received]
-        assert offsets == sorted(set(offsets))
         assert (len(second.subscribers) == 1) == second_server
-        assert stream.positions == {ROOM: received[-1].header["position"]}
 
 
 # ----- what a reconnection re-opens --------------------------------------------------------

@@ -11,7 +11,6 @@ received once, in order.
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
@@ -19,19 +18,12 @@ import test_client_reconnect as base
 from e2e_support import free_port, running, xraptor_command
 from reconnect_support import (
     BACKENDS,
-    PROXY_DROP_AT,
-    ROOM,
-    SERVER_ABORT_AT,
-    TOTAL,
     ChatApp,
     chat_app,
-    expected,
-    publish_steadily,
+    every_message_once_across_two_cuts,
     started,
 )
 from tcp_proxy import TcpProxy
-
-from xraptor import Client, Response
 
 #: collected here too: the scenario's fixtures and test, with this module's ``antenna``
 chat, proxy = base.chat, base.proxy
@@ -55,29 +47,7 @@ async def test_the_subscriber_recovers_on_a_second_server_process(
     port = free_port()
     command = xraptor_command("run", "reconnect_app:app", "--antenna", antenna, "--port", str(port))
     with running(command, port, cwd=HERE):
-        async with (
-            started(chat_app(antenna)) as publisher_app,
-            Client(publisher_app.url) as publisher,
-            Client(f"ws://127.0.0.1:{proxy.port}", reconnect=base.FAST) as subscriber,
-            subscriber.subscribe("/room", {"room": ROOM}) as stream,
-        ):
-
-            def drop() -> None:
-                proxy.target = ("127.0.0.1", port)
-                assert proxy.drop() == 1
-
-            def abort() -> None:
-                assert chat.abort_subscribers() == 1
-
-            posting = asyncio.create_task(
-                publish_steadily(publisher, {SERVER_ABORT_AT: abort, PROXY_DROP_AT: drop})
+        async with started(chat_app(antenna)) as publisher_app:
+            await every_message_once_across_two_cuts(
+                chat, proxy, publisher_app.url, reconnect_to=port
             )
-            received: list[Response] = []
-            async with asyncio.timeout(30):
-                async for push in stream:
-                    received.append(push)
-                    if push.payload == f"m{TOTAL - 1}":
-                        break
-            await posting
-    assert subscriber.reconnects == 2
-    assert [push.payload for push in received] == expected()
