@@ -16,7 +16,6 @@ it, taking turns with the batches (asyncpg runs one operation at a time per conn
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 from collections import deque
@@ -26,6 +25,7 @@ from typing import Any, TypeVar
 import asyncpg
 
 from xraptor.antenna import AntennaError, AntennaUnavailable
+from xraptor.closing import fail_waiting, stop_tasks
 
 from .frames import lock_fields
 
@@ -163,16 +163,13 @@ class Publisher:
     async def close(self) -> None:
         """Stop the task; every waiting post fails with :class:`AntennaError`."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks(task)
         self._pending_size = 0
-        while self._outbox:
-            future = self._outbox.popleft()[2]
-            if not future.done():
-                future.set_exception(AntennaError("the postgres antenna is closed"))
-                future.exception()  # retrieved: no "never retrieved" warning
+        fail_waiting(
+            (item[2] for item in self._outbox),
+            lambda: AntennaError("the postgres antenna is closed"),
+        )
+        self._outbox.clear()
 
     async def publish(self, identifiers: list[str], payloads: list[str]) -> None:
         """Queue one message's frames and wait until PostgreSQL took them, at most

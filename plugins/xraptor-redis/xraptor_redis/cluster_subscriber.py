@@ -24,7 +24,6 @@ lost shard get their gap notice when they resume.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import defaultdict
 from typing import Any
@@ -32,8 +31,10 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from xraptor.antenna import Antenna, AntennaError, AntennaUnavailable
+from xraptor.closing import stop_tasks
 
 from ._bounded import bounded
+from ._closing import fail_subscribes
 from .cluster import TAG_LENGTH, UNREACHABLE, Address, Topology, fmt, moved_to, route
 from .cluster_link import ShardLink, ping_any, watch_silence
 from .cluster_recovery import TopologyFollower
@@ -139,19 +140,10 @@ class ClusterSubscriber(TopologyFollower):
             link.alive = False
             if link.reader is not None:
                 tasks.append(link.reader)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks(*tasks)
         self._wanted.clear()
         self._gaps.clear()
-        for futures in (self._subscribed, self._unsubscribed):
-            for future in futures.values():
-                if not future.done():
-                    future.set_exception(AntennaError("the redis antenna is closed"))
-                    future.exception()  # retrieved: no "never retrieved" warning
-            futures.clear()
+        fail_subscribes(self._subscribed, self._unsubscribed)
         for link in links:
             await link.close(self.subscribe_timeout)
 

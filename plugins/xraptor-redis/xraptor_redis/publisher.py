@@ -13,7 +13,6 @@ gave up before it was sent is dropped, not sent late.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 from collections import deque
 from typing import Any
@@ -24,6 +23,9 @@ from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from xraptor.antenna import AntennaError, AntennaUnavailable
+from xraptor.closing import fail_waiting, stop_tasks
+
+from ._closing import closed
 
 #: publishes per pipeline
 BATCH = 256
@@ -76,15 +78,9 @@ class Publisher:
     async def close(self) -> None:
         """Stop the task; every waiting publish fails with :class:`AntennaError`."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        while self._outbox:
-            future = self._outbox.popleft()[2]
-            if not future.done():
-                future.set_exception(AntennaError("the redis antenna is closed"))
-                future.exception()  # retrieved: no "never retrieved" warning
+        await stop_tasks(task)
+        fail_waiting((item[2] for item in self._outbox), closed)
+        self._outbox.clear()
 
     async def publish(self, channel: str, message: str) -> None:
         """Queue one publish and wait until Redis took it, at most ``timeout`` seconds.

@@ -31,9 +31,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from xraptor.antenna import Antenna, AntennaError, AntennaUnavailable
+from xraptor.antenna import Antenna, AntennaUnavailable
+from xraptor.closing import stop_tasks
 
 from ._bounded import bounded
+from ._closing import fail_subscribes
 from .history import MARK, deliver_positioned
 from .pongs import Pongs
 
@@ -126,21 +128,12 @@ class Subscriber:
 
     async def close(self) -> None:
         """Stop the tasks, fail every waiting (un)subscribe, close the connection and pool."""
-        tasks = [task for task in (self._reader, self._watchdog) if task is not None]
+        tasks = (self._reader, self._watchdog)
         self._reader = self._watchdog = None
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks(*tasks)
         self._wanted.clear()
         self._resubscribing.clear()
-        for futures in (self._subscribed, self._unsubscribed):
-            for future in futures.values():
-                if not future.done():
-                    future.set_exception(AntennaError("the redis antenna is closed"))
-                    future.exception()  # retrieved: no "never retrieved" warning
-            futures.clear()
+        fail_subscribes(self._subscribed, self._unsubscribed)
         await self._close_pubsub()
         await self._release_pool()
 
