@@ -183,16 +183,22 @@ def main(argv: list[str]) -> None:
     offer = client != "plain"
     size, argv = _take(argv, "--size")
     if size is not None:
-        loadgen.fanout_text = lambda seq, now_ns: document_text(seq, now_ns, int(size))
+        chars = size
+
+        def sized_text(seq: int, now_ns: int, size: int = 0) -> str:
+            return document_text(seq, now_ns, int(chars))
+
+        # loadgen calls the fanout_text it imported from common: replaced in its namespace
+        loadgen.fanout_text = sized_text  # type: ignore[attr-defined]
     try:
         import picows  # noqa: F401
     except ImportError:  # websockets' client negotiates permessage-deflate itself (slower)
         connector = websockets_connector(offer)
-        name = "websockets-deflate" if offer else "websockets"
+        label = "websockets-deflate" if offer else "websockets"
     else:
         connector = deflate_connector(offer)
-        name = "picows-deflate" if offer else "picows"
-    loadgen.pick_client = lambda _: (name, connector)
+        label = "picows-deflate" if offer else "picows"
+    loadgen.pick_client = lambda name: (label, connector)
     loadgen.Control = CountingControl  # type: ignore[misc]
     loadgen.main([*argv, "--client", "picows"])
 
