@@ -16,10 +16,14 @@
 * :class:`HistoryConformance`: the optional history capability as a pytest suite,
   for antennas that declare it (same ``antenna_factory`` fixture).
 * :class:`PresenceConformance`: the optional presence capability, likewise.
-* :func:`eventually`: poll an async condition with a deadline.
+* :func:`eventually`: poll an async condition with a deadline; :func:`until`: a plain one.
 * :func:`health`: a running server's ``/health`` status and document;
   :func:`seconds_until_health`: how long until it answers a given status.
 * :func:`self_signed_cert`: a throw-away TLS certificate (needs ``openssl``).
+* :class:`ServerProcess`: a server in a process of its own (``xraptor run`` or a
+  script ending with :func:`serve_until_terminated`), on a port given
+  (:func:`free_port`, :func:`xraptor_run`) or printed.
+  :mod:`xraptor.testing.chat`: members of the chat demo's rooms across such processes.
 * :func:`xraptor.testing.faults.freeze_and_thaw`: a backend frozen under a running
   server turns ``/health`` to 503 and back (for antennas that implement ``ping``).
 
@@ -40,10 +44,17 @@ if TYPE_CHECKING:
         ChannelNames,
         ResourceCounter,
         eventually,
+        until,
     )
     from .history import HistoryConformance
     from .http import health, seconds_until_health
     from .presence import PresenceConformance
+    from .processes import (
+        ServerProcess,
+        free_port,
+        serve_until_terminated,
+        xraptor_run,
+    )
     from .tls import self_signed_cert
 
 __all__ = [
@@ -54,11 +65,16 @@ __all__ = [
     "HistoryConformance",
     "PresenceConformance",
     "ResourceCounter",
+    "ServerProcess",
     "TestClient",
     "eventually",
+    "free_port",
     "health",
     "seconds_until_health",
     "self_signed_cert",
+    "serve_until_terminated",
+    "until",
+    "xraptor_run",
 ]
 
 _MODULES = {
@@ -71,6 +87,11 @@ _MODULES = {
     "PresenceConformance": "presence",
     "TestClient": "client",
     "eventually": "conformance",
+    "until": "conformance",
+    "ServerProcess": "processes",
+    "free_port": "processes",
+    "serve_until_terminated": "processes",
+    "xraptor_run": "processes",
     "health": "http",
     "seconds_until_health": "http",
     "self_signed_cert": "tls",

@@ -94,7 +94,9 @@ async def eventually(
         await asyncio.sleep(interval)
 
 
-async def _until(condition: Callable[[], bool], timeout: float) -> bool:
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """:func:`eventually` for a plain (not async) condition."""
+
     async def check() -> bool:
         return condition()
 
@@ -583,7 +585,7 @@ class AntennaConformance:
             for i, name in enumerate(names):
                 await _named(other.post(name, f"#{i}"), f"posting to {_show(name)}")
             for name, recorder in recorders.items():
-                assert await _until(recorder.received, 5.0), f"nothing arrived on {_show(name)}"
+                assert await until(recorder.received, 5.0), f"nothing arrived on {_show(name)}"
             await asyncio.sleep(0.2)  # crosstalk, if any, has arrived by now
             for i, (name, recorder) in enumerate(recorders.items()):
                 assert recorder.events == [f"#{i}"], (
@@ -721,7 +723,7 @@ class AntennaConformance:
         def ended() -> bool:
             return not (_pending_tasks() - before)
 
-        assert await _until(ended, self.release_within), (
+        assert await until(ended, self.release_within), (
             f"tasks still running {self.release_within:g} s after close(): "
             f"{_describe_tasks(_pending_tasks() - before)}"
         )
@@ -864,17 +866,17 @@ class AntennaConformance:
             try:
                 await other.post(listened, "before")
                 await other.post(subscribed, "before")
-                assert await _until(lambda: recorder.events == ["before"], 5.0)
-                assert await _until(lambda: events == ["before"], 5.0)
+                assert await until(lambda: recorder.events == ["before"], 5.0)
+                assert await until(lambda: events == ["before"], 5.0)
                 async with self._outage(required_backend_fault):
                     await self._reaches(antenna, "down")
                 await self._reaches(antenna, "up")
                 await self._reaches(other, "up")
-                assert await _until(lambda: bool(recorder.gaps), self.recovery_within), (
+                assert await until(lambda: bool(recorder.gaps), self.recovery_within), (
                     "the antenna is up again but reported no gap to the listener: after "
                     "resubscribing, a driver must call report_gap()"
                 )
-                assert await _until(lambda: Gap(subscribed) in events, 1.0), (
+                assert await until(lambda: Gap(subscribed) in events, 1.0), (
                     "the gap did not reach the Subscription"
                 )
                 assert sorted(antenna.watched_channels()) == sorted([listened, subscribed])
@@ -903,7 +905,7 @@ class AntennaConformance:
             await _call(fault.start)
 
     async def _reaches(self, antenna: Antenna, state: str) -> None:
-        reached = await _until(lambda: antenna.state == state, self.recovery_within)
+        reached = await until(lambda: antenna.state == state, self.recovery_within)
         assert reached, (
             f"state is {antenna.state!r}, not {state!r}, {self.recovery_within:g} s after the "
             f"backend {'stopped' if state == 'down' else 'came back'}: a driver keeps "
@@ -959,7 +961,7 @@ class AntennaConformance:
             def arrived() -> bool:
                 return any(isinstance(e, str) and e.startswith("after-") for e in seen())
 
-            if await _until(arrived, 0.2):
+            if await until(arrived, 0.2):
                 return
             assert time.monotonic() < deadline, (
                 f"{_show(channel)} was watched before the outage and delivers nothing "

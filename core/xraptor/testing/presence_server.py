@@ -13,15 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
-import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterable
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import orjson
 
@@ -31,6 +27,7 @@ from ..client_stream import Stream
 from ..protocol import Request, Response
 from ..server import XRaptor
 from .conformance import eventually
+from .processes import ServerProcess, serve_until_terminated
 
 #: every room keeps presence; those whose id starts with ``notices:`` announce too
 ROOMS: tuple[tuple[str, dict[str, Any]], ...] = (
@@ -67,65 +64,14 @@ def presence_app(
     return app
 
 
-async def _serve(url: str, options: dict[str, Any]) -> None:
-    app = presence_app(url, **options)
-    await app.start()
-    print(app.port, flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await app.close()
-
-
-class PresenceProcess:
+class PresenceProcess(ServerProcess):
     """One ``presence_server`` process on ``antenna_url`` (a context manager).
 
     :param options: the antenna's options
     """
 
     def __init__(self, antenna_url: str, options: dict[str, Any]) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", __name__, antenna_url, json.dumps(options)],
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            stdout=subprocess.PIPE,
-        )
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline().decode().strip()
-        if not line.isdigit():
-            self.stop()
-            raise RuntimeError(f"the presence server did not start (printed {line!r})")
-        self.url = f"ws://127.0.0.1:{line}"
-
-    def kill(self) -> None:
-        """SIGKILL: the process ends without cleaning anything up."""
-        self.process.kill()
-        self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        super().__init__([sys.executable, "-m", __name__, antenna_url, json.dumps(options)])
 
 
 async def who(client: Client, room: str) -> dict[str, Any]:
@@ -212,4 +158,5 @@ async def _listed(infos: Any, client: Client, expected: list[Any]) -> bool:
 
 
 if __name__ == "__main__":
-    asyncio.run(_serve(sys.argv[1], json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}))
+    options = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
+    asyncio.run(serve_until_terminated(presence_app(sys.argv[1], **options)))

@@ -13,26 +13,17 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from mirakuru import TCPExecutor
 
-from xraptor.testing import health
+from xraptor.testing import ServerProcess, free_port
 
 CHAT_SERVER = Path(__file__).with_name("nats_chat_server.py")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class NatsServer:
@@ -120,65 +111,24 @@ def nats_binary() -> str | None:
     )
 
 
-class Process:
+def chat_process(url: str, *args: str) -> ServerProcess:
     """A chat server process (``nats_chat_server.py``) on a free port; ``args`` follow
     its antenna URL and port."""
-
-    def __init__(self, url: str, *args: str) -> None:
-        self.port = free_port()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(
-            [sys.executable, str(CHAT_SERVER), url, str(self.port), *args],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 15
-        while True:
-            if self.proc.poll() is not None:
-                out = self.proc.stdout.read().decode() if self.proc.stdout else ""
-                raise RuntimeError(f"chat server exited: {out}")
-            try:
-                self.health()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise
-                time.sleep(0.05)
-
-    def health(self) -> dict[str, Any]:
-        """The /health document (served with status 503 while the antenna is down)."""
-        return health(self.port, timeout=2)[1]
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        if self.proc.stdout:
-            self.proc.stdout.close()
+    port = free_port()
+    command = [sys.executable, str(CHAT_SERVER), url, str(port), *args]
+    return ServerProcess(command, port=port, timeout=15)
 
 
 @contextlib.contextmanager
-def two_processes(url: str, *args: str) -> Iterator[tuple[Process, Process]]:
+def two_processes(url: str, *args: str) -> Iterator[tuple[ServerProcess, ServerProcess]]:
     """Two chat server processes on the antenna at ``url``, stopped on exit."""
-    one = Process(url, *args)
-    try:
-        two = Process(url, *args)
-    except BaseException:
-        one.stop()
-        raise
-    try:
+    with chat_process(url, *args) as one, chat_process(url, *args) as two:
         yield one, two
-    finally:
-        one.stop()
-        two.stop()
 
 
-async def wait_antenna_state(processes: Iterable[Process], state: str, seconds: float) -> None:
+async def wait_antenna_state(
+    processes: Iterable[ServerProcess], state: str, seconds: float
+) -> None:
     """Wait until every process's /health shows its antenna in ``state``."""
     deadline = time.monotonic() + seconds
     while any(p.health()["antenna"]["state"] != state for p in processes):

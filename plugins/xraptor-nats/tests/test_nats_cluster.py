@@ -19,12 +19,12 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import pytest
 import pytest_asyncio
 from nats_cluster_support import NatsCluster
-from nats_support import nats_binary
-from test_nats_e2e import Process, Ws, _chat, _join
+from nats_support import chat_process, nats_binary
+from test_nats_e2e import Ws, _chat, _join
 from websockets.asyncio.client import connect
 
 from xraptor import Antenna
-from xraptor.testing import AntennaConformance, BackendFault, ResourceCounter
+from xraptor.testing import AntennaConformance, BackendFault, ResourceCounter, ServerProcess
 from xraptor_nats.antenna import NatsAntenna
 
 
@@ -182,21 +182,17 @@ async def test_connections_stay_bounded_by_the_members(running_cluster: NatsClus
 
 
 @pytest.fixture
-def processes(running_cluster: NatsCluster) -> Iterator[tuple[Process, Process]]:
+def processes(running_cluster: NatsCluster) -> Iterator[tuple[ServerProcess, ServerProcess]]:
     """Two chat server processes, each connected first to a member of its own."""
-    one = Process(running_cluster.urls[0])
-    try:
-        two = Process(running_cluster.urls[1])
-    except BaseException:
-        one.stop()
-        raise
-    yield one, two
-    one.stop()
-    two.stop()
+    with (
+        chat_process(running_cluster.urls[0]) as one,
+        chat_process(running_cluster.urls[1]) as two,
+    ):
+        yield one, two
 
 
 async def test_a_room_spans_processes_on_two_members(
-    processes: tuple[Process, Process],
+    processes: tuple[ServerProcess, ServerProcess],
 ) -> None:
     one, two = processes
     async with (
@@ -220,7 +216,7 @@ async def test_a_room_spans_processes_on_two_members(
 
 
 async def test_a_stream_resumes_when_its_member_dies(
-    running_cluster: NatsCluster, processes: tuple[Process, Process]
+    running_cluster: NatsCluster, processes: tuple[ServerProcess, ServerProcess]
 ) -> None:
     """kill -9 of the member the first process talks to: its stream gets a gap notice
     and carries the room's messages again within 5 s."""

@@ -16,9 +16,10 @@ import nats
 import pytest
 import pytest_asyncio
 from nats.aio.msg import Msg
-from nats_support import Process, two_processes, wait_antenna_state
+from nats_support import two_processes, wait_antenna_state
 from websockets.asyncio.client import ClientConnection, connect
 
+from xraptor.testing import ServerProcess
 from xraptor_nats.forward import route_subject
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ pytest.importorskip("xraptor.demo", reason="the core server's chat demo is not t
 
 
 @pytest.fixture
-def servers(private_nats: NatsServer) -> Iterator[tuple[Process, Process]]:
+def servers(private_nats: NatsServer) -> Iterator[tuple[ServerProcess, ServerProcess]]:
     with two_processes(private_nats.url) as both:
         yield both
 
@@ -74,7 +75,7 @@ class Ws:
 
 
 @pytest_asyncio.fixture
-async def clients(servers: tuple[Process, Process]) -> AsyncIterator[tuple[Ws, Ws]]:
+async def clients(servers: tuple[ServerProcess, ServerProcess]) -> AsyncIterator[tuple[Ws, Ws]]:
     one, two = servers
     async with (
         connect(f"ws://127.0.0.1:{one.port}") as a,
@@ -95,7 +96,7 @@ async def _join(a: Ws, b: Ws, room: str) -> None:
 
 
 async def test_room_spans_two_server_processes(
-    servers: tuple[Process, Process], clients: tuple[Ws, Ws]
+    servers: tuple[ServerProcess, ServerProcess], clients: tuple[Ws, Ws]
 ) -> None:
     a, b = clients
     assert servers[0].health()["antenna"]["name"] == "nats"
@@ -132,7 +133,7 @@ async def test_room_spans_two_server_processes(
 
 
 async def test_nats_outage_gives_gap_and_recovers(
-    private_nats: NatsServer, servers: tuple[Process, Process], clients: tuple[Ws, Ws]
+    private_nats: NatsServer, servers: tuple[ServerProcess, ServerProcess], clients: tuple[Ws, Ws]
 ) -> None:
     a, b = clients
     await _join(a, b, "room-2")

@@ -15,9 +15,10 @@ import json
 from collections.abc import Iterator
 
 import pytest
-from nats_support import NatsServer, Process, two_processes, wait_antenna_state
+from nats_support import NatsServer, two_processes, wait_antenna_state
 
 from xraptor import Client, Response
+from xraptor.testing import ServerProcess
 
 pytest.importorskip("xraptor.demo", reason="the core server's chat demo is not there yet")
 
@@ -25,7 +26,7 @@ HISTORY = "50"
 
 
 @pytest.fixture
-def servers(private_jetstream: NatsServer) -> Iterator[tuple[Process, Process]]:
+def servers(private_jetstream: NatsServer) -> Iterator[tuple[ServerProcess, ServerProcess]]:
     with two_processes(private_jetstream.url, HISTORY) as both:
         yield both
 
@@ -65,7 +66,7 @@ def text(push: Response) -> str:
 
 
 async def test_positions_and_recovery_across_two_processes(
-    servers: tuple[Process, Process],
+    servers: tuple[ServerProcess, ServerProcess],
 ) -> None:
     one, two = servers
     room = "h-room"
@@ -110,7 +111,7 @@ async def test_positions_and_recovery_across_two_processes(
 
 
 async def test_history_outlives_a_restart_of_nats(
-    private_jetstream: NatsServer, servers: tuple[Process, Process]
+    private_jetstream: NatsServer, servers: tuple[ServerProcess, ServerProcess]
 ) -> None:
     """kill -9 of nats-server (file storage) and a restart: the room's stream, its epoch
     and its messages are still there; live pushes carry positions of the same epoch, and

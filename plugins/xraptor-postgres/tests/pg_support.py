@@ -24,7 +24,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -33,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from xraptor.testing import self_signed_cert
+from xraptor.testing import free_port, self_signed_cert
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 EXTERNAL_URL = os.environ.get("XRAPTOR_POSTGRES_URL")
@@ -61,12 +60,6 @@ def bindir() -> Path | None:
         ),
     )
     return Path(found[-1]).parent if found else None
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def missing(reason: str) -> None:

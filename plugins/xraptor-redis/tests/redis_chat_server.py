@@ -11,10 +11,9 @@ import asyncio
 import os
 import sys
 
-from redis_support import serve_until_terminated
-
 import xraptor.demo  # noqa: F401  (registers the chat routes)
 from xraptor import XRaptor
+from xraptor.testing import serve_until_terminated
 
 
 async def main(url: str) -> None:

@@ -13,9 +13,9 @@ import asyncio
 import sys
 
 import orjson
-from redis_support import serve_until_terminated
 
 from xraptor import Broadcast, Request, Response, XRaptor
+from xraptor.testing import serve_until_terminated
 
 
 def history_app(url: str) -> XRaptor:

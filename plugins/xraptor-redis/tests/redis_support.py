@@ -13,7 +13,6 @@ beyond the core's ``[test]`` extra.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import signal
@@ -24,14 +23,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
-from xraptor.testing import health
+from xraptor.testing import ServerProcess
 
 if TYPE_CHECKING:
-    from xraptor import XRaptor
+    pass
 
 REDIS_BINARY = shutil.which("redis-server")
 EXTERNAL_URL = os.environ.get("XRAPTOR_REDIS_URL")
@@ -172,50 +171,7 @@ def redis_server() -> Iterator[RedisServer]:
         server.kill()
 
 
-class ServerProcess:
-    """A test server script run as a process (``python SCRIPT REDIS_URL``); the script
-    prints its port on its first line."""
-
-    def __init__(self, script: Path, url: str, **env: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, str(script), url],
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().decode().strip()
-        if not line.isdigit():
-            self.stop()
-            raise RuntimeError(f"{script.name} did not start (printed {line!r})")
-        self.port = int(line)
-        self.url = f"ws://127.0.0.1:{self.port}"
-
-    def health(self) -> dict[str, Any]:
-        """The /health document (served with status 503 while the antenna is down)."""
-        return health(self.port, timeout=2)[1]
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-
-async def serve_until_terminated(server: XRaptor) -> None:
-    """What a test server script runs: start ``server``, print its port, serve until
-    SIGTERM or SIGINT, close."""
-    await server.start()
-    print(server.port, flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await server.close()
+def script_process(script: Path, url: str, **env: str) -> ServerProcess:
+    """A test server script run as a process (``python SCRIPT REDIS_URL``, with ``env``);
+    the script prints its port on its first line (``serve_until_terminated``)."""
+    return ServerProcess([sys.executable, str(script), url], env=env)

@@ -16,10 +16,13 @@ import pytest
 pytest.importorskip("xraptor.demo", reason="the core server's chat demo is not there yet")
 
 from cluster_support import LocalCluster
-from redis_support import ServerProcess
-from test_redis_e2e import SERVER, Member, _send, _settle, _until
+from redis_support import script_process
+from test_redis_e2e import SERVER
 
 from xraptor import Client, ClientError
+from xraptor.testing import ServerProcess, until
+from xraptor.testing.chat import ChatMember as Member
+from xraptor.testing.chat import send, settle
 from xraptor_redis.cluster import route
 
 
@@ -28,18 +31,12 @@ def cluster_servers(
     own_redis_cluster: LocalCluster,
 ) -> Iterator[tuple[ServerProcess, ServerProcess]]:
     scope = f"e2e-cluster-{time.monotonic_ns()}"
-    url = own_redis_cluster.url
-    first = ServerProcess(SERVER, url, XRAPTOR_TEST_LIMIT="6", XRAPTOR_TEST_SCOPE=scope)
-    try:
-        second = ServerProcess(SERVER, url, XRAPTOR_TEST_LIMIT="6", XRAPTOR_TEST_SCOPE=scope)
-    except BaseException:
-        first.stop()
-        raise
-    try:
+    env = {"XRAPTOR_TEST_LIMIT": "6", "XRAPTOR_TEST_SCOPE": scope}
+    with (
+        script_process(SERVER, own_redis_cluster.url, **env) as first,
+        script_process(SERVER, own_redis_cluster.url, **env) as second,
+    ):
         yield first, second
-    finally:
-        first.stop()
-        second.stop()
 
 
 async def test_room_spans_two_processes_and_survives_its_master(
@@ -53,11 +50,11 @@ async def test_room_spans_two_processes_and_survives_its_master(
         Member(a, room) as ma,
         Member(b, room) as mb,
     ):
-        await _settle([ma, mb], a, room)
+        await settle([ma, mb], a, room)
         expected = [f"hello {i}" for i in range(10)]
         for i, text in enumerate(expected):
-            await _send(a if i % 2 == 0 else b, room, "alice", text, who=f"sender-{i}")
-        assert await _until(lambda: all(len(m.texts("alice")) >= 10 for m in (ma, mb)))
+            await send(a if i % 2 == 0 else b, room, "alice", text, who=f"sender-{i}")
+        assert await until(lambda: all(len(m.texts("alice")) >= 10 for m in (ma, mb)), 10)
         await asyncio.sleep(0.3)  # nothing more arrives
         for member in (ma, mb):
             assert member.texts("alice") == expected  # exactly once, in order
@@ -67,13 +64,13 @@ async def test_room_spans_two_processes_and_survives_its_master(
 
         # the rate limit is counted in the cluster, shared by both processes
         for i in range(6):
-            await _send(a if i % 2 else b, "quiet", "carol", f"m{i}", who="carol")
+            await send(a if i % 2 else b, "quiet", "carol", f"m{i}", who="carol")
         with pytest.raises(ClientError) as refused:
-            await _send(a, "quiet", "carol", "one too many", who="carol")
+            await send(a, "quiet", "carol", "one too many", who="carol")
         assert refused.value.code == "rate_limited"
 
         own_redis_cluster.kill_node(own_redis_cluster.master_of(route(room)[0]))
-        assert await _until(lambda: ma.gaps >= 1 and mb.gaps >= 1, 15)
+        assert await until(lambda: ma.gaps >= 1 and mb.gaps >= 1, 15)
         for server in (first, second):
             assert server.health()["antenna"]["state"] == "up"
         sent = 0
@@ -82,9 +79,9 @@ async def test_room_spans_two_processes_and_survives_its_master(
             assert time.monotonic() < deadline, "the room did not work again after the failover"
             # the publish may fail until the sender's process found the new master
             with contextlib.suppress(ClientError):
-                await _send(b, room, "erin", "after", who=f"erin-{sent}")
+                await send(b, room, "erin", "after", who=f"erin-{sent}")
             sent += 1
-            await _until(lambda: "after" in ma.texts("erin") and "after" in mb.texts("erin"), 0.3)
+            await until(lambda: "after" in ma.texts("erin") and "after" in mb.texts("erin"), 0.3)
         # one notice per channel of the failed shard: the room's, and the stream's own
         # channel when its slot is on the same master
         assert 1 <= ma.gaps <= 2 and 1 <= mb.gaps <= 2

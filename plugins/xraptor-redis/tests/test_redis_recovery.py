@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 from redis_history_server import history_app
-from redis_support import EXTERNAL_URL, REDIS_BINARY, RedisServer, ServerProcess, _no_backend
+from redis_support import EXTERNAL_URL, REDIS_BINARY, RedisServer, _no_backend, script_process
 
 from xraptor import Client, ClientError, Response
 from xraptor.client import Stream
+from xraptor.testing import ServerProcess
 
 SERVER = Path(__file__).with_name("redis_history_server.py")
 
@@ -183,17 +184,8 @@ async def test_without_persistence_each_room_gets_one_unrecovered_notice_then_li
 
 @pytest.fixture
 def two_processes(redis_url: str) -> Iterator[tuple[ServerProcess, ServerProcess]]:
-    first = ServerProcess(SERVER, redis_url)
-    try:
-        second = ServerProcess(SERVER, redis_url)
-    except BaseException:
-        first.stop()
-        raise
-    try:
+    with script_process(SERVER, redis_url) as first, script_process(SERVER, redis_url) as second:
         yield first, second
-    finally:
-        first.stop()
-        second.stop()
 
 
 async def take(stream: Stream, count: int) -> list[Response]:
