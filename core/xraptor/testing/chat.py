@@ -5,12 +5,18 @@ a room that spans server processes.
   it gets (``async with ChatMember(client, room) as member: ...``);
 * :func:`send`: post a message to a room;
 * :func:`settle`: post probes until every member gets them, so that the room is known
-  to be live in every process before a test counts messages.
+  to be live in every process before a test counts messages;
+* two scenarios on two server processes (:class:`~xraptor.testing.ServerProcess`)
+  sharing a backend: :func:`check_room_spans_processes` (each message exactly once,
+  in order) and :func:`check_outage_and_recovery` (gap notices, then the room works
+  again).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Self
 
@@ -19,8 +25,17 @@ import orjson
 from ..client import Client
 from ..protocol import Response
 from .conformance import until
+from .processes import ServerProcess
 
-__all__ = ["JOIN", "SEND", "ChatMember", "send", "settle"]
+__all__ = [
+    "JOIN",
+    "SEND",
+    "ChatMember",
+    "check_outage_and_recovery",
+    "check_room_spans_processes",
+    "send",
+    "settle",
+]
 
 #: the demo's routes: SUB to join a room, POST to send to it
 JOIN, SEND = "/chat_messages", "/send_message_to_chat_room"
@@ -82,3 +97,67 @@ async def settle(members: list[ChatMember], sender: Client, room: str) -> None:
         if await until(lambda: all(m.texts("probe") for m in members), 0.2):
             return
     raise AssertionError("the room never became live on every member")
+
+
+async def check_room_spans_processes(
+    first: ServerProcess, second: ServerProcess, texts: list[str]
+) -> None:
+    """A room with two members on ``first`` and one on ``second``: ``texts`` are sent
+    alternately from a client of each (origins ``alice`` and ``bob``; ``client`` header
+    ``sender-N``, so a rate limit by that header lets them through). Every member gets
+    each text exactly once, each sender's in order; nothing more arrives."""
+    room = "lobby"
+    async with (
+        Client(first.url) as a,
+        Client(first.url) as a2,
+        Client(second.url) as b,
+        ChatMember(a, room) as ma1,
+        ChatMember(a2, room) as ma2,
+        ChatMember(b, room) as mb,
+    ):
+        members = [ma1, ma2, mb]
+        await settle(members, a, room)
+        for i, text in enumerate(texts):
+            sender, origin = (a, "alice") if i % 2 == 0 else (b, "bob")
+            await send(sender, room, origin, text, who=f"sender-{i}")
+        assert await until(
+            lambda: all(len(m.texts("alice")) + len(m.texts("bob")) >= len(texts) for m in members),
+            10,
+        )
+        await asyncio.sleep(0.3)  # nothing more arrives
+        for member in members:
+            got = [t for t in member.texts() if not t.startswith("probe-")]
+            assert sorted(got) == sorted(texts)  # each message exactly once
+            assert member.texts("alice") == texts[0::2]  # in order, per sender
+            assert member.texts("bob") == texts[1::2]
+
+
+async def check_outage_and_recovery(
+    first: ServerProcess,
+    second: ServerProcess,
+    outage: Callable[[], Awaitable[None]],
+    up_within: float = 10.0,
+) -> None:
+    """A room with a member on each server; ``outage()`` takes their backend away and
+    brings it back. Every member gets a gap notice (within 15 s), both antennas are
+    ``up`` again within ``up_within`` seconds, and a message sent then reaches both."""
+    room = "sturdy"
+    async with (
+        Client(first.url) as a,
+        Client(second.url) as b,
+        ChatMember(a, room) as ma,
+        ChatMember(b, room) as mb,
+    ):
+        await settle([ma, mb], a, room)
+        await outage()
+        assert await until(lambda: ma.gaps >= 1 and mb.gaps >= 1, 15)
+        for server in (first, second):
+            assert await until(functools.partial(_antenna_is, server, "up"), up_within)
+        await send(b, room, "erin", "after the outage", who="erin")
+        assert await until(
+            lambda: "after the outage" in ma.texts() and "after the outage" in mb.texts(), 10
+        )
+
+
+def _antenna_is(server: ServerProcess, state: str) -> bool:
+    return bool(server.health()["antenna"]["state"] == state)
