@@ -5,7 +5,8 @@ a room that spans server processes.
   it gets (``async with ChatMember(client, room) as member: ...``);
 * :func:`send`: post a message to a room;
 * :func:`settle`: post probes until every member gets them, so that the room is known
-  to be live in every process before a test counts messages;
+  to be live in every process before a test counts messages; :func:`members_on_both`:
+  a member on each of two servers, the room settled;
 * two scenarios on two server processes (:class:`~xraptor.testing.ServerProcess`)
   sharing a backend: :func:`check_room_spans_processes` (each message exactly once,
   in order) and :func:`check_outage_and_recovery` (gap notices, then the room works
@@ -15,9 +16,9 @@ a room that spans server processes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
-from collections.abc import Awaitable, Callable
-from types import TracebackType
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Self
 
 import orjson
@@ -33,6 +34,7 @@ __all__ = [
     "ChatMember",
     "check_outage_and_recovery",
     "check_room_spans_processes",
+    "members_on_both",
     "send",
     "settle",
 ]
@@ -42,10 +44,12 @@ JOIN, SEND = "/chat_messages", "/send_message_to_chat_room"
 
 
 class ChatMember:
-    """A stream on the chat room ``room`` of ``client``'s server that records what it
-    gets: :attr:`messages` (``{"origin", "message"}``) and :attr:`gaps` (gap notices)."""
+    """A stream on the chat room ``room`` of ``client``'s server (:attr:`client`) that
+    records what it gets: :attr:`messages` (``{"origin", "message"}``) and :attr:`gaps`
+    (gap notices)."""
 
     def __init__(self, client: Client, room: str) -> None:
+        self.client = client
         self.stream = client.subscribe(JOIN, {"chat_id": room})
         self.messages: list[dict[str, Any]] = []
         self.gaps = 0
@@ -56,12 +60,7 @@ class ChatMember:
         self._task = asyncio.ensure_future(self._collect())
         return self
 
-    async def __aexit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         if self._task is not None:
             self._task.cancel()
         await self.stream.close()
@@ -97,6 +96,22 @@ async def settle(members: list[ChatMember], sender: Client, room: str) -> None:
         if await until(lambda: all(m.texts("probe") for m in members), 0.2):
             return
     raise AssertionError("the room never became live on every member")
+
+
+@contextlib.asynccontextmanager
+async def members_on_both(
+    first: ServerProcess, second: ServerProcess, room: str
+) -> AsyncIterator[tuple[ChatMember, ChatMember]]:
+    """A member of ``room`` on each server, each with a client of its own
+    (:attr:`ChatMember.client`), once the room is live on both (:func:`settle`)."""
+    async with (
+        Client(first.url) as a,
+        Client(second.url) as b,
+        ChatMember(a, room) as ma,
+        ChatMember(b, room) as mb,
+    ):
+        await settle([ma, mb], a, room)
+        yield ma, mb
 
 
 async def check_room_spans_processes(
@@ -141,19 +156,12 @@ async def check_outage_and_recovery(
     """A room with a member on each server; ``outage()`` takes their backend away and
     brings it back. Every member gets a gap notice (within 15 s), both antennas are
     ``up`` again within ``up_within`` seconds, and a message sent then reaches both."""
-    room = "sturdy"
-    async with (
-        Client(first.url) as a,
-        Client(second.url) as b,
-        ChatMember(a, room) as ma,
-        ChatMember(b, room) as mb,
-    ):
-        await settle([ma, mb], a, room)
+    async with members_on_both(first, second, "sturdy") as (ma, mb):
         await outage()
         assert await until(lambda: ma.gaps >= 1 and mb.gaps >= 1, 15)
         for server in (first, second):
             assert await until(functools.partial(_antenna_is, server, "up"), up_within)
-        await send(b, room, "erin", "after the outage", who="erin")
+        await send(mb.client, "sturdy", "erin", "after the outage", who="erin")
         assert await until(
             lambda: "after the outage" in ma.texts() and "after the outage" in mb.texts(), 10
         )

@@ -19,10 +19,9 @@ from cluster_support import LocalCluster
 from redis_support import script_process
 from test_redis_e2e import SERVER
 
-from xraptor import Client, ClientError
+from xraptor import ClientError
 from xraptor.testing import ServerProcess, until
-from xraptor.testing.chat import ChatMember as Member
-from xraptor.testing.chat import send, settle
+from xraptor.testing.chat import members_on_both, send
 from xraptor_redis.cluster import route
 
 
@@ -44,13 +43,8 @@ async def test_room_spans_two_processes_and_survives_its_master(
 ) -> None:
     first, second = cluster_servers
     room = "lobby"
-    async with (
-        Client(first.url) as a,
-        Client(second.url) as b,
-        Member(a, room) as ma,
-        Member(b, room) as mb,
-    ):
-        await settle([ma, mb], a, room)
+    async with members_on_both(first, second, room) as (ma, mb):
+        a, b = ma.client, mb.client
         expected = [f"hello {i}" for i in range(10)]
         for i, text in enumerate(expected):
             await send(a if i % 2 == 0 else b, room, "alice", text, who=f"sender-{i}")
