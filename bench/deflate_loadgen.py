@@ -186,6 +186,7 @@ def main(argv: list[str]) -> None:
         chars = size
 
         def sized_text(seq: int, now_ns: int, size: int = 0) -> str:
+            # common.fanout_text's signature (loadgen passes seq and now_ns); --size wins
             return document_text(seq, now_ns, int(chars))
 
         # loadgen calls the fanout_text it imported from common: replaced in its namespace
