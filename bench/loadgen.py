@@ -346,14 +346,23 @@ async def scenario_rr(args: argparse.Namespace, connect: Connector, control: Con
         conn.close()
 
 
+#: in a fan-out, one member in SAMPLE parses every frame it receives (its latency, and
+#: a check that it is the message expected next); the others count frames (the load
+#: generator must not be the bottleneck: parsing every frame cost it as much CPU per
+#: delivery as the fastest server spends)
+SAMPLE = 8
+
+
 class FanOut:
     __slots__ = (
         "deadline",
         "delivered",
+        "fenced",
         "finished",
         "inflight",
         "last_ns",
         "limit",
+        "misordered",
         "seen",
         "sent",
     )
@@ -365,6 +374,8 @@ class FanOut:
         self.inflight = 0
         self.delivered = 0
         self.seen = 0
+        self.fenced = 0
+        self.misordered = 0
         self.last_ns = 0
         self.finished = asyncio.Event()
 
@@ -392,6 +403,10 @@ async def scenario_fanout(args: argparse.Namespace, connect: Connector, control:
     seen = bytearray(m)
     latencies: array[int] = array("q")
     probes_done = asyncio.Event()
+    fence_done = asyncio.Event()
+    fenced = bytearray(m)
+    fence = -1  # the last probe's number, once sent
+    next_seq = [0] * m  # the next measured message each member should receive
     window = args.window
 
     def pump() -> None:
@@ -402,7 +417,13 @@ async def scenario_fanout(args: argparse.Namespace, connect: Connector, control:
         if st.inflight == 0:
             st.finished.set()
 
+    def completed() -> None:
+        st.last_ns = time.monotonic_ns()
+        st.inflight -= 1
+        pump()
+
     def make_handler(i: int) -> Handler:
+        """Every frame parsed: the warm-up, and the Socket.IO wire (pings among the pushes)."""
         conn = members[i]
 
         def on_message(data: bytes) -> None:
@@ -418,6 +439,11 @@ async def scenario_fanout(args: argparse.Namespace, connect: Connector, control:
                     st.seen += 1
                     if st.seen == m:
                         probes_done.set()
+                if seq == fence and not fenced[i]:
+                    fenced[i] = 1
+                    st.fenced += 1
+                    if st.fenced == m:
+                        fence_done.set()
                 return
             now = time.monotonic_ns()
             latencies.append(now - int(match.group(1)))
@@ -430,6 +456,39 @@ async def scenario_fanout(args: argparse.Namespace, connect: Connector, control:
                 pump()
 
         return on_message
+
+    def make_counter(i: int) -> Handler:
+        """The measured frames, counted: a member's n-th frame is message n (per member
+        the server keeps the order, and nothing else arrives after the fence). One member
+        in ``SAMPLE`` parses each frame: its latency, and a check of that order."""
+        if i % SAMPLE:
+
+            def on_message(data: bytes) -> None:
+                seq = next_seq[i]
+                next_seq[i] = seq + 1
+                st.delivered += 1
+                count = counts[seq] + 1
+                counts[seq] = count
+                if count == m:
+                    completed()
+
+            return on_message
+
+        def on_sampled(data: bytes) -> None:
+            seq = next_seq[i]
+            next_seq[i] = seq + 1
+            match = MARK.search(data)
+            if match is None or int(match.group(2)) != seq:
+                st.misordered += 1
+            else:
+                latencies.append(time.monotonic_ns() - int(match.group(1)))
+            st.delivered += 1
+            count = counts[seq] + 1
+            counts[seq] = count
+            if count == m:
+                completed()
+
+        return on_sampled
 
     for i, conn in enumerate(members):
         conn.handler = make_handler(i)
@@ -444,6 +503,16 @@ async def scenario_fanout(args: argparse.Namespace, connect: Connector, control:
             await asyncio.wait_for(probes_done.wait(), 0.05)
     if not probes_done.is_set():
         raise SystemExit(f"only {st.seen} of {m} members received a warm-up message")
+    # then a last probe (the fence): once every member has it, no probe is on its way
+    fence = PROBE_BASE + k
+    publisher.send(publish_frame(args.wire, fence))
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(fence_done.wait(), 20)
+    if not fence_done.is_set():
+        raise SystemExit(f"only {st.fenced} of {m} members received the last warm-up message")
+    if not sio:
+        for i, conn in enumerate(members):
+            conn.handler = make_counter(i)
     await asyncio.sleep(0.3)
     control.say("READY")
     if await control.line(120) != "GO":
@@ -463,6 +532,8 @@ async def scenario_fanout(args: argparse.Namespace, connect: Connector, control:
         if time.monotonic_ns() - st.last_ns > stall_ns:
             break
     cpu = time.process_time() - cpu0
+    if st.misordered:
+        raise SystemExit(f"{st.misordered} sampled frames were not the message expected next")
     elapsed = max(st.last_ns - start, 1_000_000) / 1e9
     values = sorted(latencies)
     expected = st.sent * m

@@ -28,6 +28,7 @@ import asyncio
 import codecs
 import collections
 import logging
+import struct
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +58,65 @@ _PEER_CLOSE_CODES = frozenset(
 _MAX_REASON = 123
 
 _utf8_decoder = codecs.getincrementaldecoder("utf-8")
+
+
+#: a server's text frame header (FIN, opcode 1, unmasked) for each payload length < 126
+_SHORT_HEADERS = [bytes((0x81, size)) for size in range(126)]
+_MEDIUM_HEADER = struct.Struct("!BBH")
+_LONG_HEADER = struct.Struct("!BBQ")
+
+
+def text_frames(payloads: list[bytes]) -> bytes:
+    """``payloads`` as consecutive unmasked, unfragmented text frames (a server's)."""
+    parts: list[bytes] = []
+    for payload in payloads:
+        size = len(payload)
+        if size < 126:
+            parts.append(_SHORT_HEADERS[size])
+        elif size < 65536:
+            parts.append(_MEDIUM_HEADER.pack(0x81, 126, size))
+        else:
+            parts.append(_LONG_HEADER.pack(0x81, 127, size))
+        parts.append(payload)
+    return b"".join(parts)
+
+
+class Cork:
+    """The pushes of one event-loop iteration, written once per connection.
+
+    A fan-out pushes one frame to each member per message; when several messages fan
+    out in the same iteration (a burst of publishes, a room's backlog from the
+    antenna), each member's frames are written together after it, in one socket write
+    instead of one per frame, and the client reads them in one read. The frames wait
+    no longer than the rest of the iteration (the flush is the loop's next callback).
+    """
+
+    __slots__ = ("dirty", "loop", "scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        #: connections with pushes waiting, in the order of their first push
+        self.dirty: list[PicowsConnection] = []
+        self.scheduled = False
+
+    def schedule(self) -> None:
+        """Flush at the loop's next callback (a connection was added to :attr:`dirty`)."""
+        self.scheduled = True
+        self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.scheduled = False
+        dirty, self.dirty = self.dirty, []
+        for connection in dirty:  # PicowsConnection.flush, inline: once per delivery
+            pending = connection._pending
+            if pending is None:
+                continue  # flushed already (an answer was written after the push)
+            connection._pending = None
+            if connection.socket.open:
+                if len(pending) == 1:
+                    connection._send(_TEXT, pending[0])
+                else:
+                    connection._underlying.write(text_frames(pending))
 
 
 class _Binary:
@@ -96,6 +156,7 @@ class PicowsSocket(WSListener):
         "close_sent",
         "close_timeout",
         "connection",
+        "cork",
         "ended",
         "failed",
         "gone",
@@ -126,6 +187,7 @@ class PicowsSocket(WSListener):
         max_queue: int | None,
         close_timeout: float,
         sockets: set[PicowsSocket],
+        cork: Cork,
     ) -> None:
         super().__init__()
         self.app = app
@@ -139,6 +201,8 @@ class PicowsSocket(WSListener):
         self.close_timeout = close_timeout
         #: the listener's set of open sockets (this one is in it while connected)
         self.sockets = sockets
+        #: the listener's pushes waiting for the end of the loop iteration
+        self.cork = cork
         self.loop = asyncio.get_running_loop()
         self.transport: WSTransport | None = None
         self.underlying: asyncio.Transport | None = None
@@ -354,6 +418,8 @@ class PicowsSocket(WSListener):
         if self.close_sent or self.gone:
             return
         assert self.transport is not None
+        if self.connection is not None:
+            self.connection.flush()  # the pushes made before the close go first
         self.close_sent = True
         self.open = False
         encoded = reason.encode()
@@ -397,7 +463,7 @@ class PicowsSocket(WSListener):
 class PicowsConnection(Connection):
     """A client connection of the picows transport (:attr:`socket` is picows' side)."""
 
-    __slots__ = ("_send", "socket")
+    __slots__ = ("_cork", "_pending", "_send", "_underlying", "socket")
 
     transport = "picows"
     frames: Inbox
@@ -410,8 +476,12 @@ class PicowsConnection(Connection):
         self.socket = socket
         self.receive = socket.receive
         self.frames = socket.inbox
-        assert socket.transport is not None
+        assert socket.transport is not None and socket.underlying is not None
         self._send: Any = socket.transport.send
+        self._underlying = socket.underlying
+        self._cork = socket.cork
+        #: pushes waiting for the end of the loop iteration (:class:`Cork`), or None
+        self._pending: list[bytes] | None = None
 
     @property
     def headers(self) -> Mapping[str, str]:
@@ -421,8 +491,7 @@ class PicowsConnection(Connection):
         return self.socket.open
 
     def buffered(self) -> int:
-        underlying = self.socket.underlying
-        return underlying.get_write_buffer_size() if underlying is not None else 0
+        return self._underlying.get_write_buffer_size()
 
     def write(self, frame: bytes) -> bool:
         """Write a text frame now, unless the connection is closing or its transport
@@ -430,6 +499,8 @@ class PicowsConnection(Connection):
         socket = self.socket
         if not socket.open or socket.writing_paused:
             return False
+        if self._pending is not None:
+            self.flush()  # the pushes made before it go first
         self._send(_TEXT, frame)
         return True
 
@@ -437,6 +508,8 @@ class PicowsConnection(Connection):
         """Write a text frame now, even while the transport asked to pause."""
         if not self.socket.open:
             return False
+        if self._pending is not None:
+            self.flush()
         self._send(_TEXT, frame)
         return True
 
@@ -447,20 +520,43 @@ class PicowsConnection(Connection):
         while socket.open and socket.writing_paused:
             await socket.drained()
         if socket.open:
+            if self._pending is not None:
+                self.flush()
             self._send(_TEXT, frame)
 
     def push(self, frame: bytes) -> None:
-        """The fan-out path, inline: written even while the transport is paused (the
-        buffer is bounded by ``max_buffer`` instead)."""
-        socket = self.socket
-        if self._closing or not socket.open:
+        """The fan-out path: the frame waits for the end of the loop iteration and is
+        written with the connection's other pushes of that iteration (:class:`Cork`);
+        written even while the transport is paused (the buffer is bounded by
+        ``max_buffer`` instead)."""
+        if self._closing or not self.socket.open:
             return
-        assert socket.underlying is not None
-        if socket.underlying.get_write_buffer_size() > self.max_buffer:
+        pending = self._pending
+        if pending is not None:
+            pending.append(frame)
+        elif self._underlying.get_write_buffer_size() > self.max_buffer:
             self._slow_consumer()
             return
-        self._send(_TEXT, frame)
+        else:
+            self._pending = [frame]
+            cork = self._cork
+            cork.dirty.append(self)
+            if not cork.scheduled:
+                cork.schedule()
         self.metrics.pushes_total += 1
+
+    def flush(self) -> None:
+        """Write the pushes waiting, in one socket write."""
+        pending = self._pending
+        if pending is None:
+            return
+        self._pending = None
+        if not self.socket.open:
+            return
+        if len(pending) == 1:
+            self._send(_TEXT, pending[0])
+        else:
+            self._underlying.write(text_frames(pending))
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         await self.socket.close(code, reason)

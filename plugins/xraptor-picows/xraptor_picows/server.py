@@ -49,7 +49,7 @@ from xraptor.handshake import SUBPROTOCOL, http_response, offered_subprotocols
 from xraptor.redaction import RedactingLogger
 from xraptor.transport import ListenOptions
 
-from .connection import PicowsSocket
+from .connection import Cork, PicowsSocket
 
 if TYPE_CHECKING:
     from xraptor.server import XRaptor
@@ -242,6 +242,7 @@ class PicowsServer:
         self.sockets: set[PicowsSocket] = set()
         #: the tasks serving connections (``app._open``)
         self.tasks: set[asyncio.Task[None]] = set()
+        self.cork: Cork | None = None
         ping = options.ping_interval
         timeout = options.ping_timeout
         self._protocol_options: Mapping[str, object] = {
@@ -324,11 +325,18 @@ class PicowsServer:
             max_queue=self.options.max_queue,
             close_timeout=self.options.close_timeout,
             sockets=self.sockets,
+            cork=self._cork(),
         )
         gate.upgrade(socket, SUBPROTOCOL if SUBPROTOCOL in offered else None)
         if socket.task is not None:
             self.tasks.add(socket.task)
             socket.task.add_done_callback(self.tasks.discard)
+
+    def _cork(self) -> Cork:
+        """The listener's :class:`Cork` (made in the loop, at the first connection)."""
+        if self.cork is None:
+            self.cork = Cork(asyncio.get_running_loop())
+        return self.cork
 
     # ----- shutdown -------------------------------------------------------------------
 
