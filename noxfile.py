@@ -74,7 +74,7 @@ PICOWS_CORE_TESTS = [
     f"tests/test_{name}.py"
     for name in (
         "requests", "streams", "edge", "drain", "concurrency", "origins", "auth", "client",
-        "apps", "antenna_health", "demo",
+        "apps", "antenna_health", "demo", "cork",
     )
 ]  # fmt: skip
 

@@ -28,6 +28,7 @@ from websockets.protocol import State
 from .admission import Admitted, is_upgrade
 from .connection import Connection
 from .context import serving
+from .cork import Cork, text_frames
 from .deflate import (
     SharedCompressor,
     SharedCompressors,
@@ -80,13 +81,13 @@ _popleft = collections.deque.popleft
 class WebsocketsConnection(Connection):
     """A client connection of xraptor's own ``websockets`` server (:attr:`ws`)."""
 
-    __slots__ = ()
+    __slots__ = ("_cork", "_pending")
 
     transport = "websockets"
     ws: ServerConnection
     frames: FrameQueue
 
-    def __init__(self, ws: ServerConnection, max_buffer: int, metrics: Metrics) -> None:
+    def __init__(self, ws: ServerConnection, max_buffer: int, metrics: Metrics, cork: Cork) -> None:
         remote = ws.remote_address
         super().__init__(
             ws.request.path if ws.request is not None else "/",
@@ -100,6 +101,10 @@ class WebsocketsConnection(Connection):
         queue = ws.recv_messages.frames
         #: the frames received and not read yet (see :class:`FrameQueue`)
         self.frames = queue.queue = FrameQueue(queue.queue)
+        #: the listener's pushes waiting for the end of the loop iteration
+        self._cork = cork
+        #: this connection's pushes waiting (see :mod:`xraptor.cork`), or None
+        self._pending: list[bytes] | None = None
         # when the connection is lost, cancel whatever its requests wait for (websockets'
         # connection-lost future: no task of ours waits for the close)
         ws.connection_lost_waiter.add_done_callback(self.lost)
@@ -126,6 +131,8 @@ class WebsocketsConnection(Connection):
         protocol = ws.protocol
         if protocol.state is not State.OPEN or ws.paused:
             return False
+        if self._pending is not None:
+            self.flush()  # the pushes made before it go first
         try:  # enqueue, inline: this is every answer's path
             protocol.send_text(frame)
             ws.send_data()
@@ -136,6 +143,8 @@ class WebsocketsConnection(Connection):
 
     def enqueue(self, frame: bytes) -> bool:
         """Hand one text frame to websockets and the transport, as ``broadcast()`` does."""
+        if self._pending is not None:
+            self.flush()
         ws = self.ws
         try:
             ws.protocol.send_text(frame)
@@ -151,22 +160,66 @@ class WebsocketsConnection(Connection):
         control) or for the close to finish."""
         if self.write(frame):
             return
+        if self._pending is not None:
+            self.flush()
         with contextlib.suppress(ConnectionClosed):
             await self.ws.send(frame, text=True)
 
     def push(self, frame: bytes) -> None:
-        """The fan-out path, inline: written even while the transport is paused (the
-        buffer is bounded by ``max_buffer`` instead)."""
+        """The fan-out path: the frame waits for the end of the loop iteration and is
+        written with this connection's other pushes of the iteration (see
+        :mod:`xraptor.cork`); written even while the transport is paused (the buffer is
+        bounded by ``max_buffer`` instead)."""
         ws = self.ws
         if self._closing or ws.protocol.state is not State.OPEN:
             return
-        if ws.transport.get_write_buffer_size() > self.max_buffer:
+        pending = self._pending
+        if pending is not None:
+            pending.append(frame)
+        elif ws.transport.get_write_buffer_size() > self.max_buffer:
             self._slow_consumer()
             return
-        if self.enqueue(frame):
-            self.metrics.pushes_total += 1
+        else:
+            self._pending = [frame]
+            cork = self._cork
+            cork.dirty.append(self)
+            if not cork.scheduled:
+                cork.schedule()
+        self.metrics.pushes_total += 1
+
+    def flush(self) -> None:
+        """Write the pushes waiting, in one socket write (dropped once the connection
+        is closing, as a push then would be)."""
+        pending = self._pending
+        if pending is None:
+            return
+        self._pending = None
+        if self.ws.protocol.state is not State.OPEN:
+            return
+        if len(pending) == 1:
+            self.enqueue(pending[0])
+        else:
+            self.write_frames(pending)
+
+    def write_frames(self, payloads: list[bytes]) -> None:
+        """Write text frames in one socket write: built here when no extension was
+        negotiated (websockets writes what its protocol makes at once, so nothing of
+        its own waits meanwhile), else made by websockets' protocol (its compression)."""
+        ws = self.ws
+        protocol = ws.protocol
+        try:
+            if protocol.extensions or protocol.expect_continuation_frame:
+                for payload in payloads:
+                    protocol.send_text(payload)
+                ws.transport.write(b"".join(protocol.data_to_send()))
+            else:
+                ws.transport.write(text_frames(payloads))
+        except Exception as error:
+            logger.debug("writing frames failed: %s", error)
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
+        if self._pending is not None:
+            self.flush()  # what was pushed goes before the close frame
         await self.ws.close(code, reason)
 
     def abort(self) -> None:
@@ -192,21 +245,39 @@ class SharedDeflateConnection(WebsocketsConnection):
     __slots__ = ("_compressor",)
 
     def __init__(
-        self, ws: ServerConnection, max_buffer: int, metrics: Metrics, compressor: SharedCompressor
+        self,
+        ws: ServerConnection,
+        max_buffer: int,
+        metrics: Metrics,
+        cork: Cork,
+        compressor: SharedCompressor,
     ) -> None:
-        super().__init__(ws, max_buffer, metrics)
+        super().__init__(ws, max_buffer, metrics, cork)
         self._compressor = compressor
 
     def enqueue(self, frame: bytes) -> bool:
         ws = self.ws
         if ws.protocol.expect_continuation_frame:
             return super().enqueue(frame)  # refused by websockets, as any frame would be
+        if self._pending is not None:
+            self.flush()
         try:
             ws.transport.write(self._compressor.websocket_frame(frame))
         except Exception as error:
             logger.debug("writing a frame failed: %s", error)
             return False
         return True
+
+    def write_frames(self, payloads: list[bytes]) -> None:
+        ws = self.ws
+        if ws.protocol.expect_continuation_frame:
+            super().write_frames(payloads)  # refused by websockets, as any frame would be
+            return
+        frame = self._compressor.websocket_frame
+        try:
+            ws.transport.write(b"".join([frame(payload) for payload in payloads]))
+        except Exception as error:
+            logger.debug("writing frames failed: %s", error)
 
 
 # ----- the listener -----------------------------------------------------------------
@@ -215,9 +286,11 @@ class SharedDeflateConnection(WebsocketsConnection):
 class WebsocketsListener:
     """A ``websockets`` server serving one app (see :mod:`xraptor.transport`)."""
 
-    def __init__(self, app: XRaptor, server: Server) -> None:
+    def __init__(self, app: XRaptor, server: Server, cork: Cork) -> None:
         self.app = app
         self.server = server
+        #: the connections' pushes waiting for the end of the loop iteration
+        self.cork = cork
 
     @property
     def port(self) -> int:
@@ -233,6 +306,7 @@ class WebsocketsListener:
         close frame is written; a client that stopped reading keeps it unwritten, so
         connections still open past the bound are aborted here.
         """
+        self.cork.flush()  # what was pushed goes before the close frames
         server = self.server
         server.close()
         try:
@@ -254,8 +328,10 @@ async def listen(app: XRaptor, options: ListenOptions) -> WebsocketsListener:
         # websockets' handler of one connection, run in websockets' task for it
         compressor = shared_compressor(ws.protocol.extensions) if compressors else None
         if compressor is None:
-            return app._open(WebsocketsConnection(ws, app._max_buffer, app.metrics))
-        return app._open(SharedDeflateConnection(ws, app._max_buffer, app.metrics, compressor))
+            return app._open(WebsocketsConnection(ws, app._max_buffer, app.metrics, cork))
+        return app._open(
+            SharedDeflateConnection(ws, app._max_buffer, app.metrics, cork, compressor)
+        )
 
     async def process_request(
         connection: ServerConnection, request: HttpRequest
@@ -274,6 +350,7 @@ async def listen(app: XRaptor, options: ListenOptions) -> WebsocketsListener:
         return outcome
 
     compressors = SharedCompressors() if options.compression == "shared" else None
+    cork = Cork(asyncio.get_running_loop())
     server = await serve(
         handle,
         options.host,
@@ -292,7 +369,7 @@ async def listen(app: XRaptor, options: ListenOptions) -> WebsocketsListener:
         compression="deflate" if options.compression == "deflate" else None,
         extensions=[SharedDeflateFactory(compressors)] if compressors else None,
     )
-    return WebsocketsListener(app, server)
+    return WebsocketsListener(app, server, cork)
 
 
 @hookimpl

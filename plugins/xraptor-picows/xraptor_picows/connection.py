@@ -28,13 +28,14 @@ import asyncio
 import codecs
 import collections
 import logging
-import struct
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
+import xraptor.cork
 from xraptor.connection import Closed, Connection
+from xraptor.cork import text_frames
 
 if TYPE_CHECKING:
     from websockets.http11 import Request as HttpRequest
@@ -60,54 +61,18 @@ _MAX_REASON = 123
 _utf8_decoder = codecs.getincrementaldecoder("utf-8")
 
 
-#: a server's text frame header (FIN, opcode 1, unmasked) for each payload length < 126
-_SHORT_HEADERS = [bytes((0x81, size)) for size in range(126)]
-_MEDIUM_HEADER = struct.Struct("!BBH")
-_LONG_HEADER = struct.Struct("!BBQ")
+class Cork(xraptor.cork.Cork):
+    """The listener's pushes waiting for the end of the loop iteration
+    (:class:`xraptor.cork.Cork`), its flush specialised: :meth:`PicowsConnection.flush`
+    inline, since it runs once per delivery."""
 
-
-def text_frames(payloads: list[bytes]) -> bytes:
-    """``payloads`` as consecutive unmasked, unfragmented text frames (a server's)."""
-    parts: list[bytes] = []
-    for payload in payloads:
-        size = len(payload)
-        if size < 126:
-            parts.append(_SHORT_HEADERS[size])
-        elif size < 65536:
-            parts.append(_MEDIUM_HEADER.pack(0x81, 126, size))
-        else:
-            parts.append(_LONG_HEADER.pack(0x81, 127, size))
-        parts.append(payload)
-    return b"".join(parts)
-
-
-class Cork:
-    """The pushes of one event-loop iteration, written once per connection.
-
-    A fan-out pushes one frame to each member per message; when several messages fan
-    out in the same iteration (a burst of publishes, a room's backlog from the
-    antenna), each member's frames are written together after it, in one socket write
-    instead of one per frame, and the client reads them in one read. The frames wait
-    no longer than the rest of the iteration (the flush is the loop's next callback).
-    """
-
-    __slots__ = ("dirty", "loop", "scheduled")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        #: connections with pushes waiting, in the order of their first push
-        self.dirty: list[PicowsConnection] = []
-        self.scheduled = False
-
-    def schedule(self) -> None:
-        """Flush at the loop's next callback (a connection was added to :attr:`dirty`)."""
-        self.scheduled = True
-        self.loop.call_soon(self.flush)
+    __slots__ = ()
 
     def flush(self) -> None:
         self.scheduled = False
+        dirty: list[Any]
         dirty, self.dirty = self.dirty, []
-        for connection in dirty:  # PicowsConnection.flush, inline: once per delivery
+        for connection in dirty:
             pending = connection._pending
             if pending is None:
                 continue  # flushed already (an answer was written after the push)
