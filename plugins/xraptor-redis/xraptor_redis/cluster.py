@@ -159,6 +159,9 @@ class ClusterConfig:
             host=host,
             port=port,
             decode_responses=True,
+            # a positioned message (a room with history) starts with the byte 0xFF, which
+            # no UTF-8 text holds: decoded to MARK instead of failing (xraptor_redis.history)
+            encoding_errors="surrogateescape",
             protocol=2,
             socket_connect_timeout=connect_timeout,
             socket_timeout=None,

@@ -37,6 +37,7 @@ from ._bounded import bounded
 from .cluster import TAG_LENGTH, UNREACHABLE, Address, Topology, fmt, moved_to, route
 from .cluster_link import ShardLink, ping_any, watch_silence
 from .cluster_recovery import TopologyFollower
+from .history import MARK, deliver_positioned
 
 logger = logging.getLogger("xraptor_redis")
 
@@ -281,7 +282,11 @@ class ClusterSubscriber(TopologyFollower):
             if isinstance(response, list):
                 kind = response[0]
                 if kind == "smessage":
-                    deliver(response[1][TAG_LENGTH:], response[2])
+                    data = response[2]
+                    if data[:1] == MARK:  # a room with history: positioned
+                        deliver_positioned(self._antenna, response[1][TAG_LENGTH:], data)
+                    else:
+                        deliver(response[1][TAG_LENGTH:], data)
                 elif kind == "ssubscribe":
                     self._confirmed(link, response[1][TAG_LENGTH:])
                 elif kind == "sunsubscribe":
