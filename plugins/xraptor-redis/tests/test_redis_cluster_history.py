@@ -4,15 +4,26 @@ done by hand (``ASK`` redirects); a killed master with rooms that keep history."
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from collections.abc import Callable
 
 import pytest
 from cluster_support import LocalCluster
+from redis.crc import key_slot
+from test_redis_recovery import Collector, say, serving
 
+from xraptor import Client
+from xraptor.history import HistoryPolicy, Position
 from xraptor.testing import HistoryConformance, PresenceConformance
 from xraptor_redis.antenna import RedisAntenna
+from xraptor_redis.cluster import route
+from xraptor_redis.history import DEFAULT_PREFIX, RedisHistory
+from xraptor_redis.presence import room_keys
 
 OPTIONS = {"reconnect_max_delay": 0.5}
+#: as the rooms of the app the tests serve (redis_history_server.py)
+POLICY = HistoryPolicy(size=10_000)
 
 
 class TestRedisClusterHistory(HistoryConformance):
@@ -25,3 +36,122 @@ class TestRedisClusterPresence(PresenceConformance):
     @pytest.fixture
     def antenna_factory(self, redis_cluster: LocalCluster) -> Callable[[], RedisAntenna]:
         return lambda: RedisAntenna(url=redis_cluster.url, **OPTIONS)
+
+
+# ----- where a room's keys live -------------------------------------------------------
+
+
+async def test_a_rooms_history_shares_its_channels_slot(redis_cluster: LocalCluster) -> None:
+    """The stream, the epoch hash and the sharded channel of a room hash to one slot,
+    whatever braces the room id holds: the append script may touch all three."""
+    history = RedisHistory(DEFAULT_PREFIX)
+    for room in ("plain", "{braced}", "a{b}c", "}{", "é 🦖"):
+        stream, meta = history.keys(room)
+        wire, slot = route(room)
+        assert key_slot(stream.encode()) == key_slot(meta.encode()) == slot
+        assert key_slot(wire.encode()) == slot
+    room = f"kept-{uuid.uuid4().hex[:8]}"
+    async with RedisAntenna(url=redis_cluster.url, **OPTIONS) as antenna:
+        await antenna.publish_with_history(room, "hello", POLICY)
+    owner = redis_cluster.master_of(route(room)[0])
+    stream, meta = history.keys(room)
+    assert redis_cluster.client(owner).exists(stream, meta) == 2
+
+
+# ----- a slot migration mid-way: ASK ----------------------------------------------------
+
+
+def _channel_in_slot(slot: int, prefix: str) -> str:
+    """A channel name whose sharded channel hashes to ``slot``."""
+    for i in range(1_000_000):
+        channel = f"{prefix}-{i}"
+        if route(channel)[1] == slot:
+            return channel
+    raise AssertionError(f"no channel of slot {slot} found")
+
+
+async def test_history_publish_and_presence_work_while_a_slot_migrates(
+    redis_cluster: LocalCluster,
+) -> None:
+    """A room's slot is migrated by hand (SETSLOT IMPORTING / MIGRATING, MIGRATE of its
+    keys, SETSLOT NODE). Mid-way, once its keys are on the importing node, appends and
+    reads get ``ASK`` and are served there (after ``ASKING``); a plain publish to a
+    channel of that slot is served by the old master and delivered live; presence does
+    the same on its own slot. The member of the room, served by an app on the cluster,
+    gets every message in order, without a notice: those appended on the importing node
+    from the history, once the migration ended and the room was subscribed again."""
+    room = f"chat:ask-{uuid.uuid4().hex[:8]}"
+    slot = route(room)[1]
+    plain = _channel_in_slot(slot, f"plain-{uuid.uuid4().hex[:6]}")
+    async with (
+        serving(redis_cluster.url) as url,
+        Client(url) as member,
+        Client(url) as poster,
+        member.subscribe("/room", {"rooms": [room]}) as stream,
+        RedisAntenna(url=redis_cluster.url, **OPTIONS) as antenna,
+        antenna.subscribe(plain) as plain_sub,
+    ):
+        collector = Collector(stream)
+        texts = [f"{room}/{i}" for i in range(10)]
+        for text in texts[:2]:
+            assert await say(poster, room, text)
+        await collector.until(lambda: collector.texts() == texts[:2])
+        first = Position.parse(collector.pushes[0].header["position"])
+        target = next(p for p in redis_cluster.masters() if p != redis_cluster.owner_of_slot(slot))
+        source = redis_cluster.begin_migration(slot, target)
+        assert await say(poster, room, texts[2])  # its keys are on the old master still
+        await collector.until(lambda: collector.texts() == texts[:3])
+        moved = redis_cluster.move_keys(slot, source, target)
+        assert sorted(moved) == sorted(RedisHistory(DEFAULT_PREFIX).keys(room))
+        for text in texts[3:6]:  # ASK: appended on the importing node
+            assert await say(poster, room, text)
+        position = await antenna.publish_with_history(room, texts[6], POLICY)
+        assert position.epoch == first.epoch
+        # the appends ran on the importing node: the old master has no key of the slot
+        assert redis_cluster.client(source).cluster("COUNTKEYSINSLOT", slot) == 0
+        assert redis_cluster.client(target).cluster("COUNTKEYSINSLOT", slot) == 2
+        history = await antenna.read_history(room, first)  # ASK too
+        assert history is not None
+        assert [entry.message for entry in history] == texts[1:7]
+        assert history[-1].position == position
+        await antenna.publish(plain, "served by the old master")
+        assert await asyncio.wait_for(plain_sub.__anext__(), 5) == "served by the old master"
+        assert redis_cluster.owner_of_slot(slot) == source
+        redis_cluster.end_migration(slot, target)
+        await collector.until(lambda: collector.texts() == texts[:7])
+        for text in texts[7:]:
+            assert await say(poster, room, text)
+        await collector.until(lambda: collector.texts() == texts)
+        collector.stop()
+        assert collector.notices() == []
+        pushed = [p.header["position"] for p in collector.pushes]
+        assert pushed == sorted(pushed, key=lambda p: Position.parse(p).offset)
+
+
+async def test_presence_works_while_its_slot_migrates(redis_cluster: LocalCluster) -> None:
+    """Presence keys of a room on a migrating slot: set, listed, expired and removed
+    through ``ASK`` once they are on the importing node; still there once it ended."""
+    prefix = f"xrtest:presence:{uuid.uuid4().hex[:8]}:"
+    room = "chat:migrating presence"
+    zset, table = room_keys(prefix, room)
+    slot = key_slot(zset.encode())
+    async with RedisAntenna(url=redis_cluster.url, presence_prefix=prefix, **OPTIONS) as antenna:
+        await antenna.presence_set(room, {"c:1": '"one"'})
+        target = next(p for p in redis_cluster.masters() if p != redis_cluster.owner_of_slot(slot))
+        source = redis_cluster.begin_migration(slot, target)
+        await antenna.presence_set(room, {"c:2": '"two"'})  # on the old master still
+        assert sorted(redis_cluster.move_keys(slot, source, target)) == sorted([zset, table])
+        await antenna.presence_set(room, {"c:3": '"three"'})
+        assert await antenna.presence_list(room) == {
+            "c:1": '"one"',
+            "c:2": '"two"',
+            "c:3": '"three"',
+        }
+        await antenna.presence_remove(room, ["c:2"])
+        assert await antenna.presence_expire(room) == {}
+        assert redis_cluster.client(source).cluster("COUNTKEYSINSLOT", slot) == 0
+        assert redis_cluster.client(target).cluster("COUNTKEYSINSLOT", slot) == 2
+        redis_cluster.end_migration(slot, target)
+        assert await antenna.presence_list(room) == {"c:1": '"one"', "c:3": '"three"'}
+        await antenna.presence_remove(room, ["c:1", "c:3"])
+        assert await antenna.presence_list(room) == {}

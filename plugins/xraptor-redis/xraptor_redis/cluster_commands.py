@@ -14,7 +14,8 @@ answers:
 * ``TRYAGAIN``: a multi-key command mid-migration whose keys are split between the
   two nodes, or missing on the importing one (a script's first write to a new room's
   two keys). Sent again every few milliseconds until it is served or the caller's
-  deadline passes;
+  deadline passes (a queued publish waits a short ``patience`` only, so that it does not
+  hold up the other channels of its master);
 * ``NOSCRIPT``: that node does not know the script (a restart, a failover, a node
   first used): loaded there, and the call sent again.
 
@@ -40,6 +41,8 @@ from .cluster import Address, Topology, fmt, moved_to
 MAX_REDIRECTS = 3
 #: seconds between the sends of a command answered TRYAGAIN
 TRYAGAIN_DELAY = 0.02
+#: seconds a queued publish keeps being sent again while answered TRYAGAIN
+TRYAGAIN_PATIENCE = 0.25
 
 Command = tuple[str | int, ...]
 
@@ -85,6 +88,7 @@ class SlotCommands:
         *,
         answer: ResponseError | None = None,
         sent_to: Address | None = None,
+        patience: float | None = None,
     ) -> Any:
         """Send ``command`` (of ``slot``) to its master and follow the redirects; its answer.
 
@@ -93,8 +97,12 @@ class SlotCommands:
         :param answer: what ``command`` got when it was sent already (a redirect): that
             is followed first, instead of sending it to the master again
         :param sent_to: the node that gave ``answer`` (default: the slot's master)
-        :raises AntennaUnavailable: as :meth:`script`
+        :param patience: seconds to keep sending a command answered ``TRYAGAIN`` (None:
+            until the caller's deadline)
+        :raises AntennaUnavailable: as :meth:`script`, or ``TRYAGAIN`` for longer than
+            ``patience``
         """
+        started = asyncio.get_running_loop().time()
         address = sent_to or self._owner(slot)
         asking = False
         redirects = 0
@@ -110,6 +118,12 @@ class SlotCommands:
                 await self.topology.client(address).script_load(script)
                 continue
             if isinstance(error, TryAgainError):
+                if patience is not None and asyncio.get_running_loop().time() - started > patience:
+                    raise AntennaUnavailable(
+                        f"slot {slot} is being migrated and its keys are not all on one node "
+                        f"yet (TRYAGAIN for {patience} s; {self.topology.config.where}); try "
+                        "again"
+                    )
                 await asyncio.sleep(TRYAGAIN_DELAY)
                 redirects = 0  # the caller's deadline bounds this
                 # the migration may have ended meanwhile: to the master as now known

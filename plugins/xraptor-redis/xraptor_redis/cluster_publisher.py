@@ -22,7 +22,10 @@ A ``MOVED`` reply (the slot changed hands) updates the topology and the publish 
 sent once more, to the new owner; an ``ASK`` reply (the slot is being migrated and
 the room's keys are on the importing node already) sends it once to that node,
 after ``ASKING``; ``TRYAGAIN`` sends it again until the caller's deadline
-(:mod:`xraptor_redis.cluster_commands`). A publish in flight while its slot moves
+(:mod:`xraptor_redis.cluster_commands`), for a short while only (``TRYAGAIN``
+comes back while a new room's first append meets a migrating slot, until the migration
+ends: the master's other publishes wait meanwhile), then it fails with
+:class:`~xraptor.AntennaUnavailable`. A publish in flight while its slot moves
 may so overtake an earlier one of the same channel.
 
 A plain ``SPUBLISH`` never gets ``ASK``: Redis serves sharded pub/sub on the slot's
@@ -47,7 +50,7 @@ from xraptor.antenna import AntennaError, AntennaUnavailable
 
 from ._bounded import bounded
 from .cluster import UNREACHABLE, Address, Topology, fmt, route
-from .cluster_commands import Command, SlotCommands, evalsha, is_redirect
+from .cluster_commands import TRYAGAIN_PATIENCE, Command, SlotCommands, evalsha, is_redirect
 from .history import APPEND_SHARDED, KEYS
 from .publisher import Publisher, _Item
 
@@ -144,7 +147,14 @@ class ShardPublisher(Publisher):
             source = APPEND_SHARDED
         try:
             return await bounded(
-                self._commands.execute(slot, command, source, answer=answer, sent_to=self.address),
+                self._commands.execute(
+                    slot,
+                    command,
+                    source,
+                    answer=answer,
+                    sent_to=self.address,
+                    patience=TRYAGAIN_PATIENCE,
+                ),
                 self.timeout,
             )
         except AntennaError as failure:
