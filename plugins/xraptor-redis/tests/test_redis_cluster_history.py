@@ -14,7 +14,7 @@ from cluster_support import LocalCluster
 from redis.crc import key_slot
 from test_redis_recovery import Collector, say, serving
 
-from xraptor import Client
+from xraptor import Client, Gap
 from xraptor.history import HistoryPolicy, Position
 from xraptor.testing import HistoryConformance, PresenceConformance
 from xraptor_redis.antenna import RedisAntenna
@@ -117,8 +117,19 @@ async def test_history_publish_and_presence_work_while_a_slot_migrates(
         assert history[-1].position == position
         await antenna.publish(plain, "served by the old master")
         assert await asyncio.wait_for(plain_sub.__anext__(), 5) == "served by the old master"
-        assert redis_cluster.owner_of_slot(slot) == source
-        redis_cluster.end_migration(slot, target)
+        # a channel of the slot watched mid-way: subscribed on the old master as well (it
+        # gets the old master's sunsubscribe when the migration ends)
+        late = _channel_in_slot(slot, f"late-{uuid.uuid4().hex[:6]}")
+        async with antenna.subscribe(late) as late_sub:
+            await antenna.publish(late, "late")
+            assert await asyncio.wait_for(late_sub.__anext__(), 5) == "late"
+            assert redis_cluster.owner_of_slot(slot) == source
+            redis_cluster.end_migration(slot, target)
+            # the old master unsubscribes it: subscribed on the new one, with a gap
+            events = late_sub.events()
+            assert await asyncio.wait_for(events.__anext__(), 10) == Gap(late)
+            await antenna.publish(late, "moved")
+            assert await asyncio.wait_for(events.__anext__(), 5) == "moved"
         await collector.until(lambda: collector.texts() == texts[:7])
         for text in texts[7:]:
             assert await say(poster, room, text)

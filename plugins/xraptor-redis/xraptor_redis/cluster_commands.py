@@ -31,11 +31,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis.crc import key_slot
-from redis.exceptions import AskError, MovedError, NoScriptError, ResponseError, TryAgainError
+from redis.exceptions import NoScriptError, ResponseError, TryAgainError
 
 from xraptor.antenna import AntennaUnavailable
 
-from .cluster import Address, Topology, fmt, moved_to
+from .cluster import Address, Topology, fmt, is_ask, moved_to
 
 #: redirects (MOVED or ASK) one command follows before it gives up
 MAX_REDIRECTS = 3
@@ -139,15 +139,11 @@ class SlotCommands:
                     f"{self.topology.config.where})"
                 )
             address = target[1]
-            if isinstance(error, AskError):  # redis-py 8 (MovedError is a subclass)
-                moved = isinstance(error, MovedError)
+            if is_ask(error):
+                asking = True
             else:
-                moved = str(error).startswith("MOVED")
-            if moved:
                 self.topology.learn(slot, address)
                 self._on_moved()
-            else:
-                asking = True
 
     def _owner(self, slot: int) -> Address:
         address = self.topology.owner(slot)

@@ -16,6 +16,18 @@ task (:mod:`xraptor_redis.cluster_recovery`) then follows the topology and
 subscribes it on its slot's master, and once Redis confirmed it the reader reports
 a gap for that channel only (before any message of it from the new master).
 
+**Slot migrations.** While a slot migrates (``CLUSTER SETSLOT ... MIGRATING`` on its
+master, ``IMPORTING`` on the target), its channels stay subscribed on the old master,
+and new ``SSUBSCRIBE``\\ s go there too, without ``ASKING``: Redis serves sharded pub/sub
+on a slot's owner whatever the migration (it answers ``SSUBSCRIBE`` and ``SPUBLISH``
+itself, never ``ASK``, and the importing node answers ``MOVED`` to the owner), so that
+is where the plain publishes are delivered. Subscribing on the importing node instead
+(after ``ASKING``) would miss them. When the migration ends (``SETSLOT ... NODE``), the
+old master unsubscribes the slot's channels (``sunsubscribe``); the antenna subscribes
+them on the new master and reports a gap for them only, as for any slot move, and rooms
+with history catch up from it, which also brings the messages that history appends
+published on the importing node mid-way (:mod:`xraptor_redis.cluster_publisher`).
+
 ``state`` is ``down`` only when no master can be reached (every link is down);
 a process that lost one shard keeps serving the others, and the channels of the
 lost shard get their gap notice when they resume.
@@ -34,7 +46,7 @@ from redis.exceptions import ResponseError
 from xraptor.antenna import Antenna, AntennaError, AntennaUnavailable
 
 from ._bounded import bounded
-from .cluster import TAG_LENGTH, UNREACHABLE, Address, Topology, fmt, moved_to, route
+from .cluster import TAG_LENGTH, UNREACHABLE, Address, Topology, fmt, is_ask, moved_to, route
 from .cluster_link import ShardLink, ping_any, watch_silence
 from .cluster_recovery import TopologyFollower
 from .history import MARK, deliver_positioned
@@ -335,7 +347,8 @@ class ClusterSubscriber(TopologyFollower):
             logger.warning("redis cluster: %s refused a command: %s", fmt(link.address), error)
             return
         slot, address = target
-        self.topology.learn(slot, address)
+        if not is_ask(error):  # ASK (not expected for SSUBSCRIBE): the slot is not moved yet
+            self.topology.learn(slot, address)
         for channel, home in self._wanted.items():
             if home is link and channel not in link.channels and route(channel)[1] == slot:
                 self._wanted[channel] = None
