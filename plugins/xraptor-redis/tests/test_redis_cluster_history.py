@@ -14,7 +14,7 @@ from cluster_support import LocalCluster
 from redis.crc import key_slot
 from test_redis_recovery import Collector, say, serving
 
-from xraptor import Client, Gap
+from xraptor import AntennaUnavailable, Client, Gap
 from xraptor.history import HistoryPolicy, Position
 from xraptor.testing import HistoryConformance, PresenceConformance
 from xraptor_redis.antenna import RedisAntenna
@@ -117,6 +117,14 @@ async def test_history_publish_and_presence_work_while_a_slot_migrates(
         assert history[-1].position == position
         await antenna.publish(plain, "served by the old master")
         assert await asyncio.wait_for(plain_sub.__anext__(), 5) == "served by the old master"
+        # a new room of the slot: its keys are on neither node, its first append gets
+        # TRYAGAIN from the importing node until the migration ended (Redis serves a
+        # multi-key command there only when it holds all its keys)
+        fresh = _channel_in_slot(slot, f"fresh-{uuid.uuid4().hex[:6]}")
+        started = time.monotonic()
+        with pytest.raises(AntennaUnavailable, match="TRYAGAIN"):
+            await antenna.publish_with_history(fresh, "first", POLICY)
+        assert time.monotonic() - started < 1.5
         # a channel of the slot watched mid-way: subscribed on the old master as well (it
         # gets the old master's sunsubscribe when the migration ends)
         late = _channel_in_slot(slot, f"late-{uuid.uuid4().hex[:6]}")
@@ -130,6 +138,8 @@ async def test_history_publish_and_presence_work_while_a_slot_migrates(
             assert await asyncio.wait_for(events.__anext__(), 10) == Gap(late)
             await antenna.publish(late, "moved")
             assert await asyncio.wait_for(events.__anext__(), 5) == "moved"
+        fresh_at = await antenna.publish_with_history(fresh, "first", POLICY)
+        assert await antenna.read_history(fresh, fresh_at) == []
         await collector.until(lambda: collector.texts() == texts[:7])
         for text in texts[7:]:
             assert await say(poster, room, text)

@@ -50,9 +50,16 @@ Command = tuple[str | int, ...]
 def is_redirect(error: BaseException) -> bool:
     """Whether ``error`` is an answer :class:`SlotCommands` deals with (``MOVED``,
     ``ASK``, ``TRYAGAIN``, ``NOSCRIPT``) rather than a refusal."""
-    if isinstance(error, TryAgainError | NoScriptError):
+    if isinstance(error, NoScriptError) or _is_tryagain(error):
         return True
     return isinstance(error, ResponseError) and moved_to(error) is not None
+
+
+def _is_tryagain(error: BaseException) -> bool:
+    # redis-py before 6 raises TRYAGAIN outside its cluster client as a plain ResponseError
+    return isinstance(error, TryAgainError) or (
+        isinstance(error, ResponseError) and str(error).startswith("TRYAGAIN")
+    )
 
 
 def evalsha(script: str, keys: Sequence[str], args: Sequence[Any]) -> Command:
@@ -117,7 +124,7 @@ class SlotCommands:
             if isinstance(error, NoScriptError) and script is not None:
                 await self.topology.client(address).script_load(script)
                 continue
-            if isinstance(error, TryAgainError):
+            if _is_tryagain(error):
                 if patience is not None and asyncio.get_running_loop().time() - started > patience:
                     raise AntennaUnavailable(
                         f"slot {slot} is being migrated and its keys are not all on one node "

@@ -44,7 +44,7 @@ from collections.abc import Callable
 from typing import Any
 
 from redis.crc import key_slot
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from xraptor.antenna import AntennaError, AntennaUnavailable
 
@@ -101,6 +101,14 @@ class ShardPublisher(Publisher):
                     results = [refused]
             else:
                 results = await self._pipeline(batch)
+                again = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+                if again:
+                    # the node does not know the script (a promoted replica, a restart):
+                    # loaded once, and those calls sent again, in their order
+                    await self.client.script_load(APPEND_SHARDED)
+                    retried = await self._pipeline([batch[i] for i in again])
+                    for i, result in zip(again, retried, strict=True):
+                        results[i] = result
         except UNREACHABLE as failure:
             self._on_lost()
             error = AntennaUnavailable(
