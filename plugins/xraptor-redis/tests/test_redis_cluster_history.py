@@ -19,6 +19,7 @@ from xraptor.history import HistoryPolicy, Position
 from xraptor.testing import HistoryConformance, PresenceConformance
 from xraptor_redis.antenna import RedisAntenna
 from xraptor_redis.cluster import route
+from xraptor_redis.cluster_antenna import RedisClusterAntenna
 from xraptor_redis.history import DEFAULT_PREFIX, RedisHistory
 from xraptor_redis.presence import room_keys
 
@@ -57,6 +58,48 @@ async def test_a_rooms_history_shares_its_channels_slot(redis_cluster: LocalClus
     owner = redis_cluster.master_of(route(room)[0])
     stream, meta = history.keys(room)
     assert redis_cluster.client(owner).exists(stream, meta) == 2
+
+
+async def test_a_stale_topology_is_corrected_for_history_and_presence(
+    redis_cluster: LocalCluster,
+) -> None:
+    """When the antenna believes the wrong master serves a room (a stale view), the
+    ``MOVED`` replies to its append, its read and its presence scripts correct it: each
+    is served by the right master, and the subscriber gets the message with its
+    position."""
+    room = f"stale-{uuid.uuid4().hex[:6]}"
+    slot = route(room)[1]
+    presence_slot = key_slot(room_keys("xraptor:presence:", room)[0].encode())
+    owner = redis_cluster.owner_of_slot(slot)
+    async with (
+        RedisAntenna(url=redis_cluster.url, **OPTIONS) as antenna,
+        RedisAntenna(url=redis_cluster.url, **OPTIONS) as subscriber,
+        subscriber.subscribe(room) as sub,
+    ):
+        assert isinstance(antenna, RedisClusterAntenna)
+        for wrong_slot in (slot, presence_slot):
+            right = redis_cluster.owner_of_slot(wrong_slot)
+            wrong = next(port for port in redis_cluster.masters() if port != right)
+            antenna.topology.learn(wrong_slot, ("127.0.0.1", wrong))
+        first = await antenna.publish_with_history(room, "one", POLICY)
+        assert antenna.topology.owner(slot) == ("127.0.0.1", owner)
+        second = await antenna.publish_with_history(room, "two", POLICY)
+        events = sub.events()
+        assert [await asyncio.wait_for(events.__anext__(), 5) for _ in range(2)] == ["one", "two"]
+        antenna.topology.learn(
+            slot, ("127.0.0.1", next(p for p in redis_cluster.masters() if p != owner))
+        )
+        history = await antenna.read_history(room, first)
+        assert history is not None and [(e.message, e.position) for e in history] == [
+            ("two", second)
+        ]
+        await antenna.presence_set(room, {"c:1": '"one"'})
+        assert await subscriber.presence_list(room) == {"c:1": '"one"'}
+        assert antenna.topology.owner(presence_slot) == (
+            "127.0.0.1",
+            redis_cluster.owner_of_slot(presence_slot),
+        )
+        await antenna.presence_remove(room, ["c:1"])
 
 
 # ----- a slot migration mid-way: ASK ----------------------------------------------------

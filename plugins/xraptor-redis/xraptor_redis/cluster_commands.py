@@ -112,7 +112,7 @@ class SlotCommands:
         started = asyncio.get_running_loop().time()
         address = sent_to or self._owner(slot)
         asking = False
-        redirects = 0
+        redirects = loads = 0
         while True:
             if answer is None:
                 answer_or_result = await self._send(address, command, asking=asking)
@@ -121,7 +121,8 @@ class SlotCommands:
                 answer = answer_or_result
             error, answer = answer, None
             asking = False
-            if isinstance(error, NoScriptError) and script is not None:
+            if isinstance(error, NoScriptError) and script is not None and loads < 2:
+                loads += 1
                 await self.topology.client(address).script_load(script)
                 continue
             if _is_tryagain(error):
