@@ -1,6 +1,6 @@
 """Room history and presence on a local Redis Cluster (3 masters, 3 replicas): the
 capabilities' conformance suites, unchanged; where a room's keys live; a slot migration
-done by hand (``ASK`` redirects); a killed master with rooms that keep history."""
+done by hand (``ASK`` redirects); a killed or frozen master under a room that keeps history."""
 
 from __future__ import annotations
 
@@ -225,11 +225,13 @@ async def test_presence_works_while_its_slot_migrates(redis_cluster: LocalCluste
 # ----- failover -------------------------------------------------------------------------
 
 
-async def test_a_room_with_history_loses_nothing_when_its_master_is_killed(
-    own_redis_cluster: LocalCluster,
+@pytest.mark.parametrize("fault", ["kill", "pause"])
+async def test_a_room_with_history_loses_nothing_when_its_master_fails(
+    own_redis_cluster: LocalCluster, fault: str
 ) -> None:
     """Two app processes on the cluster: a member of a room with history on one, a poster
-    on the other, posting all along. The master of the room's slot is killed (-9) once
+    on the other, posting all along. The master of the room's slot is killed (-9), or
+    frozen (SIGSTOP, as a machine cut off), once
     what it acknowledged reached its replica (a quiet moment: Redis replicates
     asynchronously); its replica takes over. The member gets every message the room's
     history holds, in order, once, and no notice: what was posted while its subscription
@@ -252,18 +254,18 @@ async def test_a_room_with_history_loses_nothing_when_its_master_is_killed(
         await collector.until(lambda: collector.texts() == acked)
         await asyncio.sleep(0.2)  # the replica has it all
         master = cluster.master_of(route(room)[0])
-        cluster.kill_node(master)
-        killed = time.monotonic()
+        (cluster.kill_node if fault == "kill" else cluster.pause_node)(master)
+        failed_at = time.monotonic()
         promoted: list[float] = []
         i = 20
-        while time.monotonic() - killed < 30 and (not promoted or len(acked) < 20 + 40):
+        while time.monotonic() - failed_at < 30 and (not promoted or len(acked) < 20 + 40):
             if await say(poster, room, f"{room}/{i}"):
                 acked.append(f"{room}/{i}")
                 if not promoted:
                     promoted.append(time.monotonic())
             i += 1
             await asyncio.sleep(0.01)
-        assert promoted, "no post was taken after the kill within 30 s"
+        assert promoted, "no post was taken after the fault within 30 s"
         await collector.until(lambda: acked[-1] in collector.texts())
         await asyncio.sleep(0.2)
         collector.stop()
