@@ -1,6 +1,7 @@
-"""Room history and presence on a local Redis Cluster (3 masters, 3 replicas): the
-capabilities' conformance suites, unchanged; where a room's keys live; a slot migration
-done by hand (``ASK`` redirects); a killed or frozen master under a room that keeps history."""
+"""Rooms with history and presence on a local Redis Cluster (3 masters, 3 replicas): the
+capabilities' conformance suites, unchanged; where a room's keys live; a stale topology
+(``MOVED``); a slot migration done by hand (``ASK`` redirects); a killed or frozen master
+under a room that keeps history; presence across two server processes."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from test_redis_recovery import Collector, say, serving
 from xraptor import AntennaUnavailable, Client, Gap
 from xraptor.history import HistoryPolicy, Position
 from xraptor.testing import HistoryConformance, PresenceConformance
+from xraptor.testing.presence_server import PresenceProcess, check_presence_across_processes
 from xraptor_redis.antenna import RedisAntenna
 from xraptor_redis.cluster import route
 from xraptor_redis.cluster_antenna import RedisClusterAntenna
@@ -279,3 +281,20 @@ async def test_a_room_with_history_loses_nothing_when_its_master_fails(
     assert set(acked) <= set(got)
     numbers = [int(text.rpartition("/")[2]) for text in got]
     assert numbers == sorted(set(numbers))
+
+
+# ----- presence across processes --------------------------------------------------------
+
+
+async def test_presence_across_processes_on_the_cluster(redis_cluster: LocalCluster) -> None:
+    """Two server processes on the cluster: members of both listed by each, join and
+    leave notices across them, a process killed with SIGKILL unlisted within its
+    ``presence_ttl`` (as on one server: test_redis_presence_e2e.py)."""
+    ttl = 1.5
+    options = {"presence_ttl": ttl, "presence_prefix": f"xrtest:p:{uuid.uuid4().hex[:12]}:"}
+    with (
+        PresenceProcess(redis_cluster.url, options) as first,
+        PresenceProcess(redis_cluster.url, options) as second,
+    ):
+        gone, announced = await check_presence_across_processes(first, second, ttl=ttl)
+    print(f"SIGKILL: unlisted after {gone:.2f} s, its leave announced after {announced:.2f} s")
