@@ -21,12 +21,12 @@ in one step (see :mod:`xraptor_redis.history`).
 A ``MOVED`` reply (the slot changed hands) updates the topology and the publish is
 sent once more, to the new owner; an ``ASK`` reply (the slot is being migrated and
 the room's keys are on the importing node already) sends it once to that node,
-after ``ASKING``; ``TRYAGAIN`` sends it again until the caller's deadline
-(:mod:`xraptor_redis.cluster_commands`), for a short while only (``TRYAGAIN``
-comes back while a new room's first append meets a migrating slot, until the migration
-ends: the master's other publishes wait meanwhile), then it fails with
-:class:`~xraptor.AntennaUnavailable`. A publish in flight while its slot moves
-may so overtake an earlier one of the same channel.
+after ``ASKING`` (:mod:`xraptor_redis.cluster_commands`). ``TRYAGAIN`` (a new room's
+first append while its slot migrates, until the migration ends) sends it again for
+:data:`~xraptor_redis.cluster_commands.TRYAGAIN_PATIENCE` seconds only, as the
+master's other publishes wait meanwhile, then it fails with
+:class:`~xraptor.AntennaUnavailable`. A publish in flight while its slot moves may so
+overtake an earlier one of the same channel.
 
 A plain ``SPUBLISH`` never gets ``ASK``: Redis serves sharded pub/sub on the slot's
 owner while the slot migrates. An append does, once the room's keys were migrated;
