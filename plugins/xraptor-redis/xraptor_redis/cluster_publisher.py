@@ -31,15 +31,21 @@ overtake an earlier one of the same channel.
 A plain ``SPUBLISH`` never gets ``ASK``: Redis serves sharded pub/sub on the slot's
 owner while the slot migrates. An append does, once the room's keys were migrated;
 the script then runs on the importing node, and its ``SPUBLISH`` reaches that node's
-shard, where nobody subscribed yet (``SSUBSCRIBE`` stays on the owner too). The
-subscribers get such messages from the history when the migration ends: the old
-owner unsubscribes them, the antenna subscribes them on the new owner and reports a
-gap, and rooms with history catch up (:func:`xraptor.recovery.catch_up`).
+shard, where nobody subscribed yet (``SSUBSCRIBE`` stays on the owner too). So the
+publisher then ``SPUBLISH``\\ es :data:`~xraptor_redis.history.ADVANCED` on the owner:
+its subscribers report a gap for the room, and rooms with history catch up from it
+(:func:`xraptor.recovery.catch_up`), in order, as after an outage. (Forwarding the
+positioned message itself would not do: two processes' forwards may arrive in the
+other order than their positions, and a room drops a message older than one it
+delivered.) Should that publish be lost, the members catch up when the migration
+ends: the old owner unsubscribes them, the antenna subscribes them on the new owner
+and reports a gap.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -49,10 +55,12 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from xraptor.antenna import AntennaError, AntennaUnavailable
 
 from ._bounded import bounded
-from .cluster import UNREACHABLE, Address, Topology, fmt, route
+from .cluster import UNREACHABLE, Address, Topology, fmt, is_ask, route
 from .cluster_commands import TRYAGAIN_PATIENCE, Command, SlotCommands, evalsha, is_redirect
-from .history import APPEND_SHARDED, KEYS
+from .history import ADVANCED, APPEND_SHARDED, KEYS
 from .publisher import Publisher, _Item
+
+logger = logging.getLogger("xraptor_redis")
 
 
 class ShardPublisher(Publisher):
@@ -154,7 +162,7 @@ class ShardPublisher(Publisher):
             command = evalsha(APPEND_SHARDED, script[:keys], script[keys:])
             source = APPEND_SHARDED
         try:
-            return await bounded(
+            result = await bounded(
                 self._commands.execute(
                     slot,
                     command,
@@ -165,6 +173,9 @@ class ShardPublisher(Publisher):
                 ),
                 self.timeout,
             )
+            if script is not None and is_ask(answer):
+                await self._advanced(script[self._script_keys])  # ARGV[1]: the wire channel
+            return result
         except AntennaError as failure:
             return failure
         except UNREACHABLE as failure:
@@ -175,6 +186,16 @@ class ShardPublisher(Publisher):
             )
         except RedisError as failure:
             return AntennaError(f"redis refused the publish: {failure}")
+
+    async def _advanced(self, wire: str) -> None:
+        """Tell the subscribers of the sharded channel ``wire`` (on this master, the
+        slot's owner while it migrates) that its history went on without them: the
+        append ran on the importing node, whose ``SPUBLISH`` does not reach them. Best
+        effort: when it does not arrive, they catch up when the migration ends."""
+        try:
+            await bounded(self.client.spublish(wire, ADVANCED), self.timeout)
+        except (*UNREACHABLE, RedisError) as failure:
+            logger.debug("redis cluster: telling %s's subscribers failed: %r", self.where, failure)
 
 
 class ClusterPublisher:

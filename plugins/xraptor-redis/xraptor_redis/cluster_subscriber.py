@@ -25,8 +25,11 @@ is where the plain publishes are delivered. Subscribing on the importing node in
 (after ``ASKING``) would miss them. When the migration ends (``SETSLOT ... NODE``), the
 old master unsubscribes the slot's channels (``sunsubscribe``); the antenna subscribes
 them on the new master and reports a gap for them only, as for any slot move, and rooms
-with history catch up from it, which also brings the messages that history appends
-published on the importing node mid-way (:mod:`xraptor_redis.cluster_publisher`).
+with history catch up from it. Mid-way, an append that ran on the importing node
+(``ASK``) publishes there, out of the subscribers' reach; its publisher then tells them
+on the old master (:data:`~xraptor_redis.history.ADVANCED`), and the reader reports a
+gap for that room: rooms with history catch up at once
+(:mod:`xraptor_redis.cluster_publisher`).
 
 ``state`` is ``down`` only when no master can be reached (every link is down);
 a process that lost one shard keeps serving the others, and the channels of the
@@ -49,10 +52,12 @@ from ._bounded import bounded
 from .cluster import TAG_LENGTH, UNREACHABLE, Address, Topology, fmt, is_ask, moved_to, route
 from .cluster_link import ShardLink, ping_any, watch_silence
 from .cluster_recovery import TopologyFollower
-from .history import MARK, deliver_positioned
+from .history import ADVANCED, MARK, deliver_positioned
 
 logger = logging.getLogger("xraptor_redis")
 
+#: ADVANCED as the reader receives it (decoded with surrogateescape)
+_ADVANCED = ADVANCED.decode("utf-8", "surrogateescape")
 #: channels per SSUBSCRIBE when (re)subscribing many of one slot
 _CHUNK = 500
 #: the cap of the recovery backoff while a shard has no reachable master (seconds)
@@ -295,10 +300,12 @@ class ClusterSubscriber(TopologyFollower):
                 kind = response[0]
                 if kind == "smessage":
                     data = response[2]
-                    if data[:1] == MARK:  # a room with history: positioned
-                        deliver_positioned(self._antenna, response[1][TAG_LENGTH:], data)
-                    else:
+                    if data[:1] != MARK:
                         deliver(response[1][TAG_LENGTH:], data)
+                    elif data == _ADVANCED:  # its history went on elsewhere: catch up
+                        self._antenna.report_gap([response[1][TAG_LENGTH:]])
+                    else:  # a room with history: positioned
+                        deliver_positioned(self._antenna, response[1][TAG_LENGTH:], data)
                 elif kind == "ssubscribe":
                     self._confirmed(link, response[1][TAG_LENGTH:])
                 elif kind == "sunsubscribe":

@@ -76,6 +76,11 @@ SEQ_LIMIT = 1_000_000
 MARK = "\udcff"
 #: the keys of the scripts: the stream, then the epoch hash
 KEYS = 2
+#: what a cluster antenna publishes to a room's subscribers when an append ran on a
+#: node they are not subscribed on (a slot being migrated): "the history went on, read
+#: it" (the byte 0xFF, then a newline; no position); the subscriber reports a gap, and
+#: rooms with history catch up from it
+ADVANCED = b"\xff\n"
 
 #: KEYS: stream, meta. ARGV: channel, message, size, ttl in ms (0: none), a fresh epoch.
 #: Returns "<epoch> <stream id>" (one string: the cheapest answer to parse).
