@@ -267,6 +267,41 @@ class LocalCluster:
             return list(slots)
         raise RuntimeError("no node of the cluster answers")
 
+    # ----- slot migration by hand -------------------------------------------------
+
+    def node_id(self, port: int) -> str:
+        return str(self.client(port).cluster("MYID"))
+
+    def begin_migration(self, slot: int, target: int) -> int:
+        """Mark ``slot`` IMPORTING on ``target`` and MIGRATING on its master (the first
+        half of what ``redis-cli --cluster reshard`` does); return that master's port."""
+        source = self.owner_of_slot(slot)
+        self.client(target).cluster("SETSLOT", slot, "IMPORTING", self.node_id(source))
+        self.client(source).cluster("SETSLOT", slot, "MIGRATING", self.node_id(target))
+        return source
+
+    def move_keys(self, slot: int, source: int, target: int) -> list[str]:
+        """MIGRATE every key of ``slot`` from ``source`` to ``target``; the keys moved."""
+        node = self.client(source)
+        keys: list[str] = node.cluster("GETKEYSINSLOT", slot, 1000)
+        if keys:
+            node.execute_command("MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", *keys)
+        return keys
+
+    def end_migration(self, slot: int, target: int) -> None:
+        """Give ``slot`` to ``target`` on every master (the importing node first)."""
+        target_id = self.node_id(target)
+        self.client(target).cluster("SETSLOT", slot, "NODE", target_id)
+        for port in self.masters():
+            if port != target:
+                self.client(port).cluster("SETSLOT", slot, "NODE", target_id)
+
+    def owner_of_slot(self, slot: int) -> int:
+        for start, end, master, *_ in self._slots():
+            if int(start) <= slot <= int(end):
+                return int(master[1])
+        raise LookupError(f"no master serves slot {slot}")
+
     def client_list(self) -> list[dict[str, str]]:
         """``CLIENT LIST`` of every running node, concatenated, each with its ``node`` port."""
         clients: list[dict[str, str]] = []

@@ -59,8 +59,8 @@ def test_cluster_urls_and_option_select_cluster_mode() -> None:
     assert isinstance(tls, RedisClusterAntenna)
     assert tls.config.seeds == (("a", 7000), ("::1", 7001))
     assert tls.config.connection_class.__name__ == "SSLConnection"
-    # history and presence are not kept in cluster mode (yet): not declared
-    assert not by_option.can_keep_history and not by_option.can_keep_presence
+    # history and presence are kept in cluster mode too
+    assert by_option.can_keep_history and by_option.can_keep_presence
     # credentials and options apply to every node; the antenna's own settings win; the
     # credentials never show
     named = RedisAntenna(url="redis+cluster://u:pw@a:7000,b:7001/?socket_timeout=9&client_name=x")

@@ -52,7 +52,7 @@ from .history import APPEND, KEYS, RedisHistory
 from .history import DEFAULT_PREFIX as HISTORY_PREFIX
 from .pongs import Pongs
 from .presence import DEFAULT_PREFIX as PRESENCE_PREFIX
-from .presence import RedisPresence
+from .presence import NodeScripts, RedisPresence
 from .publisher import Publisher
 from .subscriber import Subscriber
 
@@ -157,7 +157,9 @@ class RedisAntenna(Antenna):
             raise ValueError(
                 f"redis antenna option 'presence_prefix' must be a str, got {prefix!r}"
             )
-        self._presence = RedisPresence(prefix, self.publish_timeout, self._where())
+        self._presence = RedisPresence(
+            prefix, self.publish_timeout, self._where(), NodeScripts(self._live_client)
+        )
 
     @property
     def reconnects(self) -> int:
@@ -265,16 +267,16 @@ class RedisAntenna(Antenna):
         await self._subscriber.unsubscribe(channel)
 
     async def presence_set(self, room: str, members: Mapping[str, str]) -> None:
-        await self._presence.put(self._live_client(), room, members, self.presence_ttl)
+        await self._presence.put(room, members, self.presence_ttl)
 
     async def presence_remove(self, room: str, members: Collection[str]) -> None:
-        await self._presence.remove(self._live_client(), room, members)
+        await self._presence.remove(room, members)
 
     async def presence_list(self, room: str) -> dict[str, str]:
-        return await self._presence.read(self._live_client(), room)
+        return await self._presence.read(room)
 
     async def presence_expire(self, room: str) -> dict[str, str]:
-        return await self._presence.expire(self._live_client(), room)
+        return await self._presence.expire(room)
 
     async def ping(self) -> None:
         """``PING`` on the subscriber connection; returns once the reader saw the answer."""

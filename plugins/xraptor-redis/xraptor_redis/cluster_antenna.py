@@ -7,8 +7,19 @@ URL or ``cluster=True``: :class:`~xraptor_redis.antenna.RedisAntenna` then makes
 Connections a process holds: one subscriber connection per master
 (:mod:`xraptor_redis.cluster_subscriber`), and per master a pool of at most
 ``pool_size`` connections for ``SPUBLISH``, ``PUBSUB SHARDNUMSUB`` and ``CLUSTER
-SLOTS`` (:mod:`xraptor_redis.cluster_publisher`): bounded by the number of nodes,
-whatever the number of channels.
+SLOTS`` (:mod:`xraptor_redis.cluster_publisher`), also used for the history and
+presence scripts (:mod:`xraptor_redis.cluster_commands`): bounded by the number of
+nodes, whatever the number of channels.
+
+History and presence are kept as on one server (:mod:`xraptor_redis.history`,
+:mod:`xraptor_redis.presence`), each room's keys in the slot of its hash tag, so every
+script runs on one master: a room's history shares its slot (and so its master) with
+the room's sharded channel. After a failover or a slot move, the channels that were
+moved get a gap report once subscribed again, and rooms with history catch up from it
+(:func:`xraptor.recovery.catch_up`). What a failover can lose: the writes the old
+master acknowledged but had not yet sent to the replica that took over (Redis
+replicates asynchronously); a room whose last delivered message is among them gets
+the ``unrecovered`` notice instead.
 """
 
 from __future__ import annotations
@@ -17,13 +28,17 @@ from typing import Any
 
 from redis.exceptions import RedisError, ResponseError
 
-from xraptor.antenna import Antenna, AntennaError, AntennaUnavailable
+from xraptor.antenna import AntennaError, AntennaUnavailable
+from xraptor.history import HistoryEntry, HistoryPolicy, Position
 
 from ._bounded import bounded
 from .antenna import RedisAntenna
 from .cluster import UNREACHABLE, ClusterConfig, Topology, fmt, moved_to, route
+from .cluster_commands import SlotCommands
 from .cluster_publisher import ClusterPublisher
 from .cluster_subscriber import ClusterSubscriber
+from .history import READ
+from .presence import RedisPresence
 
 
 class RedisClusterAntenna(RedisAntenna):
@@ -38,17 +53,6 @@ class RedisClusterAntenna(RedisAntenna):
     ``state`` is ``down`` only when no master can be reached; see the README's
     "Redis Cluster" for what a failover does to streams.
     """
-
-    # Room history and presence are not kept in cluster mode yet: the base class's
-    # methods, so that the antenna does not declare them (an app that asks for them gets
-    # HistoryNotSupported / PresenceNotSupported, not a half-working antenna). Their keys
-    # would carry the room's hash tag (cluster.slot_tag), as its channel does.
-    publish_with_history = Antenna.publish_with_history
-    read_history = Antenna.read_history
-    presence_set = Antenna.presence_set
-    presence_remove = Antenna.presence_remove
-    presence_list = Antenna.presence_list
-    presence_expire = Antenna.presence_expire
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -72,6 +76,11 @@ class RedisClusterAntenna(RedisAntenna):
             health_check_interval=self.health_check_interval,
             refresh_interval=self.refresh_interval,
         )
+        #: keyed commands (history reads, presence) on the master of their slot
+        self._commands = SlotCommands(self.topology, self._cluster.topology_suspect)
+        self._presence = RedisPresence(
+            self._presence.prefix, self.publish_timeout, self.config.where, self._commands.script
+        )
         self._shards: ClusterPublisher | None = None
 
     @property
@@ -91,6 +100,7 @@ class RedisClusterAntenna(RedisAntenna):
             timeout=self.publish_timeout,
             max_pending=self.max_pending_publishes,
             on_lost=self._cluster.topology_suspect,
+            commands=self._commands,
         )
         self._cluster.on_topology = self._shards.prune
 
@@ -107,6 +117,30 @@ class RedisClusterAntenna(RedisAntenna):
         if shards is None:
             raise AntennaError("the redis antenna is not connected")
         await shards.publish(channel, message)
+
+    async def publish_with_history(
+        self, channel: str, message: str, history: HistoryPolicy
+    ) -> Position:
+        shards = self._shards
+        if shards is None:
+            raise AntennaError("the redis antenna is not connected")
+        call = self._redis_history.append_call(channel, message, history, route(channel)[0])
+        return self._redis_history.appended_at(await shards.call(channel, call))
+
+    async def read_history(self, channel: str, after: Position) -> list[HistoryEntry] | None:
+        if self._shards is None:
+            raise AntennaError("the redis antenna is not connected (start() it first)")
+        keys, args = self._redis_history.read_call(channel, after)
+        try:
+            found = await bounded(self._commands.script(READ, keys, args), self.publish_timeout)
+        except (*UNREACHABLE, RedisError) as error:
+            if isinstance(error, UNREACHABLE):
+                self._cluster.topology_suspect()
+            raise AntennaUnavailable(
+                f"reading the history of {channel[:64]!r} failed ({self.config.where}): "
+                f"{type(error).__name__}: {error}"
+            ) from error
+        return self._redis_history.read_answer(after, found)
 
     async def is_alive(self, channel: str) -> bool:
         if self._shards is None:

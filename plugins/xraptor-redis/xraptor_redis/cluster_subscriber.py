@@ -16,6 +16,21 @@ task (:mod:`xraptor_redis.cluster_recovery`) then follows the topology and
 subscribes it on its slot's master, and once Redis confirmed it the reader reports
 a gap for that channel only (before any message of it from the new master).
 
+**Slot migrations.** While a slot migrates (``CLUSTER SETSLOT ... MIGRATING`` on its
+master, ``IMPORTING`` on the target), its channels stay subscribed on the old master,
+and new ``SSUBSCRIBE``\\ s go there too, without ``ASKING``: Redis serves sharded pub/sub
+on a slot's owner whatever the migration (it answers ``SSUBSCRIBE`` and ``SPUBLISH``
+itself, never ``ASK``, and the importing node answers ``MOVED`` to the owner), so that
+is where the plain publishes are delivered. Subscribing on the importing node instead
+(after ``ASKING``) would miss them. When the migration ends (``SETSLOT ... NODE``), the
+old master unsubscribes the slot's channels (``sunsubscribe``); the antenna subscribes
+them on the new master and reports a gap for them only, as for any slot move, and rooms
+with history catch up from it. Mid-way, an append that ran on the importing node
+(``ASK``) publishes there, out of the subscribers' reach; its publisher then tells them
+on the old master (:data:`~xraptor_redis.history.ADVANCED`), and the reader reports a
+gap for that room: rooms with history catch up at once
+(:mod:`xraptor_redis.cluster_publisher`).
+
 ``state`` is ``down`` only when no master can be reached (every link is down);
 a process that lost one shard keeps serving the others, and the channels of the
 lost shard get their gap notice when they resume.
@@ -35,12 +50,15 @@ from xraptor.closing import stop_tasks
 
 from ._bounded import bounded
 from ._closing import fail_subscribes
-from .cluster import TAG_LENGTH, UNREACHABLE, Address, Topology, fmt, moved_to, route
+from .cluster import TAG_LENGTH, UNREACHABLE, Address, Topology, fmt, is_ask, moved_to, route
 from .cluster_link import ShardLink, ping_any, watch_silence
 from .cluster_recovery import TopologyFollower
+from .history import ADVANCED, MARK, deliver_positioned
 
 logger = logging.getLogger("xraptor_redis")
 
+#: ADVANCED as the reader receives it (decoded with surrogateescape)
+_ADVANCED = ADVANCED.decode("utf-8", "surrogateescape")
 #: channels per SSUBSCRIBE when (re)subscribing many of one slot
 _CHUNK = 500
 #: the cap of the recovery backoff while a shard has no reachable master (seconds)
@@ -273,7 +291,13 @@ class ClusterSubscriber(TopologyFollower):
             if isinstance(response, list):
                 kind = response[0]
                 if kind == "smessage":
-                    deliver(response[1][TAG_LENGTH:], response[2])
+                    data = response[2]
+                    if data[:1] != MARK:
+                        deliver(response[1][TAG_LENGTH:], data)
+                    elif data == _ADVANCED:  # its history went on elsewhere: catch up
+                        self._antenna.report_gap([response[1][TAG_LENGTH:]])
+                    else:  # a room with history: positioned
+                        deliver_positioned(self._antenna, response[1][TAG_LENGTH:], data)
                 elif kind == "ssubscribe":
                     self._confirmed(link, response[1][TAG_LENGTH:])
                 elif kind == "sunsubscribe":
@@ -322,7 +346,8 @@ class ClusterSubscriber(TopologyFollower):
             logger.warning("redis cluster: %s refused a command: %s", fmt(link.address), error)
             return
         slot, address = target
-        self.topology.learn(slot, address)
+        if not is_ask(error):  # ASK (not expected for SSUBSCRIBE): the slot is not moved yet
+            self.topology.learn(slot, address)
         for channel, home in self._wanted.items():
             if home is link and channel not in link.channels and route(channel)[1] == slot:
                 self._wanted[channel] = None

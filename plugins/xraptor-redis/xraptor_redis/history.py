@@ -22,6 +22,12 @@ frees its memory), and ``PUBLISH``\\ es the message framed with its position. Wh
 receives the message finds it in the history already; no other client's command runs
 between the append and the publish.
 
+**Redis Cluster**: the script runs on the master of the room's slot (:data:`APPEND_SHARDED`,
+sent by :mod:`xraptor_redis.cluster_publisher`) and publishes with ``SPUBLISH`` to the
+room's sharded channel ``{<tag>}<room id>`` (:func:`xraptor_redis.cluster.route`): the same
+tag as the keys, so the keys and the channel share one slot, as a script needs (a plain
+``PUBLISH`` would go to every node of the cluster, and reach no ``SSUBSCRIBE``\\ r).
+
 **Offsets**: a stream id ``<ms>-<seq>`` is the offset ``ms * 1_000_000 + seq``. Stream ids
 grow with each append, so offsets do too. To keep the mapping one-to-one, the script
 never lets ``seq`` reach 1,000,000 (it happens only if Redis's clock stood still or went
@@ -51,6 +57,8 @@ from redis.exceptions import NoScriptError
 
 from xraptor.history import HistoryEntry, HistoryPolicy, Position
 
+from .cluster import slot_tag
+
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
@@ -68,6 +76,11 @@ SEQ_LIMIT = 1_000_000
 MARK = "\udcff"
 #: the keys of the scripts: the stream, then the epoch hash
 KEYS = 2
+#: what a cluster antenna publishes to a room's subscribers when an append ran on a
+#: node they are not subscribed on (a slot being migrated): "the history went on, read
+#: it" (the byte 0xFF, then a newline; no position); the subscriber reports a gap, and
+#: rooms with history catch up from it
+ADVANCED = b"\xff\n"
 
 #: KEYS: stream, meta. ARGV: channel, message, size, ttl in ms (0: none), a fresh epoch.
 #: Returns "<epoch> <stream id>" (one string: the cheapest answer to parse).
@@ -104,6 +117,9 @@ local position = epoch .. ' ' .. id
 redis.call('PUBLISH', ARGV[1], '\\255' .. position .. '\\n' .. ARGV[2])
 return position
 """
+#: :data:`APPEND` for Redis Cluster: ARGV[1] is the sharded channel, published with SPUBLISH
+APPEND_SHARDED = APPEND.replace("redis.call('PUBLISH'", "redis.call('SPUBLISH'")
+assert APPEND_SHARDED != APPEND
 
 #: KEYS: stream, meta. ARGV: epoch, stream id of the position, its ms.
 #: Returns the entries after the id, or nil when the position is not in the history: one
@@ -176,35 +192,56 @@ class RedisHistory:
         self._read_sha = hashlib.sha1(READ.encode()).hexdigest()
 
     def keys(self, channel: str) -> tuple[str, str]:
-        """The stream key and the epoch key of ``channel``'s history."""
-        tag = hashlib.blake2b(channel.encode(), digest_size=8).hexdigest()
-        head = f"{self.prefix}:{{{tag}}}"
+        """The stream key and the epoch key of ``channel``'s history (their hash tag is
+        :func:`~xraptor_redis.cluster.slot_tag`'s, as the channel's in cluster mode)."""
+        head = f"{self.prefix}:{slot_tag(channel)}"
         return f"{head}:s:{channel}", f"{head}:e:{channel}"
 
     async def append(
         self, publisher: Publisher, channel: str, message: str, policy: HistoryPolicy
     ) -> Position:
         """Append ``message`` to ``channel``'s history and publish it, in one script."""
+        answer = await publisher.call(self.append_call(channel, message, policy))
+        return self.appended_at(answer)
+
+    def append_call(
+        self, channel: str, message: str, policy: HistoryPolicy, published_as: str | None = None
+    ) -> tuple[str, ...]:
+        """The keys and arguments of the append script (:data:`APPEND`) for one message.
+
+        :param published_as: the channel the script publishes to, when it is not
+            ``channel`` (in cluster mode: the tagged sharded channel)
+        """
         ttl_ms = 0 if policy.ttl is None else max(1, round(policy.ttl * 1000))
         stream, meta = self.keys(channel)
         fresh = secrets.token_hex(6)
-        answer = await publisher.call(
-            (stream, meta, channel, message, str(policy.size), str(ttl_ms), fresh)
-        )
+        wire = channel if published_as is None else published_as
+        return (stream, meta, wire, message, str(policy.size), str(ttl_ms), fresh)
+
+    @staticmethod
+    def appended_at(answer: object) -> Position:
+        """The position the append script answered."""
         epoch, _, stream_id = str(answer).partition(" ")
         return Position(epoch, offset_of(stream_id))
 
     async def read(self, client: Redis, channel: str, after: Position) -> list[HistoryEntry] | None:
         """The entries of ``channel`` after ``after``, ``None`` when it is not in the history."""
-        stream_id = stream_id_of(after.offset)
-        ms = after.offset // SEQ_LIMIT
-        stream, meta = self.keys(channel)
-        args = (stream, meta, after.epoch, stream_id, str(ms))
+        keys, args = self.read_call(channel, after)
         try:
-            found: Any = await client.evalsha(self._read_sha, KEYS, *args)
+            found: Any = await client.evalsha(self._read_sha, KEYS, *keys, *args)
         except NoScriptError:
             await client.script_load(READ)
-            found = await client.evalsha(self._read_sha, KEYS, *args)
+            found = await client.evalsha(self._read_sha, KEYS, *keys, *args)
+        return self.read_answer(after, found)
+
+    def read_call(self, channel: str, after: Position) -> tuple[list[str], list[str]]:
+        """The keys and arguments of the read script (:data:`READ`)."""
+        ms = after.offset // SEQ_LIMIT
+        return list(self.keys(channel)), [after.epoch, stream_id_of(after.offset), str(ms)]
+
+    @staticmethod
+    def read_answer(after: Position, found: object) -> list[HistoryEntry] | None:
+        """The entries the read script answered (``None``: ``after`` is not in the history)."""
         if found is None:
             return None
         return _entries(after.epoch, str(found))

@@ -8,12 +8,15 @@ Redis 7.0 has no expiry per hash field, hence the sorted set: setting members wr
 both in one script, listing reads the members whose expiry is ahead, expiring takes
 the others out of both (a script: one caller gets each), and both keys expire with
 their last member, so an abandoned room leaves nothing.
+
+On a Redis Cluster the scripts run on the master of the slot of the room's keys (their
+tag), following ``MOVED`` and ``ASK`` (:mod:`xraptor_redis.cluster_commands`).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any
 
 from redis.asyncio import Redis
@@ -101,48 +104,70 @@ def room_keys(prefix: str, room: str) -> list[str]:
     return [f"{prefix}{{{digest}}}:z", f"{prefix}{{{digest}}}:h"]
 
 
+#: runs a script: ``run(script, keys, args)`` returns its answer
+ScriptRunner = Callable[[str, list[str], list[Any]], Awaitable[Any]]
+
+
+class NodeScripts:
+    """A :data:`ScriptRunner` on one Redis server: ``EVALSHA``, the script loaded first
+    where Redis does not know it (a restart).
+
+    :param client_of: the antenna's client (raises when the antenna is not connected)
+    """
+
+    def __init__(self, client_of: Callable[[], Redis]) -> None:
+        self._client_of = client_of
+        #: the scripts, registered once (their SHA1 computed once)
+        self._scripts: dict[str, AsyncScript] = {}
+
+    async def __call__(self, script: str, keys: list[str], args: list[Any]) -> Any:
+        client = self._client_of()
+        registered = self._scripts.get(script)
+        if registered is None:
+            registered = self._scripts[script] = client.register_script(script)
+        return await registered(keys=keys, args=args, client=client)
+
+
 class RedisPresence:
     """The presence scripts of one antenna.
 
     :param prefix: what starts every presence key (option ``presence_prefix``)
     :param timeout: seconds a call may take before it raises ``AntennaUnavailable``
     :param where: the server as error messages name it (no credentials)
+    :param run: what runs the scripts: :class:`NodeScripts` on one server, the
+        slot-routing :meth:`~xraptor_redis.cluster_commands.SlotCommands.script` on a
+        Redis Cluster (a room's two keys share a slot, so its scripts run on that
+        slot's master)
     """
 
-    def __init__(self, prefix: str, timeout: float, where: str) -> None:
+    def __init__(self, prefix: str, timeout: float, where: str, run: ScriptRunner) -> None:
         self.prefix = prefix
         self.timeout = timeout
         self.where = where
-        #: the scripts, registered once (their SHA1 computed once) and run by EVALSHA
-        self._scripts: dict[str, AsyncScript] = {}
+        self.run = run
 
-    async def put(self, client: Redis, room: str, members: Mapping[str, str], ttl: float) -> None:
+    async def put(self, room: str, members: Mapping[str, str], ttl: float) -> None:
         keys = room_keys(self.prefix, room)
         pairs = list(members.items())
         for start in range(0, len(pairs), _BATCH):
             args: list[str | int] = [max(1, round(ttl * 1000))]
             for member, info in pairs[start : start + _BATCH]:
                 args += (member, info)
-            await self._run(client, _SET, keys, args)
+            await self._run(_SET, keys, args)
 
-    async def remove(self, client: Redis, room: str, members: Collection[str]) -> None:
+    async def remove(self, room: str, members: Collection[str]) -> None:
         if members:
-            await self._run(client, _REMOVE, room_keys(self.prefix, room), list(members))
+            await self._run(_REMOVE, room_keys(self.prefix, room), list(members))
 
-    async def read(self, client: Redis, room: str) -> dict[str, str]:
-        return _pairs(await self._run(client, _LIST, room_keys(self.prefix, room), []))
+    async def read(self, room: str) -> dict[str, str]:
+        return _pairs(await self._run(_LIST, room_keys(self.prefix, room), []))
 
-    async def expire(self, client: Redis, room: str) -> dict[str, str]:
-        return _pairs(await self._run(client, _EXPIRE, room_keys(self.prefix, room), []))
+    async def expire(self, room: str) -> dict[str, str]:
+        return _pairs(await self._run(_EXPIRE, room_keys(self.prefix, room), []))
 
-    async def _run(self, client: Redis, script: str, keys: list[str], args: list[Any]) -> Any:
-        registered = self._scripts.get(script)
-        if registered is None:
-            registered = self._scripts[script] = client.register_script(script)
-        # EVALSHA, loading the script first where Redis does not know it (a restart)
-        call = registered(keys=keys, args=args, client=client)
+    async def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
         try:
-            return await bounded(call, self.timeout)
+            return await bounded(self.run(script, keys, args), self.timeout)
         except _UNREACHABLE as error:
             raise AntennaUnavailable(
                 f"redis presence failed ({self.where}): {type(error).__name__}: {error}"
