@@ -11,6 +11,7 @@ import asyncio
 import json
 import socket
 import struct
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,6 +23,11 @@ from websockets.exceptions import ConnectionClosed
 from core_support import TRANSPORT
 from xraptor import Broadcast, Request, Response, XRaptor
 from xraptor.cork import text_frames
+from xraptor.deflate import SharedCompressor
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="counts segments with Linux's TCP_INFO"
+)
 
 #: (server compression, whether the client offers permessage-deflate)
 POLICIES = (
@@ -90,9 +96,9 @@ def _data_segments_in(ws: ClientConnection) -> int:
     return int(struct.unpack_from("I", info, 152)[0])
 
 
-async def _member(app: XRaptor, offer: bool) -> ClientConnection:
+async def _member(app: XRaptor, offer: bool, request_id: str = "m") -> ClientConnection:
     ws = await _client(app, offer)
-    await ws.send(_request("m", "/room", "SUB"))
+    await ws.send(_request(request_id, "/room", "SUB"))
     await Broadcast.settle(app)
     await asyncio.sleep(0.05)  # the SUB's own frames (none) and the handshake are read
     return ws
@@ -176,3 +182,72 @@ def test_text_frames_headers() -> None:
     rest = rest[4 + 126 :]
     assert rest[:10] == bytes((0x81, 127)) + (65536).to_bytes(8, "big")
     assert rest[10:] == long
+
+
+def _big_burst_routes(app: XRaptor) -> None:
+    @app.register("/room").as_sub
+    async def join(request: Request) -> None:
+        Broadcast.get("lobby", app=app).add_member(request.request_id)
+
+    @app.register("/flood").as_post
+    async def flood(request: Request) -> Response:
+        """Post 2,000 messages of 10 KB in this iteration."""
+        for n in range(2000):
+            await app.antenna.post("lobby", f"{n}:" + "x" * 10_000)
+        return Response.create(request.request_id, {}, "sent", request.method)
+
+
+async def test_max_buffer_bounds_the_pushes_of_one_iteration() -> None:
+    """A member that stopped reading is a slow consumer even when everything it is
+    sent comes in one iteration: the pushes waiting are written past ``LIMIT`` bytes,
+    and the next push checks the buffer."""
+    app = XRaptor("127.0.0.1", 0, transport=TRANSPORT, compression=None, max_buffer=64 * 1024)
+    _big_burst_routes(app)
+    await app.start()
+    try:
+        member = await _client(app, False)
+        await member.send(_request("m", "/room", "SUB"))
+        await Broadcast.settle(app)
+        await asyncio.sleep(0.05)
+        member.transport.pause_reading()
+        sender = await _client(app, False)
+        await sender.send(_request("f", "/flood", "POST"))
+        assert (await _recv(sender))["payload"] == "sent"
+        assert app.metrics.slow_consumer_disconnects_total == 1
+        # 20 MB were posted; what waits in the process stays near the bound
+        assert max(c.buffered() for c in app._connections) < 2 * 2**20
+        member.transport.resume_reading()
+        await sender.close()
+    finally:
+        await app.close()
+
+
+@pytest.mark.skipif(TRANSPORT != "websockets", reason="compression is the websockets transport's")
+async def test_shared_compression_compresses_each_message_once_in_a_burst(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Corking keeps the fan-out's order for the compressor: it holds one message's
+    tail, so each message is compressed once for every member, not once per member."""
+    calls: list[int] = []
+    compress = SharedCompressor.compress
+
+    def counting(self: SharedCompressor, data: bytes) -> bytes:
+        calls.append(len(data))
+        return compress(self, data)
+
+    monkeypatch.setattr(SharedCompressor, "compress", counting)
+    app = XRaptor("127.0.0.1", 0, transport=TRANSPORT, compression="shared")
+    _routes(app)
+    await app.start()
+    try:
+        members = [await _member(app, True, f"m{n}") for n in range(20)]
+        sender = await _client(app, True)
+        calls.clear()
+        await sender.send(_request("b", "/burst", "POST", [2000, 2000, 2000, 2000]))
+        assert (await _recv(sender))["payload"] == "sent"
+        for member in members:
+            pushes = [await _recv(member) for _ in range(4)]
+            assert [p["payload"] for p in pushes] == [f"{n}:" + "x" * 2000 for n in range(4)]
+        assert len(calls) == 4
+    finally:
+        await app.close()

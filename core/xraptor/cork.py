@@ -9,20 +9,35 @@ callback; anything else it writes to that connection (an answer, a close frame) 
 writes the pushes waiting, so the order on the connection is the order of the calls.
 uWebSockets drains its pub/sub the same way, once per loop iteration.
 
+A connection's pushes wait at most :data:`LIMIT` bytes: past it they are written at
+once, and the next push checks the outgoing buffer against ``max_buffer`` again (the
+slow-consumer bound holds within an iteration too). Once a listener starts closing its
+connections (:attr:`Cork.immediate`), pushes are written as they come, ahead of the
+close frames. Code that writes to a connection should go through its methods
+(``send``, ``write``, ``close``), which write the pushes waiting first; a write
+straight to the library's object under it (``connection.ws``) may overtake them.
+
 The built-in ``websockets`` transport and xraptor-picows cork; a transport plugin can
-too: give each connection a ``_pending: list[bytes] | None`` and a ``flush()`` that
-writes them, add it to :attr:`Cork.dirty` at its first push of the iteration and call
-:meth:`Cork.schedule` when :attr:`Cork.scheduled` is false. :func:`text_frames`
-builds the frames of a server that negotiated no extension.
+too: give each connection a list of pushes waiting and a ``flush()`` that writes them
+(and never lets an exception out: a failed write is the connection's end, not the
+other connections'), add the connection to :attr:`Cork.dirty` at its first push of the
+iteration and call :meth:`Cork.schedule` when :attr:`Cork.scheduled` is false.
+:func:`text_frames` builds the frames of a server that negotiated no extension.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
 from typing import Protocol
 
-__all__ = ["Cork", "Corked", "text_frames"]
+__all__ = ["LIMIT", "Cork", "Corked", "text_frames"]
+
+logger = logging.getLogger("xraptor.connection")
+
+#: the bytes of pushes a connection keeps waiting before it writes them anyway
+LIMIT = 64 * 1024
 
 
 class Corked(Protocol):
@@ -35,7 +50,7 @@ class Corked(Protocol):
 class Cork:
     """The connections with pushes waiting in one event loop, flushed at its next callback."""
 
-    __slots__ = ("dirty", "loop", "scheduled")
+    __slots__ = ("dirty", "immediate", "loop", "scheduled")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -43,6 +58,8 @@ class Cork:
         self.dirty: list[Corked] = []
         #: whether :meth:`flush` is scheduled
         self.scheduled = False
+        #: pushes are written at once, not kept (the listener is closing its connections)
+        self.immediate = False
 
     def schedule(self) -> None:
         """Flush at the loop's next callback (a connection was added to :attr:`dirty`)."""
@@ -50,12 +67,20 @@ class Cork:
         self.loop.call_soon(self.flush)
 
     def flush(self) -> None:
-        """Write every connection's pushes waiting (also called before a shutdown closes
-        the connections, so that what was pushed goes before the close frames)."""
+        """Write every connection's pushes waiting."""
         self.scheduled = False
         dirty, self.dirty = self.dirty, []
         for connection in dirty:
-            connection.flush()
+            try:
+                connection.flush()
+            except Exception:  # one connection's failure must not hold the others' pushes
+                logger.exception("writing the pushes waiting failed")
+
+    def stop(self) -> None:
+        """Write what waits and keep nothing from now on (the listener closes its
+        connections: what was pushed goes before the close frames)."""
+        self.immediate = True
+        self.flush()
 
 
 #: a server's text frame header (FIN, opcode 1, unmasked) for each payload length < 126

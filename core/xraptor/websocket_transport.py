@@ -1,10 +1,13 @@
 """The ``websockets`` transport: xraptor's own server, where the hot-path tricks live.
 
 :class:`WebsocketsConnection` implements the :class:`~xraptor.connection.Connection`
-seam on a ``websockets`` server connection. Answers and pushes are written inline,
-without a task (``protocol.send_text`` then ``send_data``, as ``websockets.broadcast``
-does), each room message having been encoded once for all its members; the slow-
-consumer policy reads the transport's write buffer directly.
+seam on a ``websockets`` server connection. Answers are written inline, without a
+task (``protocol.send_text`` then ``send_data``, as ``websockets.broadcast`` does);
+pushes, each room message having been encoded once for all its members, wait for the
+end of the loop iteration and go out together (:mod:`xraptor.cork`): write to a
+connection through its methods, not through :attr:`WebsocketsConnection.ws`, or its
+pushes waiting may be overtaken. The slow-consumer policy reads the transport's write
+buffer directly.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from websockets.protocol import State
 from .admission import Admitted, is_upgrade
 from .connection import Connection
 from .context import serving
+from .cork import LIMIT as CORK_LIMIT
 from .cork import Cork, text_frames
 from .deflate import (
     SharedCompressor,
@@ -81,7 +85,7 @@ _popleft = collections.deque.popleft
 class WebsocketsConnection(Connection):
     """A client connection of xraptor's own ``websockets`` server (:attr:`ws`)."""
 
-    __slots__ = ("_cork", "_pending")
+    __slots__ = ("_cork", "_pending", "_pending_size")
 
     transport = "websockets"
     ws: ServerConnection
@@ -105,6 +109,7 @@ class WebsocketsConnection(Connection):
         self._cork = cork
         #: this connection's pushes waiting (see :mod:`xraptor.cork`), or None
         self._pending: list[bytes] | None = None
+        self._pending_size = 0
         # when the connection is lost, cancel whatever its requests wait for (websockets'
         # connection-lost future: no task of ours waits for the close)
         ws.connection_lost_waiter.add_done_callback(self.lost)
@@ -176,16 +181,22 @@ class WebsocketsConnection(Connection):
         pending = self._pending
         if pending is not None:
             pending.append(frame)
-        elif ws.transport.get_write_buffer_size() > self.max_buffer:
+            self._pending_size += len(frame)
+            if self._pending_size > CORK_LIMIT:
+                self.flush()  # the next push checks the buffer against max_buffer again
+            return
+        if ws.transport.get_write_buffer_size() > self.max_buffer:
             self._slow_consumer()
             return
-        else:
-            self._pending = [frame]
-            cork = self._cork
-            cork.dirty.append(self)
-            if not cork.scheduled:
-                cork.schedule()
-        self.metrics.pushes_total += 1
+        self._pending = [frame]
+        self._pending_size = len(frame)
+        cork = self._cork
+        if cork.immediate:
+            self.flush()
+            return
+        cork.dirty.append(self)
+        if not cork.scheduled:
+            cork.schedule()
 
     def flush(self) -> None:
         """Write the pushes waiting, in one socket write (dropped once the connection
@@ -194,28 +205,37 @@ class WebsocketsConnection(Connection):
         if pending is None:
             return
         self._pending = None
-        if self.ws.protocol.state is not State.OPEN:
-            return
-        if len(pending) == 1:
-            self.enqueue(pending[0])
-        else:
-            self.write_frames(pending)
+        if self.ws.protocol.state is State.OPEN and self.write_frames(pending):
+            self.metrics.pushes_total += len(pending)
 
-    def write_frames(self, payloads: list[bytes]) -> None:
+    def write_frames(self, payloads: list[bytes]) -> bool:
         """Write text frames in one socket write: built here when no extension was
         negotiated (websockets writes what its protocol makes at once, so nothing of
-        its own waits meanwhile), else made by websockets' protocol (its compression)."""
+        its own waits meanwhile), else made and written by websockets (its compression).
+        Whether they were written."""
         ws = self.ws
         protocol = ws.protocol
         try:
             if protocol.extensions or protocol.expect_continuation_frame:
                 for payload in payloads:
                     protocol.send_text(payload)
-                ws.transport.write(b"".join(protocol.data_to_send()))
+                data = protocol.data_to_send()
+                if all(data):
+                    ws.transport.write(b"".join(data))
+                else:  # an end of stream among them (none while OPEN): as send_data does
+                    for chunk in data:
+                        if chunk:
+                            ws.transport.write(chunk)
+                        elif ws.transport.can_write_eof():
+                            ws.transport.write_eof()
+                        else:
+                            ws.transport.close()
             else:
                 ws.transport.write(text_frames(payloads))
         except Exception as error:
             logger.debug("writing frames failed: %s", error)
+            return False
+        return True
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         if self._pending is not None:
@@ -268,16 +288,24 @@ class SharedDeflateConnection(WebsocketsConnection):
             return False
         return True
 
-    def write_frames(self, payloads: list[bytes]) -> None:
+    def push(self, frame: bytes) -> None:
+        """Compressed now, in the fan-out's order (the compressor keeps the tail of the
+        message being fanned out), then kept with the iteration's other pushes."""
+        if self._closing or self.ws.protocol.state is not State.OPEN:
+            return
+        super().push(self._compressor.websocket_frame(frame))
+
+    def write_frames(self, payloads: list[bytes]) -> bool:
+        """Write whole frames (:meth:`push` made them) in one socket write."""
         ws = self.ws
         if ws.protocol.expect_continuation_frame:
-            super().write_frames(payloads)  # refused by websockets, as any frame would be
-            return
-        frame = self._compressor.websocket_frame
+            return False  # websockets would refuse any frame now
         try:
-            ws.transport.write(b"".join([frame(payload) for payload in payloads]))
+            ws.transport.write(payloads[0] if len(payloads) == 1 else b"".join(payloads))
         except Exception as error:
             logger.debug("writing frames failed: %s", error)
+            return False
+        return True
 
 
 # ----- the listener -----------------------------------------------------------------
@@ -306,7 +334,7 @@ class WebsocketsListener:
         close frame is written; a client that stopped reading keeps it unwritten, so
         connections still open past the bound are aborted here.
         """
-        self.cork.flush()  # what was pushed goes before the close frames
+        self.cork.stop()  # what was pushed goes before the close frames
         server = self.server
         server.close()
         try:

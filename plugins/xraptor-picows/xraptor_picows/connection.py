@@ -35,6 +35,7 @@ from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
 import xraptor.cork
 from xraptor.connection import Closed, Connection
+from xraptor.cork import LIMIT as CORK_LIMIT
 from xraptor.cork import text_frames
 
 if TYPE_CHECKING:
@@ -64,24 +65,28 @@ _utf8_decoder = codecs.getincrementaldecoder("utf-8")
 class Cork(xraptor.cork.Cork):
     """The listener's pushes waiting for the end of the loop iteration
     (:class:`xraptor.cork.Cork`), its flush specialised: :meth:`PicowsConnection.flush`
-    inline, since it runs once per delivery."""
+    inline, since it runs once per delivery (a change to one is a change to both)."""
 
     __slots__ = ()
 
     def flush(self) -> None:
         self.scheduled = False
-        dirty: list[Any]
-        dirty, self.dirty = self.dirty, []
+        dirty: list[Any] = self.dirty
+        self.dirty = []
         for connection in dirty:
             pending = connection._pending
             if pending is None:
                 continue  # flushed already (an answer was written after the push)
             connection._pending = None
-            if connection.socket.open:
-                if len(pending) == 1:
-                    connection._send(_TEXT, pending[0])
-                else:
-                    connection._underlying.write(text_frames(pending))
+            try:  # PicowsConnection.write_frames, inline
+                if connection.socket.open and not connection._ws.is_close_frame_sent:
+                    if len(pending) == 1:
+                        connection._send(_TEXT, pending[0])
+                    else:
+                        connection._underlying.write(text_frames(pending))
+                    connection.metrics.pushes_total += len(pending)
+            except Exception:  # one connection's failure must not hold the others' pushes
+                logger.exception("writing the pushes waiting failed")
 
 
 class _Binary:
@@ -428,7 +433,7 @@ class PicowsSocket(WSListener):
 class PicowsConnection(Connection):
     """A client connection of the picows transport (:attr:`socket` is picows' side)."""
 
-    __slots__ = ("_cork", "_pending", "_send", "_underlying", "socket")
+    __slots__ = ("_cork", "_pending", "_pending_size", "_send", "_underlying", "_ws", "socket")
 
     transport = "picows"
     frames: Inbox
@@ -442,11 +447,13 @@ class PicowsConnection(Connection):
         self.receive = socket.receive
         self.frames = socket.inbox
         assert socket.transport is not None and socket.underlying is not None
+        self._ws = socket.transport
         self._send: Any = socket.transport.send
         self._underlying = socket.underlying
         self._cork = socket.cork
         #: pushes waiting for the end of the loop iteration (:class:`Cork`), or None
         self._pending: list[bytes] | None = None
+        self._pending_size = 0
 
     @property
     def headers(self) -> Mapping[str, str]:
@@ -499,29 +506,41 @@ class PicowsConnection(Connection):
         pending = self._pending
         if pending is not None:
             pending.append(frame)
-        elif self._underlying.get_write_buffer_size() > self.max_buffer:
+            self._pending_size += len(frame)
+            if self._pending_size > CORK_LIMIT:
+                self.flush()  # the next push checks the buffer against max_buffer again
+            return
+        if self._underlying.get_write_buffer_size() > self.max_buffer:
             self._slow_consumer()
             return
-        else:
-            self._pending = [frame]
-            cork = self._cork
-            cork.dirty.append(self)
-            if not cork.scheduled:
-                cork.schedule()
-        self.metrics.pushes_total += 1
+        self._pending = [frame]
+        self._pending_size = len(frame)
+        cork = self._cork
+        if cork.immediate:
+            self.flush()
+            return
+        cork.dirty.append(self)
+        if not cork.scheduled:
+            cork.schedule()
 
     def flush(self) -> None:
         """Write the pushes waiting, in one socket write."""
         pending = self._pending
-        if pending is None:
-            return
-        self._pending = None
-        if not self.socket.open:
+        if pending is not None:
+            self._pending = None
+            self.write_frames(pending)
+
+    def write_frames(self, pending: list[bytes]) -> None:
+        """Write text frames in one socket write, unless a close frame went out (ours,
+        or picows' own: a protocol error, a ping unanswered). :meth:`Cork.flush` has a
+        copy inline."""
+        if not self.socket.open or self._ws.is_close_frame_sent:
             return
         if len(pending) == 1:
             self._send(_TEXT, pending[0])
         else:
             self._underlying.write(text_frames(pending))
+        self.metrics.pushes_total += len(pending)
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         await self.socket.close(code, reason)

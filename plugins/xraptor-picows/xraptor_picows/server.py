@@ -347,6 +347,8 @@ class PicowsServer:
             self.server.close()
         for gate in tuple(self.gates):
             gate.abort()
+        if self.cork is not None:
+            self.cork.stop()  # from now on pushes go out at once, before the close frames
         sockets = tuple(self.sockets)
         for socket in sockets:
             socket.send_close(1001, "server shutting down")
