@@ -6,10 +6,12 @@ client that negotiates permessage-deflate as browsers do.
 picows has no permessage-deflate of its own, but it passes the RSV1 bit and extra
 handshake headers through, so this client does the extension's work with zlib (RFC
 7692): it offers ``permessage-deflate; client_max_window_bits`` (Chromium's offer),
-reads what the server answered, inflates every frame with RSV1 set (one decoder per
-connection, kept across messages, which is right with or without the server's
-context takeover) and compresses what it sends, with context takeover unless the
-server asked for ``client_no_context_takeover``. ``--client plain`` offers nothing.
+reads what the server answered, inflates every frame with RSV1 set that a member
+reads (one decoder per connection, kept across messages, which is right with or
+without the server's context takeover; a fan-out member that only counts frames, see
+``loadgen.SAMPLE``, reads and inflates none) and compresses what it sends, with
+context takeover unless the server asked for ``client_no_context_takeover``.
+``--client plain`` offers nothing.
 Its RESULT line adds the bytes received on the wire and after inflating, counted from
 READY (so without the warm-up), and which extension was negotiated.
 """
@@ -40,6 +42,8 @@ class Counters:
     wire = 0
     inflated = 0
     messages = 0
+    #: messages inflated (members that only count frames read none: see loadgen.SAMPLE)
+    inflated_messages = 0
     negotiated = ""
 
 
@@ -62,6 +66,9 @@ def deflate_connector(offer: bool) -> loadgen.Connector:
                 self.decoder: Any = None
                 self.encoder: Any = None
                 self.encoder_takeover = False
+                #: False: the handler only counts frames (nothing is copied or inflated;
+                #: the decoder, never used then, keeps no context to lose)
+                self.needs_data = True
 
             def on_ws_connected(self, transport: WSTransport) -> None:
                 self.transport = transport
@@ -79,13 +86,18 @@ def deflate_connector(offer: bool) -> loadgen.Connector:
             def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
                 kind = frame.msg_type
                 if kind == WSMsgType.TEXT or kind == WSMsgType.BINARY:
+                    Counters.messages += 1
+                    if not self.needs_data:
+                        Counters.wire += frame.payload_size
+                        self.handler(b"")
+                        return
                     data = frame.get_payload_as_bytes()
                     Counters.wire += len(data)
-                    Counters.messages += 1
                     if frame.rsv1:
                         # the server sends no fragments: every message is one frame
                         data = self.decoder.decompress(data + _FLUSH_END)
                     Counters.inflated += len(data)
+                    Counters.inflated_messages += 1
                     self.handler(data)
                 elif kind == WSMsgType.CLOSE:
                     transport.send_close(frame.get_close_code())
@@ -142,12 +154,13 @@ class CountingControl(loadgen.Control):
     def say(self, word: str, data: dict[str, Any] | None = None) -> None:
         if word == "READY":
             Counters.wire = Counters.inflated = Counters.messages = 0
+            Counters.inflated_messages = 0
         if word == "RESULT" and data is not None:
             received = Counters.messages or 1
             data = {
                 **data,
                 "wire_bytes_per_message": Counters.wire / received,
-                "inflated_bytes_per_message": Counters.inflated / received,
+                "inflated_bytes_per_message": Counters.inflated / (Counters.inflated_messages or 1),
                 "negotiated": Counters.negotiated,
             }
         super().say(word, data)
