@@ -337,6 +337,34 @@ async def test_what_is_published_while_a_room_opens_is_caught_up_once() -> None:
     assert notices(pushes) == []
 
 
+async def test_a_room_opened_by_a_recovery_does_not_deliver_the_recovered_again() -> None:
+    """A room opened by a SUB with since, with a message published while it opened
+    (after it read where its history stood): the member recovers it from the history,
+    and an outage right after does not deliver it a second time."""
+    antenna = BetweenMemoryAntenna()
+    app = chat(("chat:", {"history_size": 1000}), antenna=antenna)
+    async with serving(app) as url, Client(url) as poster, MemoryAntenna() as other:
+        other.set_history(app.antenna.history_of)
+        async with Client(url) as member, member.subscribe("/room", {"room": "chat:s"}) as first:
+            await say(poster, "chat:s", "m0")
+            await take(first, 1)
+            seen = dict(first.positions)
+        antenna.publisher = other  # "between" comes while the room opens again
+        async with (
+            Client(url) as member,
+            member.subscribe("/room", {"room": "chat:s"}, since=seen) as stream,
+        ):
+            antenna.publisher = None
+            pushes = await take(stream, 1)
+            antenna.cut = True
+            antenna.restore()
+            assert await quiet(stream)
+            await say(poster, "chat:s", "m1")
+            pushes += await take(stream, 1)
+    assert [push.payload for push in pushes] == ["between", "m1"]
+    assert notices(pushes) == []
+
+
 class ForgetfulMemoryAntenna(CutMemoryAntenna):
     """A history antenna that does not implement newest_position (a third party's)."""
 

@@ -89,6 +89,9 @@ class Broadcast:
         #: first, where the history stood when the room opened), from which the room
         #: catches up after a backend outage
         self.last_position: Position | None = None
+        #: where the history stood when the room opened (``last_position`` until the
+        #: room delivers or recovers a message; ``None``: the antenna could not tell)
+        self.opened_at: Position | None = None
         #: while it catches up after an outage: the live messages that came meanwhile
         self.catching_up: list[HistoryEntry] | None = None
         #: another gap came while catching up (the catch-up reads again)
@@ -296,7 +299,7 @@ class Broadcast:
             )
             return
         if newest is not None and self.last_position is None:
-            self.last_position = newest
+            self.last_position = self.opened_at = newest
 
     async def _forward(self, message: str) -> None:
         members = tuple(self._remote)
