@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 
 #: seconds an empty history keeps the epoch ``newest_position`` drew for it (as Redis does)
-PLACEHOLDER_SECONDS = 86_400.0
+EMPTY_EPOCH_SECONDS = 86_400.0
 
 
 class MemoryAntenna(Antenna):
@@ -94,7 +94,7 @@ class MemoryAntenna(Antenna):
         now = time.monotonic()
         record = _sweep(self._histories, channel, now)
         if record is None:  # the epoch of the next message, drawn now
-            record = self._histories[channel] = _History(1, now + PLACEHOLDER_SECONDS)
+            record = self._histories[channel] = _History(1, now + EMPTY_EPOCH_SECONDS)
         return Position(record.epoch, record.last_offset)
 
     async def presence_set(self, room: str, members: Mapping[str, str]) -> None:
@@ -153,17 +153,17 @@ class MemoryAntenna(Antenna):
 class _History:
     """One channel's ring buffer: ``(offset, expiry, message)``, oldest first.
 
-    :param placeholder_until: when nothing was appended yet (made by ``newest_position``),
+    :param empty_until: when nothing was appended yet (made by ``newest_position``),
         the monotonic time until which the empty history keeps its epoch
     """
 
-    __slots__ = ("entries", "epoch", "last_offset", "placeholder_until")
+    __slots__ = ("empty_until", "entries", "epoch", "last_offset")
 
-    def __init__(self, size: int, placeholder_until: float = 0.0) -> None:
+    def __init__(self, size: int, empty_until: float = 0.0) -> None:
         self.epoch = secrets.token_hex(4)
         self.last_offset = 0
         self.entries: deque[tuple[int, float, str]] = deque(maxlen=size)
-        self.placeholder_until = placeholder_until
+        self.empty_until = empty_until
 
     def append(self, message: str, history: HistoryPolicy, now: float) -> Position:
         if self.entries.maxlen != history.size:  # configured anew: keep the newest
@@ -200,12 +200,12 @@ def _sweep(histories: dict[str, _History], channel: str, now: float) -> _History
     """``channel``'s history with its expired messages dropped; ``None`` when it has
     none left (the next message starts a new epoch: memory is not kept for idle rooms),
     unless nothing was appended to it yet and it is an epoch drawn by
-    ``newest_position`` less than :data:`PLACEHOLDER_SECONDS` ago."""
+    ``newest_position`` less than :data:`EMPTY_EPOCH_SECONDS` ago."""
     record = histories.get(channel)
     if record is None:
         return None
     record.expire(now)
-    if not record.entries and (record.last_offset or record.placeholder_until <= now):
+    if not record.entries and (record.last_offset or record.empty_until <= now):
         del histories[channel]
         return None
     return record
