@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any, ClassVar
 
+import pytest
 from test_history import chat, quiet, say, serving, take
 
 from xraptor import Client, Response
-from xraptor.antenna import AntennaUnavailable
+from xraptor.antenna import Antenna, AntennaUnavailable
 from xraptor.antennas import MemoryAntenna
 from xraptor.history import HistoryEntry, Position
 
@@ -166,9 +167,9 @@ async def test_rooms_without_history_still_get_the_gap_notice() -> None:
             assert await quiet(stream, 0.1)
 
 
-async def test_a_failed_read_or_no_position_gives_unrecovered_and_holds_nothing_back() -> None:
-    """The history cannot be read (the backend went away again), or the room delivered
-    nothing before the outage (it has no position to read from): unrecovered, then live."""
+async def test_a_failed_read_gives_unrecovered_and_holds_nothing_back() -> None:
+    """The history cannot be read (the backend went away again), whether the room
+    delivered a message before the outage or not: unrecovered, then live."""
     antenna = CutMemoryAntenna()
     antenna.read_fails = True
     app = chat(("chat:", {"history_size": 1000}), antenna=antenna)
@@ -238,4 +239,166 @@ async def test_a_message_delivered_already_is_not_pushed_again() -> None:
         await say(member, "chat:twice", "m2")
         (after,) = await take(stream, 1)
         assert after.payload == "m2"
+        assert await quiet(stream)
+
+
+async def test_a_quiet_room_gets_no_notice_after_an_outage_that_missed_nothing() -> None:
+    """A room that delivered nothing yet starts from where its history stood when it
+    opened (Antenna.newest_position), so an outage during which nothing was published
+    is caught up silently: no unrecovered notice, nothing pushed."""
+    antenna = CutMemoryAntenna()
+    app = chat(("chat:", {"history_size": 1000}), antenna=antenna)
+    async with (
+        serving(app) as url,
+        Client(url) as member,
+        Client(url) as poster,
+        member.subscribe("/room", {"rooms": ["chat:empty", "chat:older"]}) as stream,
+    ):
+        antenna.cut = True
+        antenna.restore()
+        assert await quiet(stream)
+        await say(poster, "chat:empty", "e0")
+        await say(poster, "chat:older", "o0")
+        live = await take(stream, 2)
+        assert await quiet(stream)
+    assert [push.payload for push in live] == ["e0", "o0"]
+    assert notices(live) == []
+
+
+async def test_a_quiet_room_delivers_what_was_published_during_the_outage() -> None:
+    """A quiet room, an outage, messages published meanwhile (by another process): the
+    members receive them from the history, once each and in order, without a notice;
+    not what the history held before the room opened."""
+    antenna = CutMemoryAntenna()
+    antenna.read_delay = 0.05
+    app = chat(("chat:", {"history_size": 1000}), antenna=antenna)
+    publisher = chat(("chat:", {"history_size": 1000}))
+    async with (
+        serving(app) as url,
+        serving(publisher) as publisher_url,
+        Client(url) as member,
+        Client(publisher_url) as poster,
+    ):
+        await say(poster, "chat:kept", "before0", "before1")  # before the room opened
+        async with member.subscribe("/room", {"rooms": ["chat:kept", "chat:new"]}) as stream:
+            antenna.cut = True
+            await say(poster, "chat:kept", "k0", "k1")
+            await say(poster, "chat:new", "n0")  # its history had no epoch before
+            antenna.restore()
+            await asyncio.sleep(0.01)
+            await say(poster, "chat:kept", "k2")  # live while the history is read
+            pushes = await take(stream, 4)
+            assert await quiet(stream)
+    by_room: dict[str, list[str]] = {}
+    for push in pushes:
+        by_room.setdefault(push.header["room"], []).append(push.payload)
+    assert by_room == {"chat:kept": ["k0", "k1", "k2"], "chat:new": ["n0"]}
+    assert notices(pushes) == []
+
+
+class BetweenMemoryAntenna(CutMemoryAntenna):
+    """A cut memory antenna on which another process publishes to a room between the
+    moment a room reads where its history stands and the moment it is subscribed."""
+
+    name: ClassVar[str] = "between-memory"
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.publisher: MemoryAntenna | None = None
+
+    async def newest_position(self, channel: str) -> Position:
+        newest = await super().newest_position(channel)
+        if self.publisher is not None:
+            await self.publisher.post(channel, "between")
+        return newest
+
+
+async def test_what_is_published_while_a_room_opens_is_caught_up_once() -> None:
+    """A message published after the room read its starting point and before it was
+    subscribed is not received live: the catch-up of an outage right after delivers it,
+    once; messages received live are not delivered again by a later catch-up."""
+    antenna = BetweenMemoryAntenna()
+    app = chat(("chat:", {"history_size": 1000}), antenna=antenna)
+    async with serving(app) as url, Client(url) as poster, MemoryAntenna() as other:
+        other.set_history(app.antenna.history_of)
+        antenna.publisher = other
+        async with Client(url) as member, member.subscribe("/room", {"room": "chat:b"}) as stream:
+            antenna.publisher = None
+            antenna.cut = True
+            await say(poster, "chat:b", "missed")
+            antenna.restore()
+            pushes = await take(stream, 2)
+            await say(poster, "chat:b", "live")
+            pushes += await take(stream, 1)
+            antenna.cut = True
+            antenna.restore()
+            assert await quiet(stream)
+    assert [push.payload for push in pushes] == ["between", "missed", "live"]
+    assert notices(pushes) == []
+
+
+async def test_a_room_opened_by_a_recovery_does_not_deliver_the_recovered_again() -> None:
+    """A room opened by a SUB with since, with a message published while it opened
+    (after it read where its history stood): the member recovers it from the history,
+    and an outage right after does not deliver it a second time."""
+    antenna = BetweenMemoryAntenna()
+    app = chat(("chat:", {"history_size": 1000}), antenna=antenna)
+    async with serving(app) as url, Client(url) as poster, MemoryAntenna() as other:
+        other.set_history(app.antenna.history_of)
+        async with Client(url) as member, member.subscribe("/room", {"room": "chat:s"}) as first:
+            await say(poster, "chat:s", "m0")
+            await take(first, 1)
+            seen = dict(first.positions)
+        antenna.publisher = other  # "between" comes while the room opens again
+        async with (
+            Client(url) as member,
+            member.subscribe("/room", {"room": "chat:s"}, since=seen) as stream,
+        ):
+            antenna.publisher = None
+            pushes = await take(stream, 1)
+            antenna.cut = True
+            antenna.restore()
+            assert await quiet(stream)
+            await say(poster, "chat:s", "m1")
+            pushes += await take(stream, 1)
+    assert [push.payload for push in pushes] == ["between", "m1"]
+    assert notices(pushes) == []
+
+
+class ForgetfulMemoryAntenna(CutMemoryAntenna):
+    """A history antenna that does not implement newest_position (a third party's)."""
+
+    name: ClassVar[str] = "forgetful-memory"
+    newest_position = Antenna.newest_position  # type: ignore[assignment]
+
+
+class FailingNewestMemoryAntenna(CutMemoryAntenna):
+    """A memory antenna whose newest_position cannot reach the backend."""
+
+    name: ClassVar[str] = "failing-newest-memory"
+
+    async def newest_position(self, channel: str) -> Position:
+        raise AntennaUnavailable("the backend did not answer")
+
+
+@pytest.mark.parametrize("antenna_class", [ForgetfulMemoryAntenna, FailingNewestMemoryAntenna])
+async def test_without_a_newest_position_a_quiet_room_behaves_as_before(
+    antenna_class: type[CutMemoryAntenna],
+) -> None:
+    """An antenna that cannot tell (or fails to tell) where a history stands: the room
+    opens all the same, and a quiet room gets the unrecovered notice after an outage."""
+    antenna = antenna_class()
+    app = chat(("chat:", {"history_size": 1000}), antenna=antenna)
+    async with (
+        serving(app) as url,
+        Client(url) as member,
+        Client(url) as poster,
+        member.subscribe("/room", {"room": "chat:q"}) as stream,
+    ):
+        antenna.cut = True
+        antenna.restore()
+        (notice,) = await take(stream, 1)
+        assert notice.header == {"notice": "unrecovered", "room": "chat:q"}
+        await say(poster, "chat:q", "q0")
+        assert [push.payload for push in await take(stream, 1)] == ["q0"]
         assert await quiet(stream)

@@ -27,7 +27,9 @@ Optional capability, **history** (rooms that keep their last messages, so that a
 client that was away can recover them; see :mod:`xraptor.history`): a driver that
 implements both :meth:`Antenna.publish_with_history` and :meth:`Antenna.read_history`
 declares it (:attr:`Antenna.can_keep_history`), and runs
-:class:`xraptor.testing.HistoryConformance` besides the contract's suite.
+:class:`xraptor.testing.HistoryConformance` besides the contract's suite. It may also
+implement :meth:`Antenna.newest_position`, so that a room that delivered nothing yet
+can catch up after an outage too.
 
 Optional capability, **presence** (who is in a room, across every process; see
 :mod:`xraptor.presence`): a driver that implements :meth:`Antenna.presence_set`,
@@ -229,6 +231,29 @@ class Antenna(ABC):
         :raises AntennaUnavailable: when the backend cannot answer in time
         """
         raise NotImplementedError(f"{type(self).__name__} does not keep history")
+
+    async def newest_position(self, channel: str) -> Position | None:
+        """Optional (history): where ``channel``'s history stands now, so that a room
+        opening in this process can later catch up from there (after a backend outage)
+        even if it delivers nothing before.
+
+        The position of the channel's newest message; when its history is empty, a
+        position of offset 0 in the epoch its next message will belong to (the antenna
+        draws that epoch now if it has none yet), after which :meth:`read_history`
+        returns every message of the epoch while its first one is still kept. In both
+        cases every message published after this returned has a greater position in
+        the same epoch, or the history was lost (a new epoch). ``None``: the antenna
+        cannot tell (the default, for antennas that do not implement it); the core then
+        catches up only from the last message a room delivered.
+
+        :raises AntennaUnavailable: when the backend cannot answer in time
+        """
+        return None
+
+    @property
+    def can_tell_newest_position(self) -> bool:
+        """Whether this antenna implements :meth:`newest_position`."""
+        return type(self).newest_position is not Antenna.newest_position
 
     @property
     def can_keep_history(self) -> bool:

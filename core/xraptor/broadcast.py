@@ -13,9 +13,11 @@ A room that keeps history (:meth:`xraptor.XRaptor.configure_rooms`) receives eac
 message with its position and pushes it with the header ``{"room", "position"}``;
 a member whose SUB asked to recover (``since``) has its live messages held back
 until :mod:`xraptor.recovery` has pushed the history it missed. Such a room also
-remembers the last position it delivered: when the antenna reports a gap (a backend
-outage), it reads what followed from the history and delivers it instead of the gap
-notice, holding live messages back meanwhile (:func:`xraptor.recovery.catch_up`).
+remembers the last position it delivered (from its opening on, where the history
+stood then, when the antenna can tell: :meth:`xraptor.Antenna.newest_position`): when
+the antenna reports a gap (a backend outage), it reads what followed from the history
+and delivers it instead of the gap notice, holding live messages back meanwhile
+(:func:`xraptor.recovery.catch_up`).
 """
 
 from __future__ import annotations
@@ -83,9 +85,13 @@ class Broadcast:
         self._recovering: dict[str, list[HistoryEntry]] = {}
         #: the room id as JSON, for the headers of positioned pushes (made on first use)
         self._id_json = b""
-        #: (rooms with history) the position of the last message delivered here, from
-        #: which the room catches up after a backend outage
+        #: (rooms with history) the position of the last message delivered here (at
+        #: first, where the history stood when the room opened), from which the room
+        #: catches up after a backend outage
         self.last_position: Position | None = None
+        #: where the history stood when the room opened (``last_position`` until the
+        #: room delivers or recovers a message; ``None``: the antenna could not tell)
+        self.opened_at: Position | None = None
         #: while it catches up after an outage: the live messages that came meanwhile
         self.catching_up: list[HistoryEntry] | None = None
         #: another gap came while catching up (the catch-up reads again)
@@ -253,6 +259,8 @@ class Broadcast:
     async def _listen(self) -> None:
         self.failure = None
         try:
+            if self.last_position is None and self.keeps_history:
+                await self._learn_starting_point()
             await self.antenna.listen(self.broadcast_id, self)
         except Exception as error:
             self._listening = False
@@ -261,6 +269,37 @@ class Broadcast:
             return
         if self._closed:
             await self.antenna.unlisten(self.broadcast_id, self)
+
+    async def _learn_starting_point(self) -> None:
+        """Take where the room's history stands as the position it catches up from after
+        an outage, as if it had delivered the newest message (when the antenna can tell:
+        :meth:`~xraptor.Antenna.newest_position`).
+
+        Read *before* subscribing: every message received live then has a greater
+        position (none is mistaken for one delivered already), and a catch-up also
+        delivers what was published between this read and the subscription, instead of
+        missing it. A read that fails leaves the room as it was: it then catches up
+        only once it delivered a message.
+        """
+        antenna = self.antenna
+        if not antenna.can_tell_newest_position:
+            return
+        if antenna.state == "new":
+            await antenna.start()
+        try:
+            newest = await antenna.newest_position(self.broadcast_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            logger.warning(
+                "room %.64r: reading where its history stands failed (it catches up after "
+                "an outage only once it delivered a message): %r",
+                self.broadcast_id,
+                error,
+            )
+            return
+        if newest is not None and self.last_position is None:
+            self.last_position = self.opened_at = newest
 
     async def _forward(self, message: str) -> None:
         members = tuple(self._remote)

@@ -17,10 +17,17 @@ After a backend outage (the antenna reports a gap once it resubscribed), a room 
 history catches up the same way (:func:`catch_up`): from the last position it delivered
 in this process, it reads the history and delivers what followed to its members, then
 the live messages it held back meanwhile that the history did not hold; when the history
-no longer reaches back that far (a backend that lost it, trimming, or a room that had
-delivered nothing yet), its local members get the ``unrecovered`` notice instead of the
-gap notice. The notice names the room, so that the application reloads that room only,
-and it is the notice a reconnecting client already handles.
+no longer reaches back that far (a backend that lost it, trimming, expiry), its local
+members get the ``unrecovered`` notice instead of the gap notice. The notice names the
+room, so that the application reloads that room only, and it is the notice a
+reconnecting client already handles.
+
+A room that delivered nothing yet starts from where its history stood when it opened
+(:meth:`~xraptor.Antenna.newest_position`, read before it subscribed; for an empty
+history, offset 0 of the epoch its first message will have), so a quiet room catches up
+like any other. Only where the antenna could not tell (it does not implement that
+method, its backend did not answer, or it has no position for an empty history) does
+a room that delivered nothing yet have no position, and get the notice.
 """
 
 from __future__ import annotations
@@ -135,9 +142,14 @@ async def _recover_room(stream: Stream, room: Broadcast, after: Position, antenn
                 stream, prefix + push_tail(entry.message, room.position_header(entry.position))
             )
             last = entry.position
-        if room.last_position is None:
+        here = room.last_position
+        if here is None or (
+            here is room.opened_at and here.epoch == last.epoch and here.offset < last.offset
+        ):
             # the room received nothing live yet, and receives everything after ``last``:
-            # from there it can catch up after an outage (xraptor.recovery.catch_up)
+            # from there it catches up after an outage (xraptor.recovery.catch_up), not
+            # from where its history stood when it opened (that would push this member
+            # what it just recovered again)
             room.last_position = last
     held = room.held_back(stream.request_id)
     for entry in held or ():

@@ -18,6 +18,10 @@ if TYPE_CHECKING:
     from ..plugins import AntennaRegistry
 
 
+#: seconds an empty history keeps the epoch ``newest_position`` drew for it (as Redis does)
+EMPTY_EPOCH_SECONDS = 86_400.0
+
+
 class MemoryAntenna(Antenna):
     """Pub/sub inside one process.
 
@@ -29,6 +33,8 @@ class MemoryAntenna(Antenna):
     buffer of its last messages, shared by every instance like the bus, and lost with
     the process. Offsets count up by one from 1; a channel's epoch is drawn when its
     buffer is made, again after the buffer was dropped (every message expired).
+    ``newest_position`` of a channel without history makes its (empty) buffer, so that
+    the epoch is known before the first message; an empty buffer is kept a day.
 
     It keeps presence (the optional capability) in a dict per room, shared by every
     instance like the bus; expired members stay until ``presence_expire`` takes them.
@@ -84,6 +90,13 @@ class MemoryAntenna(Antenna):
             return None
         return record.after(after.offset)
 
+    async def newest_position(self, channel: str) -> Position:
+        now = time.monotonic()
+        record = _sweep(self._histories, channel, now)
+        if record is None:  # the epoch of the next message, drawn now
+            record = self._histories[channel] = _History(1, now + EMPTY_EPOCH_SECONDS)
+        return Position(record.epoch, record.last_offset)
+
     async def presence_set(self, room: str, members: Mapping[str, str]) -> None:
         expiry = time.monotonic() + self.presence_ttl
         present = self._presence.setdefault(room, {})
@@ -138,14 +151,19 @@ class MemoryAntenna(Antenna):
 
 
 class _History:
-    """One channel's ring buffer: ``(offset, expiry, message)``, oldest first."""
+    """One channel's ring buffer: ``(offset, expiry, message)``, oldest first.
 
-    __slots__ = ("entries", "epoch", "last_offset")
+    :param empty_until: when nothing was appended yet (made by ``newest_position``),
+        the monotonic time until which the empty history keeps its epoch
+    """
 
-    def __init__(self, size: int) -> None:
+    __slots__ = ("empty_until", "entries", "epoch", "last_offset")
+
+    def __init__(self, size: int, empty_until: float = 0.0) -> None:
         self.epoch = secrets.token_hex(4)
         self.last_offset = 0
         self.entries: deque[tuple[int, float, str]] = deque(maxlen=size)
+        self.empty_until = empty_until
 
     def append(self, message: str, history: HistoryPolicy, now: float) -> Position:
         if self.entries.maxlen != history.size:  # configured anew: keep the newest
@@ -161,14 +179,15 @@ class _History:
             entries.popleft()
 
     def after(self, offset: int) -> list[HistoryEntry] | None:
-        """The entries after ``offset`` if the one at ``offset`` is still here."""
+        """The entries after ``offset`` if the one at ``offset`` is still here (offset
+        0: the start of the epoch, if its first entry is still here)."""
         entries = self.entries
         if not entries:
-            return None
+            return [] if offset == 0 and self.last_offset == 0 else None
         first = entries[0][0]
         # offsets are contiguous here, so the entry at ``offset`` has this index
         index = offset - first
-        if not 0 <= index < len(entries):
+        if not (0 <= index < len(entries) or (offset == 0 and first == 1)):
             return None
         epoch = self.epoch
         return [
@@ -179,12 +198,14 @@ class _History:
 
 def _sweep(histories: dict[str, _History], channel: str, now: float) -> _History | None:
     """``channel``'s history with its expired messages dropped; ``None`` when it has
-    none left (the next message starts a new epoch: memory is not kept for idle rooms)."""
+    none left (the next message starts a new epoch: memory is not kept for idle rooms),
+    unless nothing was appended to it yet and it is an epoch drawn by
+    ``newest_position`` less than :data:`EMPTY_EPOCH_SECONDS` ago."""
     record = histories.get(channel)
     if record is None:
         return None
     record.expire(now)
-    if not record.entries:
+    if not record.entries and (record.last_offset or record.empty_until <= now):
         del histories[channel]
         return None
     return record

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
+from typing import ClassVar
 
 import pytest
 import pytest_asyncio
@@ -62,7 +63,15 @@ class _Recorder:
 
 
 class HistoryConformance:
-    """The history capability. Subclasses provide the ``antenna_factory`` fixture."""
+    """The history capability. Subclasses provide the ``antenna_factory`` fixture.
+
+    The cases of :meth:`~xraptor.Antenna.newest_position` (optional) are skipped for an
+    antenna that does not implement it; one that cannot tell where an *empty* history
+    starts (it answers ``None`` there) sets :attr:`newest_of_empty_history` to False.
+    """
+
+    #: whether ``newest_position`` of an empty history is a position (else ``None``)
+    newest_of_empty_history: ClassVar[bool] = True
 
     @pytest.fixture
     def antenna_factory(self) -> AntennaFactory:
@@ -234,3 +243,87 @@ class HistoryConformance:
             await antenna.publish_with_history(channel, text, ROOMY)
         history = await antenna.read_history(channel, first)
         assert history is not None and [entry.message for entry in history] == texts
+
+    # ----- newest_position (optional) ------------------------------------------------
+
+    @staticmethod
+    def _newest_told(policy: HistoryPolicy, *antennas: Antenna) -> None:
+        """Skip unless the antennas tell newest positions; say the channels' policy (as
+        an app does at start: an antenna may need it to find a room's history)."""
+        for antenna in antennas:
+            if not antenna.can_tell_newest_position:
+                pytest.skip(f"{type(antenna).__name__} does not implement newest_position")
+            antenna.set_history(lambda _channel: policy)
+
+    @pytest.mark.asyncio
+    async def test_newest_position_is_the_last_appended(
+        self, antenna: Antenna, other: Antenna, channel: str
+    ) -> None:
+        self._newest_told(ROOMY, antenna, other)
+        positions = await self._publish(antenna, channel, 5)
+        newest = await other.newest_position(channel)
+        assert newest == positions[-1]
+        assert await antenna.newest_position(channel) == newest
+        later = [await other.publish_with_history(channel, f"n{i}", ROOMY) for i in range(3)]
+        expected = [HistoryEntry(later[i], f"n{i}") for i in range(3)]
+        assert await antenna.read_history(channel, newest) == expected
+        assert await antenna.newest_position(channel) == later[-1]
+        assert await other.read_history(channel, later[-1]) == []
+
+    @pytest.mark.asyncio
+    async def test_newest_position_of_an_empty_history(
+        self, antenna: Antenna, other: Antenna, channel: str
+    ) -> None:
+        """An empty history has a position too (offset 0 of the epoch its next message
+        will have): reading after it gives every message published since."""
+        self._newest_told(ROOMY, antenna, other)
+        start = await antenna.newest_position(channel)
+        if not self.newest_of_empty_history:
+            assert start is None
+            return
+        assert start is not None, "an empty history has a position: offset 0 of its epoch"
+        assert start.offset == 0
+        assert await other.newest_position(channel) == start, "one epoch for every process"
+        assert await other.read_history(channel, start) == []
+        later = [await other.publish_with_history(channel, f"n{i}", ROOMY) for i in range(3)]
+        assert [p.epoch for p in later] == [start.epoch] * 3, "the epoch drawn is the one used"
+        expected = [HistoryEntry(later[i], f"n{i}") for i in range(3)]
+        assert await antenna.read_history(channel, start) == expected
+        assert await antenna.newest_position(channel) == later[-1]
+
+    @pytest.mark.asyncio
+    async def test_the_start_of_a_trimmed_history_is_not_recovered(
+        self, antenna: Antenna, channel: str
+    ) -> None:
+        small = HistoryPolicy(size=2)
+        self._newest_told(small, antenna)
+        start = await antenna.newest_position(channel)
+        if start is None:
+            pytest.skip("newest_position of an empty history is None for this antenna")
+        positions = await self._publish(antenna, channel, 4, small)
+        assert await antenna.read_history(channel, start) is None, "the first two were trimmed"
+        assert await antenna.read_history(channel, positions[2]) == [
+            HistoryEntry(positions[3], "m3")
+        ]
+
+    @pytest.mark.asyncio
+    async def test_newest_position_after_the_history_expired(
+        self, antenna: Antenna, channel: str
+    ) -> None:
+        """Once every message expired, the newest position never lets a later read
+        return what expired; the messages published after it are read after it."""
+        policy = HistoryPolicy(size=10, ttl=0.3)
+        self._newest_told(policy, antenna)
+        positions = await self._publish(antenna, channel, 2, policy)
+        await asyncio.sleep(0.6)
+        newest = await antenna.newest_position(channel)
+        if newest is None:
+            assert not self.newest_of_empty_history
+            return
+        old = positions[-1]
+        assert newest.epoch != old.epoch or newest.offset >= old.offset
+        history = await antenna.read_history(channel, newest)
+        assert history is None or history == []
+        later = await antenna.publish_with_history(channel, "later", policy)
+        if history is not None:
+            assert await antenna.read_history(channel, newest) == [HistoryEntry(later, "later")]

@@ -63,6 +63,10 @@ async def own_streams(jetstream_url: str) -> AsyncIterator[str]:
 
 
 class TestNatsHistory(HistoryConformance):
+    # a stream sequence that is not the room's cannot be read after (JetStream does not
+    # tell the room's removed messages from ones never published)
+    newest_of_empty_history = False
+
     @pytest.fixture
     def antenna_factory(self, jetstream_url: str, own_streams: str) -> Callable[[], NatsAntenna]:
         return lambda: NatsAntenna(servers=jetstream_url)

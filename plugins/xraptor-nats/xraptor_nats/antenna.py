@@ -308,6 +308,17 @@ class NatsAntenna(Antenna):
         async with jetstream_errors("read the history"):
             return await self._jetstream.read(_token(channel), after, self.history_of(channel))
 
+    async def newest_position(self, channel: str) -> Position | None:
+        """The position of the room's newest stored message (``None`` when its history
+        is empty: see :meth:`JetStreamHistory.newest`)."""
+        policy = self.history_of(channel)
+        if policy is None:
+            return None
+        self._connected()
+        assert self._jetstream is not None
+        async with jetstream_errors("read where the history stands"):
+            return await self._jetstream.newest(_token(channel), policy)
+
     async def watch(self, channel: str) -> None:
         nc = self._connected()
 

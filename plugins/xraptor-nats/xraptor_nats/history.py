@@ -332,6 +332,22 @@ class JetStreamHistory:
             return None
         return entries
 
+    async def newest(self, token: str, policy: HistoryPolicy) -> Position | None:
+        """The position of the room's newest stored message; ``None`` when it has none
+        (or its stream is not there): a stream sequence that is not the room's could not
+        be read after (the room's messages that JetStream removed since are not told
+        apart from ones never published), so an empty history has no position here."""
+        name = self.stream_name(policy.size, ttl_ms(policy))
+        state = await self.state(name)
+        if state is None or state[1] == 0:
+            return None
+        try:
+            message = await self._js.get_last_msg(name, self.subject(policy, token))
+        except nats.js.errors.NotFoundError:
+            return None
+        assert message.seq is not None
+        return Position(state[0], message.seq)
+
     async def next_stored(self, name: str, subject: str, start: int) -> tuple[int, bytes] | None:
         """The sequence and data of the first message of ``subject`` from ``start`` on."""
         try:

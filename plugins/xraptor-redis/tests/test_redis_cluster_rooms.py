@@ -1,7 +1,8 @@
 """Rooms with history and presence on a local Redis Cluster (3 masters, 3 replicas): the
 capabilities' conformance suites, unchanged; where a room's keys live; a stale topology
 (``MOVED``); a slot migration done by hand (``ASK`` redirects); a killed or frozen master
-under a room that keeps history; presence across two server processes."""
+under a room that keeps history, and under a quiet one; presence across two server
+processes."""
 
 from __future__ import annotations
 
@@ -299,6 +300,44 @@ async def test_a_room_with_history_loses_nothing_when_its_master_fails(
     got = collector.texts()
     assert collector.notices() == []
     assert got == [f"{room}/0", *(entry.message for entry in stored)]
+    assert set(acked) <= set(got)
+    numbers = [int(text.rpartition("/")[2]) for text in got]
+    assert numbers == sorted(set(numbers))
+
+
+async def test_a_quiet_room_gets_no_notice_when_its_master_fails(
+    own_redis_cluster: LocalCluster,
+) -> None:
+    """A member of a room that delivered nothing yet, its history empty (the epoch drawn
+    when the room opened reached the replica); the room's master is killed, its replica
+    takes over, a poster on another process posts from the first moment it can: the
+    member gets every acknowledged post, in order, once, and no notice."""
+    cluster = own_redis_cluster
+    room = f"chat:quiet-{uuid.uuid4().hex[:8]}"
+    async with (
+        serving(cluster.url) as member_url,
+        serving(cluster.url) as poster_url,
+        Client(member_url) as member,
+        Client(poster_url) as poster,
+        member.subscribe("/room", {"rooms": [room]}) as stream,
+    ):
+        collector = Collector(stream)
+        await asyncio.sleep(0.5)  # the replica has the room's epoch
+        cluster.kill_node(cluster.master_of(route(room)[0]))
+        failed_at = time.monotonic()
+        acked: list[str] = []
+        i = 0
+        while time.monotonic() - failed_at < 30 and len(acked) < 20:
+            if await say(poster, room, f"{room}/{i}"):
+                acked.append(f"{room}/{i}")
+            i += 1
+            await asyncio.sleep(0.01)
+        assert len(acked) == 20, "the replica did not take over within 30 s"
+        await collector.until(lambda: acked[-1] in collector.texts())
+        await asyncio.sleep(0.3)
+        collector.stop()
+    assert collector.notices() == []
+    got = collector.texts()
     assert set(acked) <= set(got)
     numbers = [int(text.rpartition("/")[2]) for text in got]
     assert numbers == sorted(set(numbers))

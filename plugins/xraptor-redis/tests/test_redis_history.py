@@ -14,10 +14,17 @@ import pytest_asyncio
 from redis.asyncio import Redis
 from redis.crc import key_slot
 
-from xraptor.history import HistoryPolicy
+from xraptor.history import HistoryEntry, HistoryPolicy, Position
 from xraptor.testing import HistoryConformance
 from xraptor_redis.antenna import RedisAntenna
-from xraptor_redis.history import DEFAULT_PREFIX, SEQ_LIMIT, RedisHistory, offset_of, stream_id_of
+from xraptor_redis.history import (
+    DEFAULT_PREFIX,
+    EMPTY_EPOCH_MS,
+    SEQ_LIMIT,
+    RedisHistory,
+    offset_of,
+    stream_id_of,
+)
 
 
 class TestRedisHistory(HistoryConformance):
@@ -49,7 +56,7 @@ async def test_keys_carry_the_prefix_and_a_hash_tag_of_the_room(
     tag = hashlib.blake2b(braced.encode(), digest_size=8).hexdigest()
     stream, meta = f"myapp:h:{{{tag}}}:s:{braced}", f"myapp:h:{{{tag}}}:e:{braced}"
     assert await admin.xlen(stream) == 1
-    assert (await admin.hgetall(meta)).keys() == {"e", "t"}
+    assert (await admin.hgetall(meta)).keys() == {"e", "t", "f"}  # f: the epoch's first id
     # Redis Cluster hashes the first {...}: both keys of a room share a slot, the tag's
     assert key_slot(stream.encode()) == key_slot(meta.encode()) == key_slot(tag.encode())
     async with RedisAntenna(url=redis_url) as antenna:
@@ -143,3 +150,66 @@ async def test_plain_and_malformed_payloads_on_a_channel(
         await admin.publish(room, b"\xffno position here")
         await antenna.publish_with_history(room, "after", ROOMY)
         assert await asyncio.wait_for(sub.__anext__(), 5) == "after"
+
+
+async def test_an_empty_history_keeps_the_epoch_it_was_given(
+    redis_url: str, admin: Redis, room: str
+) -> None:
+    """newest_position of a room without history draws the epoch and keeps it a day
+    (each call a day again); the first append takes it, with the room's ttl or none."""
+    stream, meta = RedisHistory(DEFAULT_PREFIX).keys(room)
+    async with RedisAntenna(url=redis_url) as antenna:
+        start = await antenna.newest_position(room)
+        assert start.offset == 0 and not await admin.exists(stream)
+        assert await admin.hgetall(meta) == {"e": start.epoch}
+        assert EMPTY_EPOCH_MS - 5_000 < await admin.pttl(meta) <= EMPTY_EPOCH_MS
+        await admin.pexpire(meta, 60_000)
+        assert await antenna.newest_position(room) == start
+        assert await admin.pttl(meta) > 60_000, "a call keeps an empty epoch a day again"
+        first = await antenna.publish_with_history(room, "a", HistoryPolicy(size=10, ttl=30))
+        assert first.epoch == start.epoch
+        assert (await admin.hgetall(meta))["f"] == stream_id_of(first.offset)
+        for key in (stream, meta):
+            assert 0 < await admin.pttl(key) <= 30_000
+    other = f"{room}-forever"
+    stream, meta = RedisHistory(DEFAULT_PREFIX).keys(other)
+    async with RedisAntenna(url=redis_url) as antenna:
+        start = await antenna.newest_position(other)
+        assert (await antenna.publish_with_history(other, "a", ROOMY)).epoch == start.epoch
+        for key in (stream, meta):
+            assert await admin.pttl(key) == -1
+
+
+async def test_a_lost_stream_gives_a_new_epoch_to_newest_position_too(
+    redis_url: str, admin: Redis, room: str
+) -> None:
+    stream, meta = RedisHistory(DEFAULT_PREFIX).keys(room)
+    async with RedisAntenna(url=redis_url) as antenna:
+        start = await antenna.newest_position(room)
+        first = await antenna.publish_with_history(room, "a", ROOMY)
+        await admin.delete(stream)  # evicted: the messages of the epoch are gone
+        again = await antenna.newest_position(room)
+        assert again.offset == 0 and again.epoch != first.epoch
+        assert await antenna.read_history(room, start) is None
+        assert await antenna.read_history(room, again) == []
+        second = await antenna.publish_with_history(room, "b", ROOMY)
+        assert second.epoch == again.epoch
+        await admin.delete(meta)  # the epoch key lost: the stream is of an unknown epoch
+        third = await antenna.newest_position(room)
+        assert third.epoch not in (first.epoch, second.epoch) and third.offset == 0
+        assert not await admin.exists(stream)
+
+
+async def test_the_start_of_an_epoch_without_its_first_id_is_not_recovered(
+    redis_url: str, admin: Redis, room: str
+) -> None:
+    """A history written before the epoch's first id was recorded (no ``f``): where it
+    starts is unknown, so a read after offset 0 is refused; other positions read."""
+    _, meta = RedisHistory(DEFAULT_PREFIX).keys(room)
+    async with RedisAntenna(url=redis_url) as antenna:
+        first = await antenna.publish_with_history(room, "a", ROOMY)
+        second = await antenna.publish_with_history(room, "b", ROOMY)
+        await admin.hdel(meta, "f")
+        assert await antenna.read_history(room, Position(first.epoch, 0)) is None
+        assert await antenna.read_history(room, first) == [HistoryEntry(second, "b")]
+        assert await antenna.newest_position(room) == second

@@ -20,7 +20,7 @@ import pytest
 from redis_history_server import history_app
 from redis_support import EXTERNAL_URL, REDIS_BINARY, RedisServer, _no_backend, script_process
 
-from xraptor import Client, ClientError, Response
+from xraptor import Client, ClientError, Response, XRaptor
 from xraptor.client import Stream
 from xraptor.testing import ServerProcess
 
@@ -218,3 +218,92 @@ async def test_since_recovers_on_another_process(
     texts = [push.payload for push in seen + missed + live]
     assert texts == [f"{room}/{i}" for i in range(11)]
     assert all("notice" not in push.header for push in missed + live)
+
+
+@asynccontextmanager
+async def started(url: str) -> AsyncIterator[XRaptor]:
+    app = history_app(url)
+    await app.start()
+    try:
+        yield app
+    finally:
+        await app.close()
+
+
+async def caught_up(app: XRaptor, gaps_before: int) -> None:
+    """Wait until ``app``'s antenna resubscribed (it reported a gap) and its rooms read
+    their history."""
+    deadline = time.monotonic() + 20
+    while app.antenna.gap_round == gaps_before or app.antenna.state != "up":
+        assert time.monotonic() < deadline, "the antenna did not come back"
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.3)
+
+
+async def test_a_quiet_room_gets_no_notice_after_a_restart_that_missed_nothing(
+    persistent_redis: RedisServer,
+) -> None:
+    """Rooms that delivered nothing yet (one with older history, one never posted to)
+    start from where their history stood: a restart of Redis (with persistence) during
+    which nothing was posted gives no notice."""
+    async with started(persistent_redis.url) as app, Client(f"ws://127.0.0.1:{app.port}") as poster:
+        assert await say(poster, "chat:older", "before the room opened")
+        async with (
+            Client(f"ws://127.0.0.1:{app.port}") as member,
+            member.subscribe("/room", {"rooms": ["chat:older", "chat:never"]}) as stream,
+        ):
+            collector = Collector(stream)
+            gaps = app.antenna.gap_round
+            await asyncio.get_running_loop().run_in_executor(None, persistent_redis.restart)
+            await caught_up(app, gaps)
+            assert await say(poster, "chat:older", "chat:older/0")
+            assert await say(poster, "chat:never", "chat:never/0")
+            await collector.until(lambda: len(collector.pushes) >= 2)
+            await asyncio.sleep(0.2)
+            collector.stop()
+    assert collector.notices() == []
+    assert collector.texts() == ["chat:older/0", "chat:never/0"]
+
+
+async def test_a_quiet_room_catches_up_what_was_posted_while_its_process_was_away(
+    persistent_redis: RedisServer,
+) -> None:
+    """A quiet room, Redis restarted (with persistence), another process posting from
+    the moment Redis is back: whatever the member's process did not receive live comes
+    from the history; every acknowledged post arrives once, in order, without a notice."""
+    rooms = ["chat:quiet", "chat:fresh"]
+    async with (
+        started(persistent_redis.url) as app,
+        started(persistent_redis.url) as publisher,
+        Client(f"ws://127.0.0.1:{publisher.port}") as poster,
+    ):
+        assert await say(poster, "chat:quiet", "before the room opened")
+        async with (
+            Client(f"ws://127.0.0.1:{app.port}") as member,
+            member.subscribe("/room", {"rooms": rooms}) as stream,
+        ):
+            collector = Collector(stream)
+            persistent_redis.kill()
+            acked: dict[str, list[str]] = {room: [] for room in rooms}
+            deadline = time.monotonic() + 20
+            restart = asyncio.get_running_loop().run_in_executor(None, persistent_redis.start)
+            while not all(acked.values()):  # post from the first moment Redis answers
+                assert time.monotonic() < deadline, "Redis did not come back"
+                for room in rooms:
+                    text = f"{room}/{len(acked[room])}"
+                    if await say(poster, room, text):
+                        acked[room].append(text)
+            await restart
+            for i in range(1, 20):
+                for room in rooms:
+                    text = f"{room}/{i}"
+                    assert await say(poster, room, text)
+                    acked[room].append(text)
+            for room in rooms:
+                last = acked[room][-1]
+                await collector.until(lambda r=room, t=last: t in collector.texts(r))  # type: ignore[misc]
+            await asyncio.sleep(0.2)
+            collector.stop()
+    assert collector.notices() == []
+    for room in rooms:
+        assert collector.texts(room) == acked[room]

@@ -248,6 +248,16 @@ class RedisAntenna(Antenna):
                 f"{type(error).__name__}: {error}"
             ) from error
 
+    async def newest_position(self, channel: str) -> Position:
+        client = self._live_client()
+        try:
+            return await bounded(self._redis_history.newest(client, channel), self.publish_timeout)
+        except _UNREACHABLE as error:
+            raise AntennaUnavailable(
+                f"reading where the history of {channel[:64]!r} stands failed "
+                f"({self._where()}): {type(error).__name__}: {error}"
+            ) from error
+
     async def is_alive(self, channel: str) -> bool:
         client = self._live_client()
         try:

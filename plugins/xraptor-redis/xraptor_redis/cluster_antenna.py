@@ -37,7 +37,7 @@ from .cluster import UNREACHABLE, ClusterConfig, Topology, fmt, moved_to, route
 from .cluster_commands import SlotCommands
 from .cluster_publisher import ClusterPublisher
 from .cluster_subscriber import ClusterSubscriber
-from .history import READ
+from .history import NEWEST, READ
 from .presence import RedisPresence
 
 
@@ -141,6 +141,21 @@ class RedisClusterAntenna(RedisAntenna):
                 f"{type(error).__name__}: {error}"
             ) from error
         return self._redis_history.read_answer(after, found)
+
+    async def newest_position(self, channel: str) -> Position:
+        if self._shards is None:
+            raise AntennaError("the redis antenna is not connected (start() it first)")
+        keys, args = self._redis_history.newest_call(channel)
+        try:
+            found = await bounded(self._commands.script(NEWEST, keys, args), self.publish_timeout)
+        except (*UNREACHABLE, RedisError) as error:
+            if isinstance(error, UNREACHABLE):
+                self._cluster.topology_suspect()
+            raise AntennaUnavailable(
+                f"reading where the history of {channel[:64]!r} stands failed "
+                f"({self.config.where}): {type(error).__name__}: {error}"
+            ) from error
+        return self._redis_history.appended_at(found)
 
     async def is_alive(self, channel: str) -> bool:
         if self._shards is None:

@@ -87,10 +87,13 @@ ADVANCED = b"\xff\n"
 APPEND = """
 local stream, meta = KEYS[1], KEYS[2]
 local size, ttl = ARGV[3], tonumber(ARGV[4])
-local epoch = redis.call('HGET', meta, 'e')
-if not epoch or redis.call('EXISTS', stream) == 0 then
+local found = redis.call('HMGET', meta, 'e', 'f')
+local epoch = found[1]
+local first = redis.call('EXISTS', stream) == 0
+if not epoch or (first and found[2]) then
   epoch = ARGV[5]
-  redis.call('DEL', stream)
+  first = true
+  redis.call('DEL', stream, meta)
   redis.call('HSET', meta, 'e', epoch, 't', ARGV[4])
 elseif redis.call('HGET', meta, 't') ~= ARGV[4] then
   redis.call('HSET', meta, 't', ARGV[4])
@@ -105,6 +108,9 @@ if tonumber(string.sub(id, dash + 1)) >= 1000000 then
   redis.call('XDEL', stream, id)
   local next_ms = string.format('%.0f', tonumber(string.sub(id, 1, dash - 1)) + 1)
   id = redis.call('XADD', stream, 'MAXLEN', '=', size, next_ms .. '-0', 'm', ARGV[2])
+end
+if first then
+  redis.call('HSET', meta, 'f', id)
 end
 if ttl > 0 then
   local now = redis.call('TIME')
@@ -128,16 +134,26 @@ assert APPEND_SHARDED != APPEND
 #: one reply, not three per entry (its parser costs far more than the split below).
 READ = """
 local stream, meta = KEYS[1], KEYS[2]
-local found = redis.call('HMGET', meta, 'e', 't')
+local found = redis.call('HMGET', meta, 'e', 't', 'f')
 if found[1] ~= ARGV[1] then return false end
-if #redis.call('XRANGE', stream, ARGV[2], ARGV[2]) == 0 then return false end
+local at, ms, from = ARGV[2], tonumber(ARGV[3]), '(' .. ARGV[2]
+if at == '0-0' then
+  if not found[3] then
+    if redis.call('EXISTS', stream) == 1 then return false end
+    return ''
+  end
+  at = found[3]
+  ms = tonumber(string.match(at, '^[0-9]+'))
+  from = '-'
+end
+if #redis.call('XRANGE', stream, at, at) == 0 then return false end
 local ttl = tonumber(found[2]) or 0
 if ttl > 0 then
   local now = redis.call('TIME')
   local oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - ttl
-  if tonumber(ARGV[3]) < oldest then return false end
+  if ms < oldest then return false end
 end
-local entries = redis.call('XRANGE', stream, '(' .. ARGV[2], '+')
+local entries = redis.call('XRANGE', stream, from, '+')
 local parts = {}
 for i, entry in ipairs(entries) do
   local message = entry[2][2]
@@ -149,6 +165,33 @@ for i, entry in ipairs(entries) do
 end
 return table.concat(parts)
 """
+
+#: KEYS: stream, meta. ARGV: a fresh epoch, the lifetime in ms of an epoch drawn here.
+#: Returns "<epoch> <stream id>": the newest entry's, else "0-0" in the epoch the next
+#: append keeps (drawn now, with no ``f`` yet, when there is none or its stream was lost;
+#: such an empty epoch lives a day more at each call).
+NEWEST = """
+local stream, meta = KEYS[1], KEYS[2]
+local found = redis.call('HMGET', meta, 'e', 'f')
+local epoch = found[1]
+if epoch then
+  local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+  if #last > 0 then return epoch .. ' ' .. last[1][1] end
+  if not found[2] and redis.call('EXISTS', stream) == 0 then
+    local left = redis.call('PTTL', meta)
+    if left > 0 and left < tonumber(ARGV[2]) then redis.call('PEXPIRE', meta, ARGV[2]) end
+    return epoch .. ' 0-0'
+  end
+end
+epoch = ARGV[1]
+redis.call('DEL', stream, meta)
+redis.call('HSET', meta, 'e', epoch)
+redis.call('PEXPIRE', meta, ARGV[2])
+return epoch .. ' 0-0'
+"""
+#: milliseconds an epoch drawn for an empty history (:data:`NEWEST`) lives unless a
+#: message is appended to it (then it lives as the history's ttl says)
+EMPTY_EPOCH_MS = 86_400_000
 
 
 def offset_of(stream_id: str) -> int:
@@ -190,6 +233,7 @@ class RedisHistory:
     def __init__(self, prefix: str) -> None:
         self.prefix = check_prefix(prefix)
         self._read_sha = hashlib.sha1(READ.encode()).hexdigest()
+        self._newest_sha = hashlib.sha1(NEWEST.encode()).hexdigest()
 
     def keys(self, channel: str) -> tuple[str, str]:
         """The stream key and the epoch key of ``channel``'s history (their hash tag is
@@ -227,12 +271,17 @@ class RedisHistory:
     async def read(self, client: Redis, channel: str, after: Position) -> list[HistoryEntry] | None:
         """The entries of ``channel`` after ``after``, ``None`` when it is not in the history."""
         keys, args = self.read_call(channel, after)
-        try:
-            found: Any = await client.evalsha(self._read_sha, KEYS, *keys, *args)
-        except NoScriptError:
-            await client.script_load(READ)
-            found = await client.evalsha(self._read_sha, KEYS, *keys, *args)
+        found = await _run(client, READ, self._read_sha, keys, args)
         return self.read_answer(after, found)
+
+    async def newest(self, client: Redis, channel: str) -> Position:
+        """Where ``channel``'s history stands (see :data:`NEWEST`)."""
+        keys, args = self.newest_call(channel)
+        return self.appended_at(await _run(client, NEWEST, self._newest_sha, keys, args))
+
+    def newest_call(self, channel: str) -> tuple[list[str], list[str]]:
+        """The keys and arguments of the newest-position script (:data:`NEWEST`)."""
+        return list(self.keys(channel)), [secrets.token_hex(6), str(EMPTY_EPOCH_MS)]
 
     def read_call(self, channel: str, after: Position) -> tuple[list[str], list[str]]:
         """The keys and arguments of the read script (:data:`READ`)."""
@@ -273,6 +322,15 @@ def deliver_positioned(antenna: Antenna, channel: str, data: str) -> None:
         return
     position, message = decoded
     antenna.deliver_at(channel, message, position)
+
+
+async def _run(client: Redis, script: str, sha: str, keys: list[str], args: list[str]) -> Any:
+    """``EVALSHA`` of ``script``, loaded first when Redis does not know it (``NOSCRIPT``)."""
+    try:
+        return await client.evalsha(sha, KEYS, *keys, *args)
+    except NoScriptError:
+        await client.script_load(script)
+        return await client.evalsha(sha, KEYS, *keys, *args)
 
 
 def _entries(epoch: str, text: str) -> list[HistoryEntry]:
