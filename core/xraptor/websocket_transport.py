@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import functools
 import logging
 from collections.abc import Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
@@ -96,13 +95,16 @@ class WebsocketsConnection(Connection):
             metrics,
         )
         self.ws = ws
-        self.receive = functools.partial(ws.recv, decode=False)
         queue = ws.recv_messages.frames
         #: the frames received and not read yet (see :class:`FrameQueue`)
         self.frames = queue.queue = FrameQueue(queue.queue)
         # when the connection is lost, cancel whatever its requests wait for (websockets'
         # connection-lost future: no task of ours waits for the close)
         ws.connection_lost_waiter.add_done_callback(self.lost)
+
+    def receive(self) -> Coroutine[Any, Any, bytes]:
+        """The next message's data, as bytes (a method, not a ``partial`` per connection)."""
+        return self.ws.recv(decode=False)
 
     @property
     def headers(self) -> Mapping[str, str]:
