@@ -34,7 +34,7 @@ from .deflate import (
     shared_compressor,
 )
 from .endpoints import DRAINING_RESPONSE
-from .handshake import identity_of, select_subprotocol, set_identity
+from .handshake import IDENTITY_ATTRIBUTE, identity_of, select_subprotocol, set_identity
 from .hookspecs import hookimpl
 from .metrics import Metrics
 from .redaction import redacting_logger
@@ -74,6 +74,21 @@ class FrameQueue(collections.deque[Frame]):
 
 
 _popleft = collections.deque.popleft
+
+
+class GuardedServerConnection(ServerConnection):
+    """websockets' server connection, with a slot for what the connect guards returned
+    (see :func:`~xraptor.handshake.set_identity`).
+
+    A slot, not an attribute: CPython keeps an instance's attributes in a compact array
+    laid out by the keys its class shares, and an attribute added long after
+    ``__init__`` (the guards run once the upgrade request arrived) may find no room
+    there, which moves all of the connection's attributes into a dict of its own
+    (about 1.3 KiB more per connection, depending on how many connections were
+    opening when the first one passed the guards).
+    """
+
+    __slots__ = (IDENTITY_ATTRIBUTE,)
 
 
 class WebsocketsConnection(Connection):
@@ -281,6 +296,7 @@ async def listen(app: XRaptor, options: ListenOptions) -> WebsocketsListener:
         options.host,
         options.port,
         process_request=process_request,
+        create_connection=GuardedServerConnection,
         select_subprotocol=select_subprotocol,
         logger=redacting_logger("websockets.server"),
         reuse_port=options.reuse_port or None,
