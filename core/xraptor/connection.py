@@ -128,9 +128,11 @@ class Connection:
     __slots__ = (
         "_closer",
         "_closing",
+        "_connection_id",
         "_room",
+        "_state",
+        "_streams",
         "cancelled_reader",
-        "connection_id",
         "frames",
         "identity",
         "max_buffer",
@@ -141,8 +143,6 @@ class Connection:
         "refusal_log",
         "remote_ip",
         "serving_inline",
-        "state",
-        "streams",
         "tasks",
         "ws",
     )
@@ -157,12 +157,13 @@ class Connection:
         self.ws: Any = None
         self.path = path
         self.remote_ip = remote_ip
-        self.connection_id = uuid.uuid4().hex
+        # made on first use, like the two below: most connections never need them
+        self._connection_id: str | None = None
         self.identity = identity
-        self.streams: dict[str, Stream] = {}
+        self._streams: dict[str, Stream] | None = None
         self.max_buffer = max_buffer
         self.metrics = metrics
-        self.state: dict[str, Any] = {}
+        self._state: dict[str, Any] | None = None
         #: the task reading the connection's messages now
         self.reader: asyncio.Task[Any] | None = None
         #: tasks of GET/POST/PUT requests that are waiting for something (each was the
@@ -177,6 +178,34 @@ class Connection:
         self.refusal_log: LogSampler | None = None
         self._closing = False
         self._closer: asyncio.Task[None] | None = None
+
+    @property
+    def connection_id(self) -> str:
+        """A random hex id of this connection (in log lines, presence member ids)."""
+        ident = self._connection_id
+        if ident is None:
+            ident = self._connection_id = uuid.uuid4().hex
+        return ident
+
+    @property
+    def streams(self) -> dict[str, Stream]:
+        """The connection's open SUB streams, by request id."""
+        streams = self._streams
+        if streams is None:
+            streams = self._streams = {}
+        return streams
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """A free-form dict for handlers and middlewares (per connection)."""
+        state = self._state
+        if state is None:
+            state = self._state = {}
+        return state
+
+    @state.setter
+    def state(self, value: dict[str, Any]) -> None:
+        self._state = value
 
     # ----- the transport (overridden by each) ----------------------------------------
 

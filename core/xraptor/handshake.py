@@ -265,15 +265,16 @@ def handshake_headers(
 # The guards run in websockets' process_request, before the connection handler
 # creates xraptor's Connection. The identity travels between the two on the
 # websockets connection object, as websockets' own basic_auth stores ``username``
-# there; this is the one place that knows the attribute.
+# there; this is the one place that knows the attribute (the websockets transport's
+# connection class declares it as a slot: see xraptor.websocket_transport).
 
-_IDENTITY = "xraptor_identity"
+IDENTITY_ATTRIBUTE = "xraptor_identity"
 
 
 def set_identity(ws: Any, identity: object) -> None:
-    setattr(ws, _IDENTITY, identity)
+    setattr(ws, IDENTITY_ATTRIBUTE, identity)
 
 
 def identity_of(ws: Any) -> object:
     """The identity the connect guards gave this websockets connection (``None``)."""
-    return getattr(ws, _IDENTITY, None)
+    return getattr(ws, IDENTITY_ATTRIBUTE, None)

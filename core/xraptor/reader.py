@@ -19,7 +19,7 @@ from websockets.frames import CloseCode
 from .connection import Closed, Connection
 from .context import serving
 from .dispatch import Dispatch, shutting_down
-from .protocol import ErrorCode, MethodType, RequestError, parse_request
+from .protocol import ErrorCode, MethodType, Request, RequestError, parse_request
 
 logger = logging.getLogger("xraptor")
 
@@ -75,7 +75,6 @@ class Reader(Dispatch):
         requests in flight are cancelled, and so is the reader if it is serving a SUB
         or waiting for room rather than for the next message.
         """
-        receive = connection.receive
         me = asyncio.current_task()
         if owner:
             connection.reader = me
@@ -86,9 +85,15 @@ class Reader(Dispatch):
         # already waiting (then the loop yields, so one connection's burst cannot
         # starve the others: receive() returns without suspending while it has one)
         backlog = connection.frames
+        # what the last message left is dropped before waiting for the next one, so an
+        # idle connection holds no request, no finished coroutine, no message bytes
+        data: bytes | str | None
+        request: Request | None
+        serving: Coroutine[Any, Any, None] | None
         try:
             while True:
-                data = await receive()
+                data = request = serving = None
+                data = await connection.receive()
                 metrics.requests_total += 1
                 try:
                     request = parse_request(data)
@@ -122,11 +127,8 @@ class Reader(Dispatch):
                                 await self._refuse(connection, shutting_down(request), data)
                                 continue
                         serving = self._serve(connection, request)
-                        try:
-                            waiting_for = serving.send(None)
-                        except StopIteration:
-                            pass  # served without waiting
-                        else:
+                        waiting_for = _first_step(serving)
+                        if waiting_for is not _DONE:  # else it was served without waiting
                             assert me is not None
                             connection.hand_over(self._read_loop(connection))
                             try:
@@ -148,6 +150,24 @@ class Reader(Dispatch):
         finally:
             if owner:
                 await self._end(connection, me)
+
+
+#: what :func:`_first_step` returns for a coroutine that finished
+_DONE: Any = object()
+
+
+def _first_step(coro: Coroutine[Any, Any, None]) -> Any:
+    """Run ``coro`` to its first wait: what it yielded, or :data:`_DONE` if it finished.
+
+    Its StopIteration is caught here rather than in the reader, so that it never passes
+    through the reader's frame: an exception materializes a frame object (about 300
+    bytes) for each frame it passes through, which a coroutine's frame keeps for as long
+    as the coroutine lives (for the reader: the connection's life).
+    """
+    try:
+        return coro.send(None)
+    except StopIteration:
+        return _DONE
 
 
 @types.coroutine
