@@ -18,7 +18,10 @@ close frames. Code that writes to a connection should go through its methods
 straight to the library's object under it (``connection.ws``) may overtake them.
 
 The built-in ``websockets`` transport and xraptor-picows cork; a transport plugin can
-too: give each connection a list of pushes waiting and a ``flush()`` that writes them
+too: give each connection its pushes waiting (the first one as the bytes themselves:
+a list per connection and message, alive until the flush, would set off Python's
+garbage collector every few hundred deliveries, a pause that grows with the number of
+connections) and a ``flush()`` that writes them
 (and never lets an exception out: a failed write is the connection's end, not the
 other connections'), add the connection to :attr:`Cork.dirty` at its first push of the
 iteration and call :meth:`Cork.schedule` when :attr:`Cork.scheduled` is false.

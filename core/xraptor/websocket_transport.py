@@ -121,7 +121,7 @@ class WebsocketsConnection(Connection):
         #: the listener's pushes waiting for the end of the loop iteration
         self._cork = cork
         #: this connection's pushes waiting (see :mod:`xraptor.cork`), or None
-        self._pending: list[bytes] | None = None
+        self._pending: bytes | list[bytes] | None = None
         self._pending_size = 0
         # when the connection is lost, cancel whatever its requests wait for (websockets'
         # connection-lost future: no task of ours waits for the close)
@@ -197,7 +197,10 @@ class WebsocketsConnection(Connection):
             return
         pending = self._pending
         if pending is not None:
-            pending.append(frame)
+            if isinstance(pending, bytes):
+                self._pending = [pending, frame]
+            else:
+                pending.append(frame)
             self._pending_size += len(frame)
             if self._pending_size > CORK_LIMIT:
                 self.flush()  # the next push checks the buffer against max_buffer again
@@ -205,7 +208,7 @@ class WebsocketsConnection(Connection):
         if ws.transport.get_write_buffer_size() > self.max_buffer:
             self._slow_consumer()
             return
-        self._pending = [frame]
+        self._pending = frame  # a list only from the second (no container per push)
         self._pending_size = len(frame)
         cork = self._cork
         if cork.immediate:
@@ -222,8 +225,9 @@ class WebsocketsConnection(Connection):
         if pending is None:
             return
         self._pending = None
-        if self.ws.protocol.state is State.OPEN and self.write_frames(pending):
-            self.metrics.pushes_total += len(pending)
+        frames = [pending] if isinstance(pending, bytes) else pending
+        if self.ws.protocol.state is State.OPEN and self.write_frames(frames):
+            self.metrics.pushes_total += len(frames)
 
     def write_frames(self, payloads: list[bytes]) -> bool:
         """Write text frames in one socket write: built here when no extension was
@@ -315,7 +319,10 @@ class SharedDeflateConnection(WebsocketsConnection):
         # WebsocketsConnection.push from here, inline (once per delivery)
         pending = self._pending
         if pending is not None:
-            pending.append(frame)
+            if isinstance(pending, bytes):
+                self._pending = [pending, frame]
+            else:
+                pending.append(frame)
             self._pending_size += len(frame)
             if self._pending_size > CORK_LIMIT:
                 self.flush()
@@ -323,7 +330,7 @@ class SharedDeflateConnection(WebsocketsConnection):
         if ws.transport.get_write_buffer_size() > self.max_buffer:
             self._slow_consumer()
             return
-        self._pending = [frame]
+        self._pending = frame  # a list only from the second (no container per push)
         self._pending_size = len(frame)
         cork = self._cork
         if cork.immediate:

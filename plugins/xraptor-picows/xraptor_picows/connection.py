@@ -80,11 +80,12 @@ class Cork(xraptor.cork.Cork):
             connection._pending = None
             try:  # PicowsConnection.write_frames, inline
                 if connection.socket.open and not connection._ws.is_close_frame_sent:
-                    if len(pending) == 1:
-                        connection._send(_TEXT, pending[0])
+                    if type(pending) is bytes:
+                        connection._send(_TEXT, pending)
+                        connection.metrics.pushes_total += 1
                     else:
                         connection._underlying.write(text_frames(pending))
-                    connection.metrics.pushes_total += len(pending)
+                        connection.metrics.pushes_total += len(pending)
             except Exception:  # one connection's failure must not hold the others' pushes
                 logger.exception("writing the pushes waiting failed")
 
@@ -452,7 +453,7 @@ class PicowsConnection(Connection):
         self._underlying = socket.underlying
         self._cork = socket.cork
         #: pushes waiting for the end of the loop iteration (:class:`Cork`), or None
-        self._pending: list[bytes] | None = None
+        self._pending: bytes | list[bytes] | None = None
         self._pending_size = 0
 
     @property
@@ -505,7 +506,10 @@ class PicowsConnection(Connection):
             return
         pending = self._pending
         if pending is not None:
-            pending.append(frame)
+            if isinstance(pending, bytes):
+                self._pending = [pending, frame]
+            else:
+                pending.append(frame)
             self._pending_size += len(frame)
             if self._pending_size > CORK_LIMIT:
                 self.flush()  # the next push checks the buffer against max_buffer again
@@ -513,7 +517,7 @@ class PicowsConnection(Connection):
         if self._underlying.get_write_buffer_size() > self.max_buffer:
             self._slow_consumer()
             return
-        self._pending = [frame]
+        self._pending = frame  # a list only from the second (no container per push)
         self._pending_size = len(frame)
         cork = self._cork
         if cork.immediate:
@@ -528,7 +532,7 @@ class PicowsConnection(Connection):
         pending = self._pending
         if pending is not None:
             self._pending = None
-            self.write_frames(pending)
+            self.write_frames([pending] if isinstance(pending, bytes) else pending)
 
     def write_frames(self, pending: list[bytes]) -> None:
         """Write text frames in one socket write, unless a close frame went out (ours,
