@@ -184,25 +184,12 @@ def test_text_frames_headers() -> None:
     assert rest[10:] == long
 
 
-def _big_burst_routes(app: XRaptor) -> None:
-    @app.register("/room").as_sub
-    async def join(request: Request) -> None:
-        Broadcast.get("lobby", app=app).add_member(request.request_id)
-
-    @app.register("/flood").as_post
-    async def flood(request: Request) -> Response:
-        """Post 2,000 messages of 10 KB in this iteration."""
-        for n in range(2000):
-            await app.antenna.post("lobby", f"{n}:" + "x" * 10_000)
-        return Response.create(request.request_id, {}, "sent", request.method)
-
-
 async def test_max_buffer_bounds_the_pushes_of_one_iteration() -> None:
     """A member that stopped reading is a slow consumer even when everything it is
     sent comes in one iteration: the pushes waiting are written past ``LIMIT`` bytes,
     and the next push checks the buffer."""
     app = XRaptor("127.0.0.1", 0, transport=TRANSPORT, compression=None, max_buffer=64 * 1024)
-    _big_burst_routes(app)
+    _routes(app)
     await app.start()
     try:
         member = await _client(app, False)
@@ -211,7 +198,7 @@ async def test_max_buffer_bounds_the_pushes_of_one_iteration() -> None:
         await asyncio.sleep(0.05)
         member.transport.pause_reading()
         sender = await _client(app, False)
-        await sender.send(_request("f", "/flood", "POST"))
+        await sender.send(_request("f", "/burst", "POST", [10_000] * 2000))
         assert (await _recv(sender))["payload"] == "sent"
         assert app.metrics.slow_consumer_disconnects_total == 1
         # 20 MB were posted; what waits in the process stays near the bound

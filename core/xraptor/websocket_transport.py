@@ -312,33 +312,9 @@ class SharedDeflateConnection(WebsocketsConnection):
     def push(self, frame: bytes) -> None:
         """Compressed now, in the fan-out's order (the compressor keeps the tail of the
         message being fanned out), then kept with the iteration's other pushes."""
-        ws = self.ws
-        if self._closing or ws.protocol.state is not State.OPEN:
-            return
-        frame = self._compressor.websocket_frame(frame)
-        # WebsocketsConnection.push from here, inline (once per delivery)
-        pending = self._pending
-        if pending is not None:
-            if isinstance(pending, bytes):
-                self._pending = [pending, frame]
-            else:
-                pending.append(frame)
-            self._pending_size += len(frame)
-            if self._pending_size > CORK_LIMIT:
-                self.flush()
-            return
-        if ws.transport.get_write_buffer_size() > self.max_buffer:
-            self._slow_consumer()
-            return
-        self._pending = frame  # a list only from the second (no container per push)
-        self._pending_size = len(frame)
-        cork = self._cork
-        if cork.immediate:
-            self.flush()
-            return
-        cork.dirty.append(self)
-        if not cork.scheduled:
-            cork.schedule()
+        if self._closing or self.ws.protocol.state is not State.OPEN:
+            return  # not compressed for nothing
+        super().push(self._compressor.websocket_frame(frame))
 
     def write_frames(self, payloads: list[bytes]) -> bool:
         """Write whole frames (:meth:`push` made them) in one socket write."""
