@@ -491,5 +491,32 @@ async def test_streams_made_by_hand_are_updated_or_refused_clearly(
     async with NatsAntenna(servers=jetstream_url, history_storage="memory") as antenna:
         with pytest.raises(AntennaError, match="delete it or set another history_stream_prefix"):
             await antenna.publish_with_history(room(), "x", HistoryPolicy(4))
-        with pytest.raises(AntennaError, match="JetStream refused history stream"):
+        with pytest.raises(AntennaError, match="another stream captures its subjects"):
             await antenna.publish_with_history(room(), "x", HistoryPolicy(6))
+
+
+async def test_an_overlap_that_clears_at_once_is_waited_out(
+    jetstream_url: str, own_streams: str
+) -> None:
+    """Processes creating one history stream at once can be told that its subjects
+    overlap with an existing stream (the one another of them is making): a publish
+    that meets an overlap which ends within a moment stores its message."""
+    from nats.js.api import StreamConfig
+
+    async with NatsAntenna(servers=jetstream_url) as antenna:
+        nc = await nats.connect(jetstream_url)
+        try:
+            js = nc.jetstream()
+            subjects = [f"{antenna.subject_prefix}.h.8_0.*"]
+            await js.add_stream(StreamConfig(name=f"{own_streams}_MAKING", subjects=subjects))
+            publishing = asyncio.ensure_future(
+                antenna.publish_with_history(room(), "x", HistoryPolicy(8))
+            )
+            await asyncio.sleep(0.1)
+            assert not publishing.done()  # waiting for the overlap to end
+            await js.delete_stream(f"{own_streams}_MAKING")
+            position = await asyncio.wait_for(publishing, 5)
+            stored = await js.stream_info(f"{own_streams}_8_0")
+        finally:
+            await nc.close()
+    assert position.offset == 1 and stored.state.messages == 1

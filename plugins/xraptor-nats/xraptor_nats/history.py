@@ -30,9 +30,7 @@ process reads the history of a position without knowing the room's policy.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -40,7 +38,6 @@ from typing import TYPE_CHECKING, Any
 import nats.errors
 import nats.js.errors
 from nats.js.api import (
-    AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
     DiscardPolicy,
@@ -54,15 +51,13 @@ from nats.js.api import (
 from xraptor.antenna import AntennaError
 from xraptor.history import HistoryEntry, HistoryPolicy, Position
 
-from .errors import ANY_NATS
+from .pull import read_stored
 from .subjects import check_prefix
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.aio.msg import Msg
 
-#: messages asked for per pull request while reading a history
-READ_BATCH = 1024
 #: channels remembered with the stream this process published them to
 PUBLISHED_MEMO = 4096
 #: JetStream limits are int64 (``max_age`` in nanoseconds)
@@ -218,8 +213,14 @@ class JetStreamHistory:
             ),
         )
         try:
-            info = await self._js.add_stream(config)
+            info = await self._add(config)
         except nats.js.errors.BadRequestError as error:
+            if error.err_code == 10065:
+                raise AntennaError(
+                    f"JetStream refused history stream {name}: another stream captures its "
+                    f"subjects {config.subjects[0]!r} (change that stream's subjects or the "
+                    f"antenna's subject_prefix): {error}"
+                ) from error
             if error.err_code != 10058:  # "stream name already in use" (another configuration)
                 raise AntennaError(f"JetStream refused history stream {name}: {error}") from error
             try:
@@ -238,6 +239,23 @@ class JetStreamHistory:
         stream = _Stream(name, _epoch(size, ttl, info))
         self._streams[name] = stream
         return stream
+
+    async def _add(self, config: StreamConfig) -> StreamInfo:
+        """Add the stream of ``config`` (the same configuration again is no change).
+
+        Processes that add one stream at once may be told its subjects "overlap with an
+        existing stream" (10065): the stream one of them is making, not yet known by
+        its name. So that answer is taken as final only when it stays after the
+        others had time to finish (then another stream does capture the subjects).
+        """
+        for pause in (0.05, 0.2, 0.5, None):
+            try:
+                return await self._js.add_stream(config)
+            except nats.js.errors.BadRequestError as error:
+                if error.err_code != 10065 or pause is None:
+                    raise
+            await asyncio.sleep(pause)
+        raise AssertionError("unreachable")
 
     async def state(self, name: str) -> tuple[str, int] | None:
         """The epoch and last sequence of stream ``name`` now, ``None`` if it is not ours
@@ -369,57 +387,15 @@ class JetStreamHistory:
         self, name: str, subject: str, seq: int, epoch: str
     ) -> list[HistoryEntry] | None:
         """The messages of ``subject`` from ``seq + 1`` that the stream holds now (``None``
-        if fewer came than it held), through an ephemeral pull consumer read in batches:
-        one batch waits in nats-py's buffers at a time."""
-        nc = self._nc
-        entries: list[HistoryEntry] = []
-        batch_done = asyncio.Event()
-        wanted = 0
-        ended = False
-
-        async def on_reply(message: Msg) -> None:
-            nonlocal ended
-            if message.headers and message.headers.get("Status"):
-                ended = True  # no more messages (404) or the request expired (408)
-                batch_done.set()
-                return
-            entries.append(_entry(message, epoch))
-            if len(entries) >= wanted:
-                batch_done.set()
-
-        inbox = nc.new_inbox()
-        replies = await nc.subscribe(inbox, cb=on_reply)
-        consumer: str | None = None
-        try:
-            info = await self._js.add_consumer(
-                name,
-                ConsumerConfig(
-                    filter_subject=subject,
-                    deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-                    opt_start_seq=seq + 1,
-                    ack_policy=AckPolicy.NONE,
-                    mem_storage=True,
-                    num_replicas=1,
-                    # a backstop: the consumer is deleted below
-                    inactive_threshold=max(5.0, 2 * self._timeout),
-                ),
-            )
-            consumer = info.name
-            total = info.num_pending or 0
-            request = f"$JS.API.CONSUMER.MSG.NEXT.{name}.{consumer}"
-            while len(entries) < total and not ended:
-                wanted = min(len(entries) + READ_BATCH, total)
-                batch_done.clear()
-                body = json.dumps({"batch": wanted - len(entries), "no_wait": True}).encode()
-                await nc.publish(request, body, reply=inbox)
-                async with asyncio.timeout(self._timeout):
-                    await batch_done.wait()
-            return entries if len(entries) >= total else None
-        finally:
-            with contextlib.suppress(*ANY_NATS):
-                await replies.unsubscribe()
-                if consumer is not None:  # without waiting for the answer
-                    await nc.publish(f"$JS.API.CONSUMER.DELETE.{name}.{consumer}", b"")
+        if fewer came than it held): see :func:`~xraptor_nats.pull.read_stored`."""
+        config = ConsumerConfig(
+            filter_subject=subject,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=seq + 1,
+        )
+        return await read_stored(
+            self._nc, self._js, name, config, lambda message: _entry(message, epoch), self._timeout
+        )
 
 
 def _entry(message: Msg, epoch: str) -> HistoryEntry:

@@ -1,20 +1,20 @@
-"""Presence on NATS (the antenna's optional presence capability): a JetStream
-key-value bucket.
+"""Presence on NATS (the antenna's optional presence capability): a JetStream key-value
+bucket.
 
 One bucket per antenna configuration (option ``presence_bucket``, by default the
 subject prefix with ``_presence``), kept in memory, with one revision per key. A
 member's key is ``<room token>.<member token>`` (tokens as for subjects,
 :func:`xraptor_nats.subjects.channel_token`), its value the JSON array ``[member,
-info]``; a room's members are read with a key-value watch of ``<room token>.*`` (one
-short-lived ordered consumer per read). A member is live while the time JetStream
-stored its last put (the server's clock) is less than ``presence_ttl`` ago, by this
-host's clock (so hosts and server must agree on the time within a fraction of it);
-live processes put their members again every third of that. An expired member is
-taken out with a delete that expects its last revision, so one process only wins it
-(and announces its leave). nats-server before 2.11 has no time to live per message:
-the bucket's ``max_age``, three times ``presence_ttl``, drops what nobody took out
-(a room whose processes all died). The server needs JetStream (``nats-server -js``);
-only rooms with presence use it."""
+info]``; a room's members are read with one short-lived pull consumer of the
+bucket's ``<room token>.*`` keys, last value of each (:mod:`xraptor_nats.pull`). A
+member is live while the time JetStream stored its last put (the server's clock) is
+less than ``presence_ttl`` ago, by this host's clock (so hosts and server must agree
+on the time within a fraction of it); live processes put their members again every
+third of that. An expired member is taken out with a delete that expects its last
+revision, so one process only wins it (and announces its leave). nats-server before
+2.11 has no time to live per message: the bucket's ``max_age``, three times
+``presence_ttl``, drops what nobody took out (a room whose processes all died). The
+server needs JetStream (``nats-server -js``); only rooms with presence use it."""
 
 from __future__ import annotations
 
@@ -28,12 +28,14 @@ import nats.errors
 import nats.js.errors
 import orjson
 from nats.aio.client import Client
-from nats.js.api import KeyValueConfig, StorageType
+from nats.aio.msg import Msg
+from nats.js.api import ConsumerConfig, DeliverPolicy, KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
 from xraptor.antenna import AntennaError, AntennaUnavailable
 
 from .errors import UNAVAILABLE
+from .pull import read_stored
 from .subjects import channel_token
 
 logger = logging.getLogger("xraptor_nats")
@@ -46,6 +48,8 @@ _KEEP = 3
 #: JetStream's error codes for "wrong last sequence"
 _WRONG_REVISION = (10071, 10164)
 
+#: reads of a room's entries tried before one is complete
+_READS = 3
 #: puts sent before their acknowledgments are awaited
 _BATCH = 256
 
@@ -97,7 +101,8 @@ class NatsPresence:
     async def read(self, nc: Client, room: str, ttl: float) -> dict[str, str]:
         async def read() -> dict[str, str]:
             now = time.time()
-            entries = await self._entries(await self._bucket(nc, ttl), room)
+            await self._bucket(nc, ttl)
+            entries = await self._entries(nc, room)
             return {member: info for member, info, put, _ in entries if put + ttl > now}
 
         return await self._bounded(read())
@@ -106,7 +111,8 @@ class NatsPresence:
         async def expire() -> dict[str, str]:
             kv = await self._bucket(nc, ttl)
             now = time.time()
-            expired = [entry for entry in await self._entries(kv, room) if entry[2] + ttl <= now]
+            entries = await self._entries(nc, room)
+            expired = [entry for entry in entries if entry[2] + ttl <= now]
             claims = await asyncio.gather(
                 *(self._claim(kv, room, member, revision) for member, _, _, revision in expired)
             )
@@ -115,20 +121,19 @@ class NatsPresence:
 
         return await self._bounded(expire())
 
-    async def _entries(self, kv: KeyValue, room: str) -> list[tuple[str, str, float, int]]:
+    async def _entries(self, nc: Client, room: str) -> list[tuple[str, str, float, int]]:
         """The room's entries: (member, info, when it was put (the server's clock), revision)."""
-        watcher = await kv.watch(f"{channel_token(room)}.*", ignore_deletes=True)
-        found = []
-        try:
-            async for entry in watcher:
-                if entry is None:  # the end of what the bucket holds now
-                    break
-                if entry.value and entry.created is not None and entry.revision is not None:
-                    member, info = orjson.loads(entry.value)
-                    found.append((member, info, entry.created.timestamp(), entry.revision))
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
-        return found
+        config = ConsumerConfig(
+            filter_subject=f"$KV.{self.bucket}.{channel_token(room)}.*",
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+        )
+        js = nc.jetstream(timeout=self.timeout)
+        for _ in range(_READS):
+            found = await read_stored(nc, js, f"KV_{self.bucket}", config, _entry, self.timeout)
+            if found is not None:
+                return found
+        # (members were removed while each read was under way)
+        raise AntennaUnavailable(f"the presence of room {room[:64]!r} kept changing while read")
 
     async def _claim(self, kv: KeyValue, room: str, member: str, revision: int) -> bool:
         """Delete ``member`` if it is still at ``revision`` (nobody set it again, and no
@@ -181,3 +186,13 @@ class NatsPresence:
             ) from error
         except nats.errors.Error as error:
             raise AntennaError(f"NATS refused a presence request: {error}") from error
+
+
+def _entry(message: Msg) -> tuple[str, str, float, int] | None:
+    """A stored member (``None``: a delete or purge marker)."""
+    headers = message.headers
+    if not message.data or (headers and headers.get("KV-Operation") in ("DEL", "PURGE")):
+        return None
+    metadata = message.metadata
+    member, info = orjson.loads(message.data)
+    return member, info, metadata.timestamp.timestamp(), metadata.sequence.stream
