@@ -10,12 +10,14 @@ plugin's tests do the same with a real redis-server killed and restarted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 import pytest
 from test_history import chat, quiet, say, serving, take
 
-from xraptor import Client, Response
+from xraptor import Client, Response, XRaptor
 from xraptor.antenna import Antenna, AntennaUnavailable
 from xraptor.antennas import MemoryAntenna
 from xraptor.history import HistoryEntry, Position
@@ -59,16 +61,34 @@ def notices(pushes: list[Response]) -> list[str]:
     return [push.header["notice"] for push in pushes if "notice" in push.header]
 
 
+def history_chat(antenna: object = "memory") -> XRaptor:
+    """The chat app, its ``chat:`` rooms keeping 1,000 messages of history."""
+    return chat(("chat:", {"history_size": 1000}), antenna=antenna)
+
+
+@contextlib.asynccontextmanager
+async def member_and_poster(
+    app: XRaptor, publisher: XRaptor | None = None
+) -> AsyncIterator[tuple[Client, Client]]:
+    """``app`` served, a member connected to it, and a poster: connected to ``app`` too,
+    or to ``publisher`` (another process on the same backend) served beside it."""
+    async with contextlib.AsyncExitStack() as stack:
+        url = await stack.enter_async_context(serving(app))
+        poster_url = (
+            url if publisher is None else await stack.enter_async_context(serving(publisher))
+        )
+        member = await stack.enter_async_context(Client(url))
+        poster = await stack.enter_async_context(Client(poster_url))
+        yield member, poster
+
+
 async def test_a_room_with_history_delivers_what_the_outage_missed() -> None:
     antenna = CutMemoryAntenna()
     antenna.read_delay = 0.05
-    app = chat(("chat:", {"history_size": 1000}), antenna=antenna)
-    publisher = chat(("chat:", {"history_size": 1000}))  # another process, same backend
+    app = history_chat(antenna)
+    publisher = history_chat()  # another process, same backend
     async with (
-        serving(app) as url,
-        serving(publisher) as publisher_url,
-        Client(url) as member,
-        Client(publisher_url) as poster,
+        member_and_poster(app, publisher) as (member, poster),
         member.subscribe("/room", {"room": "chat:o"}) as stream,
     ):
         await say(poster, "chat:o", "m0", "m1")
@@ -90,13 +110,10 @@ async def test_a_room_with_history_delivers_what_the_outage_missed() -> None:
 async def test_two_gaps_during_one_catch_up_lose_nothing() -> None:
     antenna = CutMemoryAntenna()
     antenna.read_delay = 0.05
-    app = chat(("chat:", {"history_size": 1000}), antenna=antenna)
-    publisher = chat(("chat:", {"history_size": 1000}))
+    app = history_chat(antenna)
+    publisher = history_chat()
     async with (
-        serving(app) as url,
-        serving(publisher) as publisher_url,
-        Client(url) as member,
-        Client(publisher_url) as poster,
+        member_and_poster(app, publisher) as (member, poster),
         member.subscribe("/room", {"room": "chat:twice"}) as stream,
     ):
         await say(poster, "chat:twice", "m0")
@@ -117,11 +134,9 @@ async def test_two_gaps_during_one_catch_up_lose_nothing() -> None:
 
 async def test_a_lost_history_gives_one_unrecovered_notice_per_room_then_live() -> None:
     antenna = CutMemoryAntenna()
-    app = chat(("chat:", {"history_size": 1000}), antenna=antenna)
+    app = history_chat(antenna)
     async with (
-        serving(app) as url,
-        Client(url) as member,
-        Client(url) as poster,
+        member_and_poster(app) as (member, poster),
         member.subscribe("/room", {"rooms": ["chat:x", "chat:y"]}) as stream,
     ):
         await say(poster, "chat:x", "x0")
@@ -148,11 +163,9 @@ async def test_a_lost_history_gives_one_unrecovered_notice_per_room_then_live() 
 
 async def test_rooms_without_history_still_get_the_gap_notice() -> None:
     antenna = CutMemoryAntenna()
-    app = chat(("chat:", {"history_size": 1000}), antenna=antenna)
+    app = history_chat(antenna)
     async with (
-        serving(app) as url,
-        Client(url) as member,
-        Client(url) as poster,
+        member_and_poster(app) as (member, poster),
         member.subscribe("/room", {"room": "plain"}) as plain,
         member.subscribe("/room", {"rooms": ["plain-too", "chat:mixed"]}) as mixed,
         member.subscribe("/room", {"rooms": []}) as alone,
@@ -172,11 +185,9 @@ async def test_a_failed_read_gives_unrecovered_and_holds_nothing_back() -> None:
     delivered a message before the outage or not: unrecovered, then live."""
     antenna = CutMemoryAntenna()
     antenna.read_fails = True
-    app = chat(("chat:", {"history_size": 1000}), antenna=antenna)
+    app = history_chat(antenna)
     async with (
-        serving(app) as url,
-        Client(url) as member,
-        Client(url) as poster,
+        member_and_poster(app) as (member, poster),
         member.subscribe("/room", {"room": "chat:r"}) as unreadable,
         member.subscribe("/room", {"room": "chat:quiet"}) as quiet_room,
     ):
@@ -199,7 +210,7 @@ async def test_a_room_opened_by_a_recovery_catches_up_from_the_recovered_positio
     """A room opened by a SUB with since has a position before any live message came (the
     last one recovered), so an outage right after is caught up, not unrecovered."""
     antenna = CutMemoryAntenna()
-    app = chat(("chat:", {"history_size": 1000}), antenna=antenna)
+    app = history_chat(antenna)
     async with serving(app) as url, Client(url) as poster:
         async with Client(url) as member, member.subscribe("/room", {"room": "chat:s"}) as first:
             await say(poster, "chat:s", "m0")
@@ -225,7 +236,7 @@ async def test_a_message_delivered_already_is_not_pushed_again() -> None:
     fills in what its stream stored meanwhile, which the room may have read from the
     history already): the room pushes each position once."""
     antenna = CutMemoryAntenna()
-    app = chat(("chat:", {"history_size": 1000}), antenna=antenna)
+    app = history_chat(antenna)
     async with (
         serving(app) as url,
         Client(url) as member,
@@ -247,11 +258,9 @@ async def test_a_quiet_room_gets_no_notice_after_an_outage_that_missed_nothing()
     opened (Antenna.newest_position), so an outage during which nothing was published
     is caught up silently: no unrecovered notice, nothing pushed."""
     antenna = CutMemoryAntenna()
-    app = chat(("chat:", {"history_size": 1000}), antenna=antenna)
+    app = history_chat(antenna)
     async with (
-        serving(app) as url,
-        Client(url) as member,
-        Client(url) as poster,
+        member_and_poster(app) as (member, poster),
         member.subscribe("/room", {"rooms": ["chat:empty", "chat:older"]}) as stream,
     ):
         antenna.cut = True
@@ -271,13 +280,10 @@ async def test_a_quiet_room_delivers_what_was_published_during_the_outage() -> N
     not what the history held before the room opened."""
     antenna = CutMemoryAntenna()
     antenna.read_delay = 0.05
-    app = chat(("chat:", {"history_size": 1000}), antenna=antenna)
-    publisher = chat(("chat:", {"history_size": 1000}))
+    app = history_chat(antenna)
+    publisher = history_chat()
     async with (
-        serving(app) as url,
-        serving(publisher) as publisher_url,
-        Client(url) as member,
-        Client(publisher_url) as poster,
+        member_and_poster(app, publisher) as (member, poster),
     ):
         await say(poster, "chat:kept", "before0", "before1")  # before the room opened
         async with member.subscribe("/room", {"rooms": ["chat:kept", "chat:new"]}) as stream:
@@ -318,7 +324,7 @@ async def test_what_is_published_while_a_room_opens_is_caught_up_once() -> None:
     subscribed is not received live: the catch-up of an outage right after delivers it,
     once; messages received live are not delivered again by a later catch-up."""
     antenna = BetweenMemoryAntenna()
-    app = chat(("chat:", {"history_size": 1000}), antenna=antenna)
+    app = history_chat(antenna)
     async with serving(app) as url, Client(url) as poster, MemoryAntenna() as other:
         other.set_history(app.antenna.history_of)
         antenna.publisher = other
@@ -342,7 +348,7 @@ async def test_a_room_opened_by_a_recovery_does_not_deliver_the_recovered_again(
     (after it read where its history stood): the member recovers it from the history,
     and an outage right after does not deliver it a second time."""
     antenna = BetweenMemoryAntenna()
-    app = chat(("chat:", {"history_size": 1000}), antenna=antenna)
+    app = history_chat(antenna)
     async with serving(app) as url, Client(url) as poster, MemoryAntenna() as other:
         other.set_history(app.antenna.history_of)
         async with Client(url) as member, member.subscribe("/room", {"room": "chat:s"}) as first:
@@ -388,11 +394,9 @@ async def test_without_a_newest_position_a_quiet_room_behaves_as_before(
     """An antenna that cannot tell (or fails to tell) where a history stands: the room
     opens all the same, and a quiet room gets the unrecovered notice after an outage."""
     antenna = antenna_class()
-    app = chat(("chat:", {"history_size": 1000}), antenna=antenna)
+    app = history_chat(antenna)
     async with (
-        serving(app) as url,
-        Client(url) as member,
-        Client(url) as poster,
+        member_and_poster(app) as (member, poster),
         member.subscribe("/room", {"room": "chat:q"}) as stream,
     ):
         antenna.cut = True

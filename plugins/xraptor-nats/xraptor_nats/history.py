@@ -197,10 +197,11 @@ class JetStreamHistory:
     async def _create(self, name: str, policy: HistoryPolicy) -> _Stream:
         size, ttl = policy.size, ttl_ms(policy)
         kept = f"each for {ttl / 1000:g} s" if ttl else "until trimmed"
+        subjects = f"{self._prefix}.h.{size}_{ttl}.*"
         config = StreamConfig(
             name=name,
             description=f"xraptor room history: the last {size} messages of each room, {kept}",
-            subjects=[f"{self._prefix}.h.{size}_{ttl}.*"],
+            subjects=[subjects],
             retention=RetentionPolicy.LIMITS,
             max_msgs_per_subject=size,
             max_age=ttl / 1000 if ttl else None,
@@ -208,7 +209,7 @@ class JetStreamHistory:
             storage=self._options.storage,
             num_replicas=self._options.replicas,
             republish=RePublish(
-                src=f"{self._prefix}.h.{size}_{ttl}.*",
+                src=subjects,
                 dest=f"{self._prefix}.ch.{{{{wildcard(1)}}}}",
             ),
         )
@@ -218,7 +219,7 @@ class JetStreamHistory:
             if error.err_code == 10065:
                 raise AntennaError(
                     f"JetStream refused history stream {name}: another stream captures its "
-                    f"subjects {config.subjects[0]!r} (change that stream's subjects or the "
+                    f"subjects {subjects!r} (change that stream's subjects or the "
                     f"antenna's subject_prefix): {error}"
                 ) from error
             if error.err_code != 10058:  # "stream name already in use" (another configuration)

@@ -7,9 +7,10 @@ processes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from cluster_support import LocalCluster
@@ -17,6 +18,7 @@ from redis.crc import key_slot
 from test_redis_recovery import Collector, say, serving
 
 from xraptor import AntennaUnavailable, Client, Gap
+from xraptor.client import Stream
 from xraptor.history import HistoryPolicy, Position
 from xraptor.testing import HistoryConformance, PresenceConformance
 from xraptor.testing.presence_server import PresenceProcess, check_presence_across_processes
@@ -41,6 +43,20 @@ class TestRedisClusterPresence(PresenceConformance):
     @pytest.fixture
     def antenna_factory(self, redis_cluster: LocalCluster) -> Callable[[], RedisAntenna]:
         return lambda: RedisAntenna(url=redis_cluster.url, **OPTIONS)
+
+
+@contextlib.asynccontextmanager
+async def member_and_poster(url: str, room: str) -> AsyncIterator[tuple[Stream, Client]]:
+    """Two app processes on the cluster at ``url``: a member of ``room`` on one (its
+    stream), and a poster connected to the other."""
+    async with (
+        serving(url) as member_url,
+        serving(url) as poster_url,
+        Client(member_url) as member,
+        Client(poster_url) as poster,
+        member.subscribe("/room", {"rooms": [room]}) as stream,
+    ):
+        yield stream, poster
 
 
 # ----- where a room's keys live -------------------------------------------------------
@@ -247,13 +263,7 @@ async def test_a_room_with_history_loses_nothing_when_its_master_fails(
     master took reaches the member within 5 s."""
     cluster = own_redis_cluster
     room = f"chat:failover-{uuid.uuid4().hex[:8]}"
-    async with (
-        serving(cluster.url) as member_url,
-        serving(cluster.url) as poster_url,
-        Client(member_url) as member,
-        Client(poster_url) as poster,
-        member.subscribe("/room", {"rooms": [room]}) as stream,
-    ):
+    async with member_and_poster(cluster.url, room) as (stream, poster):
         collector = Collector(stream)
         acked: list[str] = []
         for i in range(20):
@@ -314,13 +324,7 @@ async def test_a_quiet_room_gets_no_notice_when_its_master_fails(
     member gets every acknowledged post, in order, once, and no notice."""
     cluster = own_redis_cluster
     room = f"chat:quiet-{uuid.uuid4().hex[:8]}"
-    async with (
-        serving(cluster.url) as member_url,
-        serving(cluster.url) as poster_url,
-        Client(member_url) as member,
-        Client(poster_url) as poster,
-        member.subscribe("/room", {"rooms": [room]}) as stream,
-    ):
+    async with member_and_poster(cluster.url, room) as (stream, poster):
         collector = Collector(stream)
         await asyncio.sleep(0.5)  # the replica has the room's epoch
         cluster.kill_node(cluster.master_of(route(room)[0]))
