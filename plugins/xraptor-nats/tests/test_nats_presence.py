@@ -21,6 +21,7 @@ from xraptor.antenna import AntennaError
 from xraptor.testing import PresenceConformance
 from xraptor.testing.presence_server import PresenceProcess, check_presence_across_processes
 from xraptor_nats.antenna import NatsAntenna
+from xraptor_nats.pull import READ_BATCH
 
 TTL = 1.5
 
@@ -85,3 +86,24 @@ async def test_without_jetstream_presence_says_what_is_missing(nats_server: Nats
 def test_the_bucket_name_is_checked() -> None:
     with pytest.raises(ValueError, match="presence_bucket"):
         NatsAntenna(presence_bucket="no.dots")
+
+
+async def test_a_room_larger_than_a_read_batch_is_read_whole(
+    jetstream_url: str, bucket: str
+) -> None:
+    """A room's members are read through a pull consumer in batches of READ_BATCH: a room
+    of two and a half batches comes back whole, removed members (whose keys hold a purge
+    marker) left out, and members of another room not mixed in."""
+    count = 2 * READ_BATCH + READ_BATCH // 2
+    members = {f"conn:{i}": f'{{"i": {i}}}' for i in range(count)}
+    async with (
+        NatsAntenna(servers=jetstream_url, presence_bucket=bucket) as antenna,
+        NatsAntenna(servers=jetstream_url, presence_bucket=bucket) as other,
+    ):
+        await antenna.presence_set("big", members)
+        await antenna.presence_set("beside", {"conn:x": "{}"})
+        gone = [f"conn:{i}" for i in range(0, count, 7)]
+        await antenna.presence_remove("big", gone)
+        listed = await other.presence_list("big")
+    expected = {key: info for key, info in members.items() if key not in set(gone)}
+    assert listed == expected and len(listed) > 2 * READ_BATCH
