@@ -36,13 +36,13 @@ from dataclasses import dataclass
 from typing import ClassVar, TypeVar
 
 import pytest
-import pytest_asyncio
 
 from ..antenna import Antenna, AntennaError, AntennaUnavailable, Gap, Subscription
+from ._pair import AntennaFactory, AntennaPair
 
 _T = TypeVar("_T")
 
-AntennaFactory = Callable[[], Antenna]
+
 #: what an antenna holds at its backend, by name (``"connections"``, ``"subscriptions"``)
 ResourceCounts = Mapping[str, int]
 #: the ``antenna_resources`` fixture's value: counts for one antenna (may be async)
@@ -290,7 +290,7 @@ _NO_RESOURCES = (
 )
 
 
-class AntennaConformance:
+class AntennaConformance(AntennaPair):
     """The contract. Subclass it in a ``Test...`` class and provide the fixtures:
 
     * ``antenna_factory`` (required): a callable making a new, unstarted antenna;
@@ -323,12 +323,6 @@ class AntennaConformance:
     # ----- fixtures --------------------------------------------------------------
 
     @pytest.fixture
-    def antenna_factory(self) -> AntennaFactory:
-        raise NotImplementedError(
-            "provide an antenna_factory fixture returning a callable that makes a new antenna"
-        )
-
-    @pytest.fixture
     def backend_fault(self) -> BackendFault | None:
         return None
 
@@ -339,17 +333,6 @@ class AntennaConformance:
     @pytest.fixture
     def channel_names(self) -> ChannelNames:
         return ChannelNames()
-
-    @pytest_asyncio.fixture
-    async def antenna(self, antenna_factory: AntennaFactory) -> AsyncIterator[Antenna]:
-        async with antenna_factory() as antenna:
-            yield antenna
-
-    @pytest_asyncio.fixture
-    async def other(self, antenna_factory: AntennaFactory) -> AsyncIterator[Antenna]:
-        """A second antenna on the same backend: another process, as far as the contract goes."""
-        async with antenna_factory() as antenna:
-            yield antenna
 
     @pytest.fixture
     def required_backend_fault(self, backend_fault: BackendFault | None) -> BackendFault:

@@ -25,16 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
 from typing import ClassVar
 
 import pytest
-import pytest_asyncio
 
 from ..antenna import Antenna
 from ..history import HistoryEntry, HistoryPolicy, Position
-
-AntennaFactory = Callable[[], Antenna]
+from ._pair import AntennaPair
 
 #: plenty of history: nothing is trimmed unless a test says so
 ROOMY = HistoryPolicy(size=1000)
@@ -62,7 +59,7 @@ class _Recorder:
         return await asyncio.wait_for(self.received.get(), timeout)
 
 
-class HistoryConformance:
+class HistoryConformance(AntennaPair):
     """The history capability. Subclasses provide the ``antenna_factory`` fixture.
 
     The cases of :meth:`~xraptor.Antenna.newest_position` (optional) are skipped for an
@@ -72,21 +69,6 @@ class HistoryConformance:
 
     #: whether ``newest_position`` of an empty history is a position (else ``None``)
     newest_of_empty_history: ClassVar[bool] = True
-
-    @pytest.fixture
-    def antenna_factory(self) -> AntennaFactory:
-        raise NotImplementedError("provide an antenna_factory fixture")
-
-    @pytest_asyncio.fixture
-    async def antenna(self, antenna_factory: AntennaFactory) -> AsyncIterator[Antenna]:
-        async with antenna_factory() as antenna:
-            yield antenna
-
-    @pytest_asyncio.fixture
-    async def other(self, antenna_factory: AntennaFactory) -> AsyncIterator[Antenna]:
-        """A second antenna on the same backend: another process, as far as the contract goes."""
-        async with antenna_factory() as antenna:
-            yield antenna
 
     @pytest.fixture
     def channel(self) -> str:

@@ -22,49 +22,22 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
 
 import pytest
-import pytest_asyncio
 
 from ..antenna import Antenna
+from ._pair import AntennaPair
 from .conformance import eventually
 
-AntennaFactory = Callable[[], Antenna]
 
-
-class PresenceConformance:
+class PresenceConformance(AntennaPair):
     """The presence capability. Subclasses provide the ``antenna_factory`` fixture."""
 
     #: the members' time to live in this suite, seconds
     TTL = 1.5
 
-    @pytest.fixture
-    def antenna_factory(self) -> AntennaFactory:
-        raise NotImplementedError("provide an antenna_factory fixture")
-
-    async def _started(self, factory: AntennaFactory) -> Antenna:
-        antenna = factory()
+    def prepare(self, antenna: Antenna) -> None:
         antenna.presence_ttl = self.TTL
-        await antenna.start()
-        return antenna
-
-    @pytest_asyncio.fixture
-    async def antenna(self, antenna_factory: AntennaFactory) -> AsyncIterator[Antenna]:
-        antenna = await self._started(antenna_factory)
-        try:
-            yield antenna
-        finally:
-            await antenna.close()
-
-    @pytest_asyncio.fixture
-    async def other(self, antenna_factory: AntennaFactory) -> AsyncIterator[Antenna]:
-        """A second antenna on the same backend: another process, as far as the contract goes."""
-        antenna = await self._started(antenna_factory)
-        try:
-            yield antenna
-        finally:
-            await antenna.close()
 
     @pytest.fixture
     def room(self) -> str:
